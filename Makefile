@@ -1,0 +1,51 @@
+# Two commands for a fresh machine: `make repro` (the pipeline) and `make test` (checks + tests).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLS := .tools
+POETRY := $(TOOLS)/poetry/bin/poetry
+# Setup is redone only when the lock or the project metadata changes.
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup repro test lint pytest compose mlflow-server verify plots clean-venv
+
+setup: $(STAMP)
+
+$(POETRY):
+	$(PYTHON) -m venv $(TOOLS)/poetry
+	$(TOOLS)/poetry/bin/pip install --quiet --disable-pip-version-check "poetry>=2.1,<3" "poetry-plugin-export>=1.9,<2"
+
+$(STAMP): poetry.lock pyproject.toml | $(POETRY)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(POETRY) check --lock
+	$(POETRY) export --with dev --without-urls -f requirements.txt -o $(VENV)/requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r $(VENV)/requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+repro: setup
+	scripts/mlflow_server.sh ensure
+	$(BIN)/flower-model compose --check
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/pre-commit run --all-files --show-diff-on-failure
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/pre-commit run --all-files
+
+pytest: setup
+	$(BIN)/pytest
+
+compose: setup
+	$(BIN)/flower-model compose
+
+mlflow-server: setup
+	scripts/mlflow_server.sh ensure
+
+clean-venv:
+	rm -rf $(VENV) $(TOOLS)

@@ -1,0 +1,24 @@
+"""Values that are facts rather than tunables (tunables live in configs/)."""
+
+from pathlib import Path
+
+CONFIG_DIR_NAME = "configs"
+CONFIG_NAME = "config"
+PARAMS_FILE = Path("params.yaml")
+DVC_LOCK_FILE = Path("dvc.lock")
+
+# ImageNet statistics for every registered model (torchvision's pretrained weights expect them).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RGB_CHANNELS = 3
+UINT8_MAX = 255
+
+# Transparent pixels become white (as most viewers show them) before the alpha channel is dropped.
+ALPHA_BACKGROUND = (255, 255, 255)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+SPLITS = ("train", "val", "test")
+RESOLVED_CONFIG_NAME = "config.resolved.yaml"
+
+# Keep JSON outs stable byte for byte: sorted keys, fixed indentation, trailing newline.
+JSON_INDENT = 2

@@ -1,0 +1,89 @@
+"""Decode and resize photos: the one implementation shared by preprocess, infer and the server.
+
+Imports only numpy and Pillow, so the inference path stays light.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from flower_model.constants import ALPHA_BACKGROUND, UINT8_MAX
+
+RGB = "RGB"
+RESAMPLE = Image.Resampling.BICUBIC
+
+
+class ImageDecodeError(Exception):
+    """A file that cannot become an RGB array; `reason` is a short machine-readable word."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (UINT8_MAX,))
+        return Image.alpha_composite(background, rgba).convert(RGB)
+    return image.convert(RGB)  # L, I;16, CMYK, YCbCr, P without transparency
+
+
+def decode_image(path: Path, max_pixels: int) -> np.ndarray:
+    """Read `path` as an upright RGB uint8 array [H, W, 3]; raise ImageDecodeError with a reason."""
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise ImageDecodeError("unreadable", str(error)) from None
+    if size == 0:
+        raise ImageDecodeError("empty", "file has zero bytes")
+    try:
+        with Image.open(path) as image:
+            pixels = image.width * image.height
+            if pixels > max_pixels:
+                raise ImageDecodeError(
+                    "too_large",
+                    f"{image.width}x{image.height} = {pixels} pixels > "
+                    f"max_image_pixels={max_pixels}",
+                )
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            return np.asarray(_to_rgb(upright), dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not_an_image", "Pillow cannot identify the format") from None
+    except Image.DecompressionBombError as error:
+        raise ImageDecodeError("too_large", str(error)) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        reason = "truncated" if "truncated" in str(error) else "corrupt"
+        raise ImageDecodeError(reason, str(error)) from None
+
+
+def resize_image(rgb: np.ndarray, size: int, mode: str, pad_value: int) -> np.ndarray:
+    """Square `size` x `size` RGB array. crop: shorter side to size, center crop; pad: fit + pad."""
+    image = Image.fromarray(rgb, RGB)
+    width, height = image.size
+    if mode == "crop":
+        scale = size / min(width, height)
+        new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+        resized = image.resize(new_size, RESAMPLE)
+        left = (new_size[0] - size) // 2
+        top = (new_size[1] - size) // 2
+        return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    if mode == "pad":
+        scale = size / max(width, height)
+        new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        resized = image.resize(new_size, RESAMPLE)
+        canvas = Image.new(RGB, (size, size), (pad_value,) * 3)
+        canvas.paste(resized, ((size - new_size[0]) // 2, (size - new_size[1]) // 2))
+        return np.asarray(canvas, dtype=np.uint8)
+    raise ValueError(f"resize mode {mode!r} is not one of crop, pad")
+
+
+def load_image(path: Path, size: int, mode: str, pad_value: int, max_pixels: int) -> np.ndarray:
+    """decode_image + resize_image: exactly what the model saw in training."""
+    return resize_image(decode_image(path, max_pixels), size, mode, pad_value)

@@ -1,0 +1,233 @@
+"""Turn the extracted class folders into clean, deduplicated, split, memory-mappable uint8 arrays.
+
+Everything that decides an output is ordered by content or by sorted names, never by directory
+listing order or timing, so the same inputs and params give the same bytes on any machine.
+"""
+
+import csv
+import hashlib
+import io
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from flower_model.config import PreprocessConfig
+from flower_model.constants import RESOLVED_CONFIG_NAME, SPLITS
+from flower_model.data.images import ImageDecodeError, decode_image, resize_image
+from flower_model.io_utils import atomic_dir, write_json, write_text
+
+CLASSES_FILE = "classes.json"
+MANIFEST_FILE = "manifest.csv"
+POOL_CHUNK = 16
+DUPLICATE = "duplicate"
+CROSS_CLASS_DUPLICATE = "cross_class_duplicate"
+
+
+@dataclass(frozen=True)
+class Decoded:
+    file: str  # path relative to the dataset folder, POSIX separators
+    label: int
+    pixel_sha256: str = ""
+    image: np.ndarray | None = None
+    reason: str = ""
+    detail: str = ""
+
+
+def images_path(processed: Path, split: str) -> Path:
+    return processed / f"{split}_images.npy"
+
+
+def labels_path(processed: Path, split: str) -> Path:
+    return processed / f"{split}_labels.npy"
+
+
+def _seeded_key(seed: int, text: str) -> str:
+    return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
+
+
+def list_dataset(
+    dataset: Path, config: PreprocessConfig
+) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class names (sorted folder names) and (relative file, label) pairs in sorted order."""
+    classes = sorted(item.name for item in dataset.iterdir() if item.is_dir())
+    if not classes:
+        raise ValueError(f"{dataset} has no class folders")
+    files = []
+    for label, name in enumerate(classes):
+        found = sorted(item for item in (dataset / name).rglob("*") if item.is_file())
+        relative = [item.relative_to(dataset).as_posix() for item in found]
+        if config.max_images_per_class is not None:
+            # A seeded, content-independent subset: representative, and cheap to compute.
+            relative = sorted(relative, key=lambda item: _seeded_key(config.seed, item))
+            relative = sorted(relative[: config.max_images_per_class])
+        files += [(item, label) for item in relative]
+    return classes, files
+
+
+def _decode(job: tuple[Path, str, int, PreprocessConfig]) -> Decoded:
+    dataset, file, label, config = job
+    try:
+        rgb = decode_image(dataset / file, config.max_image_pixels)
+    except ImageDecodeError as error:
+        return Decoded(file, label, reason=error.reason, detail=error.detail)
+    digest = hashlib.sha256(f"{rgb.shape}".encode() + rgb.tobytes()).hexdigest()
+    image = resize_image(rgb, config.image_size, config.resize_mode, config.pad_value)
+    return Decoded(file, label, pixel_sha256=digest, image=image)
+
+
+def _decode_all(
+    dataset: Path, files: list[tuple[str, int]], config: PreprocessConfig
+) -> Iterator[Decoded]:
+    jobs = [(dataset, file, label, config) for file, label in files]
+    if config.num_workers <= 1:
+        yield from map(_decode, jobs)
+        return
+    # imap keeps input order, so the result does not depend on which worker finishes first.
+    with get_context("spawn").Pool(config.num_workers) as pool:
+        yield from pool.imap(_decode, jobs, chunksize=POOL_CHUNK)
+
+
+def drop_duplicates(decoded: list[Decoded]) -> tuple[list[Decoded], list[Decoded]]:
+    """Keep the first of identical images in a class; drop every copy filed under two classes."""
+    labels_by_hash: dict[str, set[int]] = defaultdict(set)
+    for item in decoded:
+        labels_by_hash[item.pixel_sha256].add(item.label)
+    kept, dropped, seen = [], [], set()
+    for item in decoded:
+        if len(labels_by_hash[item.pixel_sha256]) > 1:
+            detail = "same pixels filed under several classes; label is ambiguous"
+            dropped.append(
+                Decoded(
+                    item.file, item.label, item.pixel_sha256, None, CROSS_CLASS_DUPLICATE, detail
+                )
+            )
+        elif item.pixel_sha256 in seen:
+            dropped.append(
+                Decoded(
+                    item.file,
+                    item.label,
+                    item.pixel_sha256,
+                    None,
+                    DUPLICATE,
+                    "same pixels as an earlier file",
+                )
+            )
+        else:
+            seen.add(item.pixel_sha256)
+            kept.append(item)
+    return kept, dropped
+
+
+def split_stratified(kept: list[Decoded], config: PreprocessConfig) -> dict[str, list[Decoded]]:
+    """Per class, order by a seeded hash of the content, then cut test / val / train."""
+    by_label: dict[int, list[Decoded]] = defaultdict(list)
+    for item in kept:
+        by_label[item.label].append(item)
+    splits: dict[str, list[Decoded]] = {split: [] for split in SPLITS}
+    for label in sorted(by_label):
+        items = sorted(
+            by_label[label], key=lambda item: _seeded_key(config.seed, item.pixel_sha256)
+        )
+        n_test = max(1, round(len(items) * config.test_fraction))
+        n_val = max(1, round(len(items) * config.val_fraction))
+        splits["test"] += items[:n_test]
+        splits["val"] += items[n_test : n_test + n_val]
+        splits["train"] += items[n_test + n_val :]
+    return {
+        split: sorted(items, key=lambda item: (item.label, item.file))
+        for split, items in splits.items()
+    }
+
+
+def _csv_text(header: list[str], rows: list[list[object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def preprocess_dataset(
+    dataset: Path,
+    processed: Path,
+    reports: Path,
+    plots: Path,
+    config: PreprocessConfig,
+    resolved: dict,
+) -> dict:
+    """Run the whole preprocessing; return the data report that is also written to reports/."""
+    started = time.perf_counter()
+    classes, files = list_dataset(dataset, config)
+    decoded, failed = [], []
+    for item in tqdm(
+        _decode_all(dataset, files, config), total=len(files), desc="decode", unit="img"
+    ):
+        (failed if item.reason else decoded).append(item)
+    kept, duplicates = drop_duplicates(decoded)
+    splits = split_stratified(kept, config)
+    if any(not items for items in splits.values()):
+        raise ValueError(
+            f"a split is empty ({ {k: len(v) for k, v in splits.items()} }); use more images"
+        )
+
+    manifest_rows = []
+    with atomic_dir(processed) as staging:
+        for split, items in splits.items():
+            np.save(images_path(staging, split), np.stack([item.image for item in items]))
+            np.save(
+                labels_path(staging, split),
+                np.array([item.label for item in items], dtype=np.int64),
+            )
+            manifest_rows += [
+                [split, index, item.file, classes[item.label], item.label, item.pixel_sha256]
+                for index, item in enumerate(items)
+            ]
+        header = ["split", "index", "file", "class", "label", "pixel_sha256"]
+        (staging / MANIFEST_FILE).write_text(_csv_text(header, manifest_rows), encoding="utf-8")
+        write_json(staging / CLASSES_FILE, classes)
+        (staging / RESOLVED_CONFIG_NAME).write_text(
+            yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8"
+        )
+
+    dropped = sorted(failed + duplicates, key=lambda item: item.file)
+    reasons = Counter(item.reason for item in dropped)
+    counts = {
+        split: {
+            name: sum(item.label == label for item in items) for label, name in enumerate(classes)
+        }
+        for split, items in splits.items()
+    }
+    report = {
+        "files_seen": len(files),
+        "kept": len(kept),
+        "dropped": {"total": len(dropped), **dict(sorted(reasons.items()))},
+        "counts": {
+            split: {**per_class, "total": sum(per_class.values())}
+            for split, per_class in counts.items()
+        },
+        "image_size": config.image_size,
+        "classes": classes,
+    }
+    write_json(reports / "data.json", report)
+    dropped_rows = [[item.file, item.reason, item.detail] for item in dropped]
+    write_text(reports / "dropped.csv", _csv_text(["file", "reason", "detail"], dropped_rows))
+    distribution = [[name, split, counts[split][name]] for split in SPLITS for name in classes]
+    write_text(
+        plots / "data" / "class_distribution.csv",
+        _csv_text(["class", "split", "count"], distribution),
+    )
+
+    elapsed = time.perf_counter() - started
+    print(
+        f"preprocess: {len(files)} files -> {len(kept)} kept, {len(dropped)} dropped "
+        f"({dict(sorted(reasons.items()))}); {elapsed:.1f} s, {len(files) / elapsed:.0f} images/s",
+        flush=True,
+    )
+    return report

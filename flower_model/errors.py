@@ -1,0 +1,17 @@
+"""Errors the CLI reports as one clear message (no traceback): each names the thing and the fix."""
+
+
+class FlowerModelError(Exception):
+    """Base class of errors caused by input, config or environment rather than by a bug."""
+
+
+class DownloadError(FlowerModelError):
+    """No archive source could be fetched and verified."""
+
+
+class UnsafeArchiveError(FlowerModelError):
+    """An archive entry would escape the extraction folder or is not a plain file/folder."""
+
+
+class MissingInputError(FlowerModelError):
+    """A stage input is missing: an earlier stage has not run or its outs were not pulled."""

@@ -1,0 +1,69 @@
+"""Atomic writes: no reader sees a half-written file; a failed run leaves the old one intact."""
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from flower_model.constants import JSON_INDENT
+
+FILE_MODE = 0o666
+DIR_MODE = 0o777
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temp path beside `target`; rename it onto `target` only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(handle)
+    tmp_path = Path(tmp_name)
+    try:
+        yield tmp_path
+        tmp_path.chmod(FILE_MODE & ~_umask())  # mkstemp makes 0600; give it the usual mode
+        tmp_path.replace(target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temp folder beside `target`; it replaces `target` only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp_dir
+        tmp_dir.chmod(DIR_MODE & ~_umask())
+        if target.exists():
+            shutil.rmtree(target)
+        tmp_dir.replace(target)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir)
+
+
+def write_text(target: Path, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def dumps_json(data: Any) -> str:
+    return json.dumps(data, indent=JSON_INDENT, sort_keys=True) + "\n"
+
+
+def write_json(target: Path, data: Any) -> None:
+    write_text(target, dumps_json(data))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))

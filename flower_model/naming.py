@@ -1,0 +1,80 @@
+"""Short names for hyperparameters, used to build readable run names such as `cnn-lr0.003-bs64`."""
+
+from flower_model.config import Config, flatten
+
+# Every tunable of the groups that shape a trained model has a short name (a test enforces it).
+SHORT_NAMES: dict[str, str] = {
+    "model.name": "",
+    "model.pretrained": "pre",
+    "model.widths": "w",
+    "model.blocks": "blk",
+    "model.stem_stride": "ss",
+    "model.dropout": "do",
+    "preprocess.image_size": "px",
+    "preprocess.resize_mode": "rm",
+    "preprocess.pad_value": "pv",
+    "preprocess.val_fraction": "vf",
+    "preprocess.test_fraction": "tf",
+    "preprocess.seed": "ps",
+    "preprocess.max_images_per_class": "mpc",
+    "preprocess.max_image_pixels": "mip",
+    "preprocess.num_workers": "pw",
+    "train.seed": "s",
+    "train.max_epochs": "ep",
+    "train.batch_size": "bs",
+    "train.eval_batch_size": "ebs",
+    "train.optimizer": "opt",
+    "train.lr": "lr",
+    "train.weight_decay": "wd",
+    "train.momentum": "mom",
+    "train.scheduler": "sch",
+    "train.warmup_epochs": "wu",
+    "train.label_smoothing": "ls",
+    "train.channels_last": "cl",
+    "train.compile": "cmp",
+    "train.num_workers": "nw",
+    "train.pin_memory": "pin",
+    "train.augment.scale_min": "smin",
+    "train.augment.hflip": "hf",
+    "train.augment.color_jitter": "cj",
+    "train.checkpoint.monitor": "mon",
+    "train.checkpoint.mode": "mm",
+    "train.checkpoint.every_n_epochs": "ckn",
+    "train.early_stopping.enabled": "es",
+    "train.early_stopping.patience": "pat",
+    "train.limit_train_batches": "ltb",
+    "trainer.accelerator": "acc",
+    "trainer.devices": "dev",
+    "trainer.strategy": "str",
+    "trainer.num_nodes": "nn",
+    "trainer.precision": "prec",
+    "trainer.deterministic": "det",
+    "trainer.log_every_n_steps": "log",
+}
+MODEL_SHORT_NAMES = {"small_cnn": "cnn", "resnet18": "r18", "mobilenet_v3_small": "mnv3s"}
+# The keys a run name always shows; others appear only when they differ from `baseline`.
+RUN_NAME_KEYS = ("model.name", "train.lr", "train.batch_size", "train.max_epochs")
+
+
+def _format(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, list):
+        return "x".join(str(item) for item in value)
+    return str(value)
+
+
+def run_name(config: Config, baseline: Config | None = None) -> str:
+    """`cnn-lr0.003-bs64-ep40`, plus `key<value>` for each tunable that differs from `baseline`."""
+    flat = flatten(config.model_dump(mode="json"))
+    keys = list(RUN_NAME_KEYS)
+    if baseline is not None:
+        base = flatten(baseline.model_dump(mode="json"))
+        keys += [key for key in SHORT_NAMES if key not in keys and flat[key] != base[key]]
+    parts = []
+    for key in keys:
+        if key == "model.name":
+            parts.append(MODEL_SHORT_NAMES[str(flat[key])])
+        else:
+            parts.append(f"{SHORT_NAMES[key]}{_format(flat[key])}")
+    return "-".join(parts)

@@ -1,0 +1,111 @@
+"""What every pipeline stage shares: load + validate config, report, dry-run checks, error exits.
+
+A stage module (pipeline_stages/<name>.py) declares a `Stage`: the config sections it reads (the
+same keys as its `params:` in dvc.yaml, a test checks this), its inputs and outputs, the modules it
+needs, and the function that does the work. `execute` runs it the same way from DVC and the CLI.
+"""
+
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from flower_model.config import Config, ConfigError, load_config
+from flower_model.constants import PARAMS_FILE
+from flower_model.errors import FlowerModelError, MissingInputError
+
+EXIT_ERROR = 2
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sections: tuple[str, ...]  # config keys read, dotted; equal to the stage's params in dvc.yaml
+    run: Callable[[Config, Path], None]
+    inputs: Callable[[Config], list[Path]] = lambda config: []
+    outputs: Callable[[Config], list[Path]] = lambda config: []
+    modules: tuple[str, ...] = field(default_factory=tuple)
+
+    def resolved(self, config: Config) -> dict:
+        """The keys this stage reads (dotted, as in dvc.yaml `params:`), as nested plain data."""
+        dumped = config.model_dump(mode="json")
+        picked: dict = {}
+        for key in self.sections:
+            *parents, leaf = key.split(".")
+            source, target = dumped, picked
+            for part in parents:
+                source = source[part]
+                target = target.setdefault(part, {})
+            target[leaf] = source[leaf]
+        return picked
+
+
+def describe(stage: Stage, config: Config, overrides: list[str]) -> str:
+    origin = f"configs/ composed with overrides {overrides}" if overrides else str(PARAMS_FILE)
+    lines = [f"== stage {stage.name} (config from {origin})"]
+    if overrides:
+        lines.append("   note: overrides differ from params.yaml; DVC will not record this run")
+    resolved = yaml.safe_dump(stage.resolved(config), sort_keys=False, default_flow_style=None)
+    lines += [f"   {line}" for line in resolved.splitlines()]
+    lines.append("   outputs: " + ", ".join(str(path) for path in stage.outputs(config)))
+    return "\n".join(lines)
+
+
+def check_ready(stage: Stage, config: Config, root: Path) -> None:
+    """Dry-run checks: inputs present and dependencies importable; raise naming what is missing."""
+    missing = [path for path in stage.inputs(config) if not (root / path).exists()]
+    if missing:
+        names = ", ".join(str(path) for path in missing)
+        raise MissingInputError(
+            f"stage {stage.name}: missing input(s) {names}; run `dvc repro {stage.name}` "
+            "(which runs the stages before it) or `dvc pull` them"
+        )
+    for module in stage.modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise MissingInputError(
+                f"stage {stage.name}: cannot import {module} ({error}); run `make setup`"
+            ) from None
+
+
+def execute(
+    stage: Stage, overrides: list[str], dry_run: bool = False, root: Path | None = None
+) -> int:
+    """Run `stage`; return the process exit code. Known errors print one line, not a traceback."""
+    root = root or Path.cwd()
+    try:
+        config = load_config(root, overrides)
+        print(describe(stage, config, overrides), flush=True)
+        check_ready(stage, config, root)
+        if dry_run:
+            print(f"dry run: stage {stage.name} config, inputs and dependencies OK; nothing done")
+            return 0
+        stage.run(config, root)
+    except (ConfigError, FlowerModelError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def stage_command(stage: Stage) -> Callable[..., None]:
+    """A fire command `NAME [overrides...] [--dry-run]` for `stage`."""
+
+    def command(*overrides: str, dry_run: bool = False) -> None:
+        code = execute(stage, [str(item) for item in overrides], dry_run=dry_run)
+        if code:
+            sys.exit(code)
+
+    command.__name__ = stage.name
+    command.__doc__ = f"Run stage {stage.name}: `{stage.name} [hydra overrides...] [--dry-run]`."
+    return command
+
+
+def stage_main(stage: Stage) -> None:
+    """Entry of `python pipeline_stages/<name>.py [overrides...] [--dry-run]` (what DVC runs)."""
+    import fire
+
+    fire.Fire(stage_command(stage), name=stage.name)

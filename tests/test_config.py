@@ -1,0 +1,176 @@
+"""Config: the schema refuses mistakes naming the key, params.yaml stays the composition of configs/."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from flower_model.compose import check_params, compose_params, write_params
+from flower_model.config import ConfigError, compose_raw, flatten, load_config, validate
+from flower_model.naming import MODEL_SHORT_NAMES, SHORT_NAMES, run_name
+from tests.conftest import REPO_ROOT, make_config
+
+
+def _cli(cwd, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "flower_model.commands", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_default_composition_validates():
+    config = make_config()
+    assert config.model.name == "small_cnn"
+    assert config.preprocess.image_size > 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("train.lrr", 0.1, "unknown key"),
+        ("train.batch_size", "many", "integer"),
+        ("train.lr", -1.0, "greater than 0"),
+        ("preprocess.resize_mode", "stretch", "crop"),
+        ("data.sources.0.sha256", "abc", "pattern"),
+    ],
+)
+def test_bad_value_is_named(key, value, expected):
+    raw = compose_raw(REPO_ROOT)
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    node[leaf] = value
+    with pytest.raises(ConfigError) as error:
+        validate(raw)
+    assert key in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_missing_key_is_named():
+    raw = compose_raw(REPO_ROOT)
+    del raw["train"]["seed"]
+    with pytest.raises(ConfigError, match=r"train\.seed = \(missing\)"):
+        validate(raw)
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError, match="leaves no"):
+        make_config(["preprocess.val_fraction=0.5", "preprocess.test_fraction=0.5"])
+    with pytest.raises(ConfigError, match="min_batch <= opt_batch"):
+        make_config(["trt.min_batch=8", "trt.opt_batch=4"])
+    with pytest.raises(ConfigError, match="no pretrained weights"):
+        make_config(["model.pretrained=true"])
+
+
+def test_hydra_override_of_unknown_key_fails():
+    with pytest.raises(ConfigError, match="nope"):
+        compose_raw(REPO_ROOT, ["train.nope=1"])
+
+
+def test_group_switch_composes():
+    config = make_config(["model=resnet18"])
+    assert config.model.name == "resnet18"
+    assert config.model.widths == []
+
+
+def test_params_yaml_matches_configs():
+    assert check_params(REPO_ROOT) == ""
+
+
+def test_drift_is_detected_and_compose_fixes_it(project):
+    config_file = project / "configs" / "train" / "default.yaml"
+    config_file.write_text(config_file.read_text().replace("lr: 0.003", "lr: 0.004"))
+    problem = check_params(project)
+    assert "lr: 0.004" in problem and "flower-model compose" in problem
+    assert write_params(project) is True
+    assert check_params(project) == ""
+    assert load_config(project).train.lr == 0.004
+
+
+def test_compose_refuses_invalid_config_and_keeps_old_params(project):
+    config_file = project / "configs" / "train" / "default.yaml"
+    before = (project / "params.yaml").read_text()
+    config_file.write_text(config_file.read_text().replace("lr: 0.003", "lr: -5"))
+    with pytest.raises(ConfigError, match="train.lr"):
+        write_params(project)
+    assert (project / "params.yaml").read_text() == before
+
+
+def test_compose_equals_dvc_hydra_output():
+    # DVC's Hydra mode writes params.yaml with the same function: no spurious diffs after exp run.
+    assert compose_params(REPO_ROOT) == (REPO_ROOT / "params.yaml").read_text()
+
+
+def test_cli_compose_check_and_dry_run(project):
+    assert _cli(project, "compose", "--check").returncode == 0
+    result = _cli(project, "download", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "dry run" in result.stdout and "data/raw/flower_photos" in result.stdout
+    assert not (project / "data").exists()
+
+
+def test_cli_dry_run_reports_missing_inputs(project):
+    result = _cli(project, "preprocess", "--dry-run")
+    assert result.returncode == 2
+    assert "data/raw/flower_photos" in result.stderr and "dvc repro" in result.stderr
+
+
+def test_cli_config_error_surfaces_before_work(project):
+    result = _cli(project, "download", "data.http_retries=0")
+    assert result.returncode == 2
+    assert "data.http_retries" in result.stderr
+    assert not (project / "data").exists()
+
+
+def test_cli_overrides_are_announced(project):
+    result = _cli(project, "download", "data.http_retries=2", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "overrides ['data.http_retries=2']" in result.stdout
+    assert "http_retries: 2" in result.stdout
+
+
+def test_every_tunable_has_a_short_name():
+    flat = flatten(make_config().model_dump(mode="json"))
+    tunables = {
+        key for key in flat if key.split(".")[0] in ("model", "preprocess", "train", "trainer")
+    }
+    assert tunables == set(SHORT_NAMES)
+    assert (
+        len(set(SHORT_NAMES.values()) - {""}) == len(SHORT_NAMES) - 1
+    ), "short names must be unique"
+
+
+def test_run_name():
+    base = make_config()
+    changed = make_config(["train.lr=0.001", "model=resnet18", "train.seed=7"])
+    assert run_name(base) == "cnn-lr0.003-bs64-ep40"
+    name = run_name(changed, baseline=base)
+    assert name.startswith(f"{MODEL_SHORT_NAMES['resnet18']}-lr0.001-bs64-ep40")
+    assert "s7" in name.split("-")
+
+
+def test_config_files_document_every_value():
+    # Each value says what it does and its default; entries inside list items need a comment only.
+    for path in sorted((REPO_ROOT / "configs").rglob("*.yaml")):
+        item_indent = None
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            stripped = line.strip()
+            indent = len(line) - len(line.lstrip())
+            if stripped.startswith("- "):
+                item_indent = indent
+            elif item_indent is not None and indent <= item_indent:
+                item_indent = None
+            value_part = stripped.split("#")[0].strip()
+            if not value_part or value_part.endswith(":") or stripped.startswith("- _self_"):
+                continue
+            if ":" not in value_part or path.name == "config.yaml" and indent > 0:
+                continue
+            where = f"{path.relative_to(REPO_ROOT)}:{number}"
+            assert "#" in line, f"{where} has no comment"
+            if item_indent is None:
+                assert "[default:" in line, f"{where} does not state its default"

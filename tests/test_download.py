@@ -1,0 +1,201 @@
+"""Download: a real HTTP server on loopback, checksum and safety checks, atomic outs."""
+
+import hashlib
+import io
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from flower_model.data.download import download_dataset, sha256_file
+from flower_model.errors import DownloadError, UnsafeArchiveError
+from tests.conftest import make_config
+
+ARCHIVE_PATH = "/flowers.tgz"
+
+
+class ArchiveServer:
+    """Serves one payload with Range support; can cut the first response off halfway."""
+
+    def __init__(self, payload: bytes, cut_first: bool = False) -> None:
+        self.payload = payload
+        self.cut_first = cut_first
+        self.range_headers: list[str | None] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # keep pytest output clean
+                pass
+
+            def do_GET(self) -> None:
+                if self.path != ARCHIVE_PATH:
+                    self.send_error(404)
+                    return
+                requested = self.headers.get("Range")
+                server.range_headers.append(requested)
+                start = int(requested.removeprefix("bytes=").rstrip("-")) if requested else 0
+                body = server.payload[start:]
+                self.send_response(206 if requested else 200)
+                self.send_header("Content-Length", str(len(body)))
+                if requested:
+                    total = len(server.payload)
+                    self.send_header("Content-Range", f"bytes {start}-{total - 1}/{total}")
+                self.end_headers()
+                if server.cut_first and len(server.range_headers) == 1:
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)  # the connection drops halfway
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}{ARCHIVE_PATH}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "ArchiveServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+def _config(*sources: tuple[str, str]):
+    listed = [
+        {"name": f"source{i}", "url": url, "sha256": sha} for i, (url, sha) in enumerate(sources)
+    ]
+    return make_config(data={"sources": listed, "http_retries": 3, "http_backoff_s": 0.01})
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _assert_no_outs(root: Path) -> None:
+    raw = root / "data" / "raw"
+    assert not (raw / "flower_photos").exists()
+    assert not (raw / "source.json").exists()
+    assert not raw.exists() or not any(item.name.endswith(".tmp") for item in raw.iterdir())
+
+
+def test_http_download_extracts_and_records_source(tmp_path, mini_tarball, mini_dataset):
+    payload = mini_tarball.read_bytes()
+    with ArchiveServer(payload) as server:
+        config = _config((server.url, _sha(payload)))
+        download_dataset(config.data, config.paths, tmp_path)
+    extracted = tmp_path / "data" / "raw" / "flower_photos"
+    classes = sorted(item.name for item in extracted.iterdir() if item.is_dir())
+    assert classes == sorted(item.name for item in mini_dataset.iterdir() if item.is_dir())
+    some_file = next((mini_dataset / classes[0]).iterdir())
+    assert (extracted / classes[0] / some_file.name).read_bytes() == some_file.read_bytes()
+    source = (tmp_path / "data" / "raw" / "source.json").read_text()
+    assert server.url in source and _sha(payload) in source and "source0" in source
+
+
+def test_checksum_mismatch_leaves_no_outs(tmp_path, mini_tarball):
+    payload = mini_tarball.read_bytes()
+    with ArchiveServer(payload) as server:
+        config = _config((server.url, "0" * 64))
+        with pytest.raises(DownloadError) as error:
+            download_dataset(config.data, config.paths, tmp_path)
+    assert "0" * 64 in str(error.value) and server.url in str(error.value)
+    _assert_no_outs(tmp_path)
+    assert not any((tmp_path / "data" / "cache").glob("*")), "a bad download must not be kept"
+
+
+def test_connection_cut_halfway_is_resumed(tmp_path, mini_tarball):
+    payload = mini_tarball.read_bytes()
+    with ArchiveServer(payload, cut_first=True) as server:
+        config = _config((server.url, _sha(payload)))
+        download_dataset(config.data, config.paths, tmp_path)
+    assert server.range_headers[0] is None
+    resumed_from = int(server.range_headers[1].removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_from < len(payload), "the second request must resume, not restart"
+    assert (tmp_path / "data" / "raw" / "flower_photos").is_dir()
+
+
+def test_falls_back_to_the_next_source_and_names_failures(tmp_path, mini_tarball):
+    payload = mini_tarball.read_bytes()
+    config = _config(
+        (str(tmp_path / "absent.tgz"), _sha(payload)), (mini_tarball.as_uri(), _sha(payload))
+    )
+    chosen = download_dataset(config.data, config.paths, tmp_path)
+    assert chosen.name == "source1"
+    assert (tmp_path / "data" / "raw" / "flower_photos").is_dir()
+
+
+def test_all_sources_failing_names_each_one(tmp_path):
+    config = _config(
+        (str(tmp_path / "absent.tgz"), "1" * 64), ("http://127.0.0.1:9/x.tgz", "2" * 64)
+    )
+    with pytest.raises(DownloadError) as error:
+        download_dataset(config.data, config.paths, tmp_path)
+    message = str(error.value)
+    assert "absent.tgz" in message and "127.0.0.1:9" in message and "fix:" in message
+    _assert_no_outs(tmp_path)
+
+
+def _archive(tmp_path: Path, members: list[tarfile.TarInfo], payload: bytes = b"x") -> Path:
+    path = tmp_path / "evil.tgz"
+    with tarfile.open(path, "w:gz") as tar:
+        top = tarfile.TarInfo("flower_photos")
+        top.type = tarfile.DIRTYPE
+        tar.addfile(top)
+        for member in members:
+            if member.isfile():
+                member.size = len(payload)
+                tar.addfile(member, io.BytesIO(payload))
+            else:
+                tar.addfile(member)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "link"),
+    [
+        ("flower_photos/../../escaped.txt", tarfile.REGTYPE, ""),
+        ("/tmp/absolute.txt", tarfile.REGTYPE, ""),
+        ("flower_photos/daisy/link.jpg", tarfile.SYMTYPE, "../../../outside.jpg"),
+        ("flower_photos/daisy/abs.jpg", tarfile.SYMTYPE, "/etc/passwd"),
+        ("flower_photos/daisy/hard.jpg", tarfile.LNKTYPE, "../outside.jpg"),
+        ("flower_photos/fifo", tarfile.FIFOTYPE, ""),
+    ],
+)
+def test_unsafe_archive_entries_are_refused(tmp_path, name, kind, link):
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    member.linkname = link
+    archive = _archive(tmp_path, [member])
+    config = _config((str(archive), sha256_file(archive, 4096)))
+    with pytest.raises(UnsafeArchiveError) as error:
+        download_dataset(config.data, config.paths, tmp_path)
+    assert name in str(error.value)
+    _assert_no_outs(tmp_path)
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_symlink_inside_the_archive_is_allowed(tmp_path):
+    target = tarfile.TarInfo("flower_photos/daisy/a.jpg")
+    link = tarfile.TarInfo("flower_photos/tulips/b.jpg")
+    link.type, link.linkname = tarfile.SYMTYPE, "../daisy/a.jpg"
+    archive = _archive(tmp_path, [target, link])
+    config = _config((str(archive), sha256_file(archive, 4096)))
+    download_dataset(config.data, config.paths, tmp_path)
+    assert (tmp_path / "data" / "raw" / "flower_photos" / "tulips" / "b.jpg").read_bytes() == b"x"
+
+
+def test_size_and_count_caps(tmp_path, mini_tarball):
+    sha = sha256_file(mini_tarball, 4096)
+    for cap, match in (
+        ({"max_archive_members": 5}, "max_archive_members"),
+        ({"max_extracted_bytes": 1000}, "max_extracted_bytes"),
+    ):
+        listed = [{"name": "mini", "url": str(mini_tarball), "sha256": sha}]
+        config = make_config(data={"sources": listed, **cap})
+        with pytest.raises(UnsafeArchiveError, match=match):
+            download_dataset(config.data, config.paths, tmp_path)
+        _assert_no_outs(tmp_path)

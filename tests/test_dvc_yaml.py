@@ -1,0 +1,35 @@
+"""dvc.yaml agrees with the stage modules: same params keys, same outs, one hop to the code."""
+
+import importlib
+
+import pytest
+import yaml
+
+from flower_model.commands import STAGE_NAMES
+from tests.conftest import REPO_ROOT, make_config
+
+PIPELINE = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _paths(entries: list) -> set[str]:
+    return {entry if isinstance(entry, str) else next(iter(entry)) for entry in entries}
+
+
+def test_stages_are_the_documented_dag_in_order():
+    assert list(PIPELINE) == [name for name in STAGE_NAMES if name in PIPELINE]
+    assert list(PIPELINE)[:2] == ["download", "preprocess"]
+
+
+@pytest.mark.parametrize("name", list(PIPELINE))
+def test_stage_matches_its_module(name):
+    stage = importlib.import_module(f"pipeline_stages.{name}").STAGE
+    declared = PIPELINE[name]
+    assert declared["cmd"] == f"python pipeline_stages/{name}.py"
+    assert f"pipeline_stages/{name}.py" in declared["deps"]
+    assert declared["params"] == list(stage.sections)
+    outs = set()
+    for kind in ("outs", "metrics", "plots"):
+        outs |= _paths(declared.get(kind, []))
+    assert outs == {str(path) for path in stage.outputs(make_config())}
+    for dep in declared["deps"]:
+        assert dep.startswith("data/") or (REPO_ROOT / dep).exists(), f"{name}: dep {dep} missing"
