@@ -80,6 +80,7 @@ class ModelConfig(Section):
     widths: list[int]
     blocks: list[int]
     stem_stride: int = Field(ge=1, le=4)
+    stem_pool: bool
     dropout: Probability = Field(ge=0, lt=1)
 
     @model_validator(mode="after")
@@ -152,7 +153,7 @@ class TrainerConfig(Section):
     devices: int = Field(ge=1)
     strategy: Literal["auto", "ddp"]
     num_nodes: int = Field(ge=1)
-    precision: Literal["bf16-mixed", "32-true", "16-mixed"]
+    precision: Literal["auto", "bf16-mixed", "32-true", "16-mixed"]
     deterministic: bool
     log_every_n_steps: int = Field(ge=1)
 

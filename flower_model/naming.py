@@ -9,6 +9,7 @@ SHORT_NAMES: dict[str, str] = {
     "model.widths": "w",
     "model.blocks": "blk",
     "model.stem_stride": "ss",
+    "model.stem_pool": "sp",
     "model.dropout": "do",
     "preprocess.image_size": "px",
     "preprocess.resize_mode": "rm",

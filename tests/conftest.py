@@ -1,8 +1,15 @@
 """Shared fixtures: configs built from configs/, and small datasets cut from the real mirror."""
 
 import io
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tarfile
+import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -79,3 +86,68 @@ def project(tmp_path) -> Path:
     shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
     return tmp_path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    """Poll `url` until it answers; fail early if `process` died. Bounded by `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before answering {url}")
+        try:
+            urllib.request.build_opener().open(url, timeout=2)  # fresh: reads proxy env now
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout_s} s")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM the process group a fixture started, then SIGKILL what is left."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+MLFLOW_START_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on a free loopback port, sqlite-backed; yields its URI."""
+    state = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{state / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(state / "artifacts"),
+    ]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = (state / "server.log").open("w")
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{uri}/health", process, MLFLOW_START_TIMEOUT_S)
+        yield uri
+    finally:
+        stop_process(process)
+        log.close()

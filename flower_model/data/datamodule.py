@@ -1,0 +1,174 @@
+"""LightningDataModule over the preprocess outputs (memory-mapped uint8 arrays).
+
+Randomness is keyed, not drawn from global state: the sampler's order is a function of
+(seed, epoch) and each batch's augmentation of (seed, global step, rank). So a run resumed from a
+checkpoint sees exactly the batches the uninterrupted run would have, and DDP ranks shard the same
+permutation without overlapping. Augmentation runs on the batch after transfer (on the GPU when
+there is one), not per sample in the loader.
+"""
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.ops import roi_align
+from torchvision.transforms.v2 import functional as tvf
+
+from flower_model.config import AugmentConfig, TrainConfig
+from flower_model.constants import SPLITS, UINT8_MAX
+from flower_model.data.preprocess import CLASSES_FILE, images_path, labels_path
+
+ASPECT_RANGE = (3 / 4, 4 / 3)  # RandomResizedCrop's usual aspect-ratio range
+SEED_STRIDE = 1_000_003  # separates (seed, step, rank) keys: a prime larger than any step count
+ROI_SAMPLES = 2  # bilinear samples per output pixel and axis: mild antialiasing when shrinking
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as torchvision's rgb_to_grayscale
+
+
+def augment_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """Augmentation randomness keyed by (seed, global step, rank): resumable and DDP-safe."""
+    return torch.Generator().manual_seed((seed * SEED_STRIDE + step) * SEED_STRIDE + rank)
+
+
+def _uniform(generator: torch.Generator, count: int, low: float, high: float) -> torch.Tensor:
+    return low + (high - low) * torch.rand(count, generator=generator)
+
+
+def augment_batch(
+    images: torch.Tensor, config: AugmentConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Random resized crop, horizontal flip and colour jitter on a whole uint8 NCHW batch.
+
+    Each image gets its own parameters, but the work is a few batched tensor ops (roi_align does
+    every crop+resize in one call), so it costs ~1% of a training step instead of the ~14% that
+    per-sample torchvision v2 transforms in the loader measured on 2 cores. Returns float 0..255.
+    """
+    count, _, height, width = images.shape
+    floats = images.float()
+    area = height * width * _uniform(generator, count, config.scale_min, 1.0)
+    log_low, log_high = (math.log(bound) for bound in ASPECT_RANGE)
+    aspect = torch.exp(_uniform(generator, count, log_low, log_high))
+    crop_w = torch.sqrt(area * aspect).clamp(max=width)
+    crop_h = torch.sqrt(area / aspect).clamp(max=height)
+    left = torch.rand(count, generator=generator) * (width - crop_w)
+    top = torch.rand(count, generator=generator) * (height - crop_h)
+    boxes = torch.stack(
+        [torch.arange(count, dtype=torch.float32), left, top, left + crop_w, top + crop_h], dim=1
+    )
+    out = roi_align(
+        floats, boxes.to(floats.device), (height, width), 1.0, ROI_SAMPLES, aligned=True
+    )
+    flip = (torch.rand(count, generator=generator) < config.hflip).to(out.device)
+    out = torch.where(flip.view(-1, 1, 1, 1), tvf.horizontal_flip(out), out)
+    if config.color_jitter > 0:
+        low, high = 1 - config.color_jitter, 1 + config.color_jitter
+        brightness, contrast, saturation = (
+            _uniform(generator, count, low, high).view(-1, 1, 1, 1).to(out.device) for _ in range(3)
+        )
+        luma = torch.tensor(LUMA, device=out.device).view(1, -1, 1, 1)
+        out = out * brightness
+        mean = (out * luma).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+        out = (out - mean) * contrast + mean
+        gray = (out * luma).sum(dim=1, keepdim=True)
+        out = (out - gray) * saturation + gray
+    return out.clamp(0, UINT8_MAX)
+
+
+class FlowerArrays(Dataset):
+    """One split as (uint8 CHW image, label) pairs, read from the memory-mapped array."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images = images
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.from_numpy(np.array(self.images[index])).permute(2, 0, 1)
+        return image.contiguous(), self.labels[index]
+
+
+class EpochSampler(Sampler):
+    """Seeded per-epoch permutation, sharded across DDP ranks."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool, drop_last: bool, batch_size: int):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.drop_last, self.batch_size = drop_last, batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this before every epoch
+        self.epoch = epoch
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * SEED_STRIDE + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        rank, world = self._rank_and_world()
+        per_rank = self.size // world if self.drop_last else math.ceil(self.size / world)
+        padded = order + order[: per_rank * world - len(order)]  # equal shards for DDP
+        return padded[rank : per_rank * world : world]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+
+class FlowerDataModule(pl.LightningDataModule):
+    def __init__(self, processed: Path, config: TrainConfig):
+        super().__init__()
+        self.processed = processed
+        self.config = config
+        self.class_names: list[str] = json.loads((processed / CLASSES_FILE).read_text())
+        self.sets: dict[str, FlowerArrays] = {}
+
+    def _split(self, split: str) -> FlowerArrays:
+        images = np.load(images_path(self.processed, split), mmap_mode="r")
+        return FlowerArrays(images, np.load(labels_path(self.processed, split)))
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.sets:
+            self.sets = {split: self._split(split) for split in SPLITS}
+
+    def steps_per_epoch(self, world_size: int) -> int:
+        self.setup()
+        batches = len(self.sets["train"]) // world_size // self.config.batch_size
+        limit = self.config.limit_train_batches
+        limited = min(batches, int(limit)) if isinstance(limit, int) else int(batches * limit)
+        return max(1, limited)
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        dataset = self.sets[split]
+        sampler = EpochSampler(len(dataset), self.config.seed, shuffle, shuffle, batch_size)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=shuffle,  # equal-size training batches keep BatchNorm statistics steady
+            num_workers=self.config.num_workers,
+            pin_memory=self.config.pin_memory,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.config.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.config.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.config.eval_batch_size)

@@ -1,0 +1,144 @@
+"""Training callbacks: step timing (data-wait share) and the CSV logger behind `dvc plots`."""
+
+import csv
+import io
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+
+from flower_model.io_utils import write_text
+
+STEP_KEYS = ("train/loss", "lr")
+EPOCH_KEYS = ("train/epoch_loss", "train/acc", "val/loss", "val/acc", "val/f1")
+STEPS_FILE = "steps.csv"
+EPOCHS_FILE = "epochs.csv"
+
+
+class StepTimer(pl.Callback):
+    """Times each optimisation step and the wait for its batch; logs per-step and per-epoch figures."""
+
+    def __init__(self) -> None:
+        self.totals = {"wait_s": 0.0, "compute_s": 0.0, "images": 0, "epoch_s": 0.0}
+        self._last_end = self._batch_start = self._epoch_start = 0.0
+        self._epoch_wait = self._epoch_compute = 0.0
+        self._epoch_images = 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = self._last_end = time.perf_counter()
+        self._epoch_wait = self._epoch_compute = 0.0
+        self._epoch_images = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_start = time.perf_counter()
+        self._epoch_wait += self._batch_start - self._last_end
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._last_end = time.perf_counter()
+        step = self._last_end - self._batch_start
+        self._epoch_compute += step
+        self._epoch_images += len(batch[1])
+        pl_module.log("train/step_time", step, on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        busy = self._epoch_wait + self._epoch_compute
+        epoch_s = time.perf_counter() - self._epoch_start
+        self.totals["wait_s"] += self._epoch_wait
+        self.totals["compute_s"] += self._epoch_compute
+        self.totals["images"] += self._epoch_images
+        self.totals["epoch_s"] += epoch_s
+        pl_module.log_dict(
+            {
+                "time/epoch_s": epoch_s,
+                "train/data_wait_share": self._epoch_wait / busy if busy else 0.0,
+                "train/images_per_s": self._epoch_images / busy if busy else 0.0,
+            }
+        )
+
+    def summary(self) -> dict[str, float]:
+        busy = self.totals["wait_s"] + self.totals["compute_s"]
+        return {
+            "data_wait_share": self.totals["wait_s"] / busy if busy else 0.0,
+            "train_images_per_s": self.totals["images"] / busy if busy else 0.0,
+            "train_epoch_seconds_total": self.totals["epoch_s"],
+        }
+
+
+def _csv(header: list[str], rows: list[list]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open())) if path.is_file() else []
+
+
+class DvcPlotsLogger(Logger):
+    """Writes deterministic metrics only (no timings) as two dense CSVs that `dvc plots` draws.
+
+    On resume, the rows up to the resumed step are kept, so the curves cover the whole run.
+    """
+
+    def __init__(self, directory: Path, resume_step: int | None = None) -> None:
+        super().__init__()
+        self.directory = directory
+        self.frozen = False  # set after fit: the best-checkpoint validate/test must not add rows
+        self.steps: dict[int, dict[str, float]] = {}
+        self.epochs: dict[int, dict[str, float]] = {}
+        if resume_step is not None:
+            for row in _read_rows(directory / STEPS_FILE):
+                if int(row["step"]) <= resume_step:
+                    self.steps[int(row["step"])] = {
+                        key: float(row[key]) for key in STEP_KEYS if row[key]
+                    }
+            for row in _read_rows(directory / EPOCHS_FILE):
+                if int(row["step"]) <= resume_step:
+                    values = {key: float(row[key]) for key in EPOCH_KEYS if row[key]}
+                    self.epochs[int(row["epoch"])] = {"step": int(row["step"]), **values}
+
+    @property
+    def name(self) -> str:
+        return "dvc_plots"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass  # the resolved config is written beside the outs instead
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.frozen:
+            return
+        step = int(step or 0)
+        for key in STEP_KEYS:
+            if key in metrics:
+                self.steps.setdefault(step, {})[key] = float(metrics[key])
+        if "epoch" in metrics and any(key in metrics for key in EPOCH_KEYS):
+            row = self.epochs.setdefault(int(metrics["epoch"]), {})
+            row["step"] = step
+            row.update({key: float(metrics[key]) for key in EPOCH_KEYS if key in metrics})
+
+    @rank_zero_only
+    def save(self) -> None:
+        step_rows = [
+            [step] + [values.get(key, "") for key in STEP_KEYS]
+            for step, values in sorted(self.steps.items())
+        ]
+        epoch_rows = [
+            [epoch, values.get("step", "")] + [values.get(key, "") for key in EPOCH_KEYS]
+            for epoch, values in sorted(self.epochs.items())
+        ]
+        write_text(self.directory / STEPS_FILE, _csv(["step", *STEP_KEYS], step_rows))
+        write_text(self.directory / EPOCHS_FILE, _csv(["epoch", "step", *EPOCH_KEYS], epoch_rows))
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()

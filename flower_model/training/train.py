@@ -1,0 +1,288 @@
+"""The training run: data + model + Lightning Trainer, tracked in MLflow, with DVC-facing outs.
+
+Outs (stable paths, no timestamps, no absolute paths): models/model.ckpt (the best checkpoint),
+models/train_run.json, reports/train.json, plots/train/{steps,epochs}.csv and loss_curve.png.
+models/checkpoints/ holds best/last/periodic checkpoints for `resume=last`.
+"""
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+
+from flower_model.config import Config, ConfigError, compose_raw, flatten, validate
+from flower_model.constants import RESOLVED_CONFIG_NAME
+from flower_model.data.datamodule import FlowerDataModule
+from flower_model.errors import FlowerModelError
+from flower_model.evaluation.figures import training_curves
+from flower_model.io_utils import atomic_path, write_json, write_text
+from flower_model.naming import run_name
+from flower_model.training.callbacks import EPOCHS_FILE, DvcPlotsLogger, StepTimer
+from flower_model.training.module import FlowerClassifier
+from flower_model.training.tracking import data_version, git_state, require_tracking_server
+
+CHECKPOINT_DIR = "checkpoints"
+MODEL_CHECKPOINT = "model.ckpt"
+TRAIN_RUN = "train_run.json"
+LAST = "last"
+CURVE_FILE = "loss_curve.png"
+
+
+def log_event(event: str, **fields) -> None:
+    """One JSON line on stderr: machine-readable progress and failures."""
+    print(
+        json.dumps({"event": event, **fields}, sort_keys=True, default=str),
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def resolve_precision(setting: str, accelerator: str) -> str:
+    """`auto`: bf16 autocast only where the hardware has bf16 units (it is 10x slower without)."""
+    if setting != "auto":
+        return setting
+    on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true"
+
+
+def resolve_resume(resume: str | None, checkpoints: Path, root: Path) -> Path | None:
+    if resume is None:
+        return None
+    path = checkpoints / f"{LAST}.ckpt" if resume == LAST else Path(resume)
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise FlowerModelError(
+            f"resume={resume!r}: no checkpoint at {path}; train without resume first"
+        )
+    return path
+
+
+def _relative_paths(value, root: Path):
+    """Checkpoint callback states hold absolute paths; make them relative to the project root."""
+    if isinstance(value, str) and value.startswith(str(root)):
+        return str(Path(value).relative_to(root))
+    if isinstance(value, dict):
+        return {
+            _relative_paths(key, root): _relative_paths(item, root) for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_relative_paths(item, root) for item in value]
+    return value
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """last.ckpt after every epoch. Lightning's `save_last` only writes when a top-k file is
+    written, but `resume=last` needs the latest state, improved or not."""
+
+    @property
+    def state_key(self) -> str:
+        return "latest_checkpoint"  # distinct from the periodic callback's key (same settings)
+
+
+def _baseline_name(config: Config, root: Path) -> str:
+    try:
+        return run_name(config, baseline=validate(compose_raw(root)))
+    except ConfigError:
+        return run_name(config)
+
+
+def _callbacks(config: Config, checkpoints: Path) -> tuple[ModelCheckpoint, list[pl.Callback]]:
+    train = config.train
+    metric = train.checkpoint.monitor
+    best = ModelCheckpoint(
+        dirpath=checkpoints,
+        filename=f"best-epoch{{epoch:03d}}-step{{step:06d}}-{metric.replace('/', '_')}{{{metric}:.4f}}",
+        monitor=metric,
+        mode=train.checkpoint.mode,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
+    last = LatestCheckpoint(
+        dirpath=checkpoints, filename=LAST, save_top_k=1, enable_version_counter=False
+    )
+    periodic = ModelCheckpoint(
+        dirpath=checkpoints,
+        filename="periodic-epoch{epoch:03d}-step{step:06d}",
+        every_n_epochs=train.checkpoint.every_n_epochs,
+        save_top_k=-1,
+        auto_insert_metric_name=False,
+    )
+    callbacks: list[pl.Callback] = [
+        best,
+        last,
+        periodic,
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if train.early_stopping.enabled:
+        callbacks.append(
+            EarlyStopping(
+                metric, patience=train.early_stopping.patience, mode=train.checkpoint.mode
+            )
+        )
+    return best, callbacks
+
+
+def train_model(
+    config: Config, root: Path, resolved: dict, extra_callbacks: tuple = ()
+) -> dict | None:
+    """Fit, test the best checkpoint, write the outs; return the metrics report (rank zero)."""
+    require_tracking_server(config.mlflow)
+    paths = config.paths
+    models = root / paths.models_dir
+    checkpoints = models / CHECKPOINT_DIR
+    resume = resolve_resume(config.resume, checkpoints, root)
+    resumed_state = torch.load(resume, map_location="cpu", weights_only=False) if resume else None
+    if resume is None and checkpoints.exists():
+        shutil.rmtree(checkpoints)  # a fresh run must not pick up another run's "best"
+
+    pl.seed_everything(config.train.seed, workers=True)
+    datamodule = FlowerDataModule(root / paths.processed_dir, config.train)
+    world = config.trainer.devices * config.trainer.num_nodes
+    module = FlowerClassifier(
+        model=config.model.model_dump(mode="json"),
+        train=config.train.model_dump(mode="json"),
+        class_names=datamodule.class_names,
+        steps_per_epoch=datamodule.steps_per_epoch(world),
+    )
+    if config.train.compile and torch.cuda.is_available():
+        module.net = torch.compile(module.net)
+
+    sha, dirty = git_state()
+    data = data_version(root, paths.processed_dir)
+    name = _baseline_name(config, root)
+    tags = {
+        "git_sha": sha,
+        "git_dirty": str(dirty).lower(),
+        "resumed": str(resume is not None).lower(),
+    }
+    tags.update(data)
+    tags["seed"] = str(config.train.seed)
+    mlflow_logger = MLFlowLogger(
+        experiment_name=config.mlflow.experiment_name,
+        tracking_uri=config.mlflow.tracking_uri,
+        run_name=name,
+        run_id=resumed_state.get("mlflow_run_id") if resumed_state else None,
+        tags=tags,
+        synchronous=False,  # metric uploads must not stall training steps
+    )
+    run_id = mlflow_logger.run_id
+    context = {
+        "run_id": run_id,
+        "seed": config.train.seed,
+        "data_version": data["data_sha256"],
+        "git_sha": sha,
+    }
+    if resumed_state:
+        for key, value in tags.items():
+            mlflow_logger.experiment.set_tag(run_id, key, value)  # resumed=true on the same run
+    else:
+        mlflow_logger.log_hyperparams(flatten(resolved))
+    module.run_info = {
+        "resolved_config": resolved,
+        "git_sha": sha,
+        "mlflow_run_id": run_id,
+        "data_version": data,
+    }
+
+    plots_dir = root / paths.plots_dir / "train"
+    plots_logger = DvcPlotsLogger(
+        plots_dir, resume_step=resumed_state["global_step"] if resumed_state else None
+    )
+    best, callbacks = _callbacks(config, checkpoints)
+    timer = StepTimer()
+    trainer_config = config.trainer
+    trainer = pl.Trainer(
+        accelerator=trainer_config.accelerator,
+        devices=trainer_config.devices,
+        strategy=trainer_config.strategy,
+        num_nodes=trainer_config.num_nodes,
+        precision=resolve_precision(trainer_config.precision, trainer_config.accelerator),
+        deterministic=trainer_config.deterministic,
+        max_epochs=config.train.max_epochs,
+        limit_train_batches=config.train.limit_train_batches,
+        log_every_n_steps=trainer_config.log_every_n_steps,
+        logger=[mlflow_logger, plots_logger],
+        callbacks=[*callbacks, timer, *extra_callbacks],
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # EpochSampler shards itself, keyed by (seed, epoch)
+        enable_model_summary=False,
+        default_root_dir=checkpoints,
+    )
+    log_event("train_start", run_name=name, resume=str(resume) if resume else None, **context)
+    started = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    except BaseException as error:
+        last = checkpoints / f"{LAST}.ckpt"
+        log_event(
+            "train_failed",
+            error_type=type(error).__name__,
+            error=str(error),
+            epoch=trainer.current_epoch,
+            step=trainer.global_step,
+            last_checkpoint=str(last.relative_to(root)) if last.exists() else None,
+            **context,
+        )
+        raise
+    fit_seconds = time.perf_counter() - started
+    plots_logger.frozen = True
+    best_path = Path(best.best_model_path)
+    val = trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
+    if not trainer.is_global_zero:
+        return None
+
+    best_state = torch.load(best_path, map_location="cpu", weights_only=False)
+    with atomic_path(models / MODEL_CHECKPOINT) as tmp:
+        torch.save(_relative_paths(best_state, root.resolve()), tmp)
+    report = {
+        "best": {key: round(float(value), 6) for key, value in sorted(val.items())},
+        "test": {key: round(float(value), 6) for key, value in sorted(test.items())},
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+    }
+    write_json(root / paths.reports_dir / "train.json", report)
+    write_json(
+        models / TRAIN_RUN,
+        {
+            "mlflow_run_id": run_id,
+            "run_name": name,
+            "git_sha": sha,
+            "git_dirty": dirty,
+            **data,
+            "monitor": config.train.checkpoint.monitor,
+            "best_score": round(float(best.best_model_score), 6),
+            "best_epoch": best_state["epoch"],
+            "best_step": best_state["global_step"],
+            "checkpoint": (paths.models_dir / MODEL_CHECKPOINT).as_posix(),
+            "resumed": resume is not None,
+        },
+    )
+    plots_logger.save()
+    training_curves(plots_dir / EPOCHS_FILE, plots_dir / CURVE_FILE)
+    timing = {**timer.summary(), "fit_seconds": fit_seconds}
+    client = mlflow_logger.experiment  # test/* metrics were logged by trainer.test already
+    for key, value in timing.items():
+        client.log_metric(run_id, f"time/{key}", float(value))
+    config_file = models / RESOLVED_CONFIG_NAME
+    write_text(config_file, yaml.safe_dump(resolved, sort_keys=False))
+    client.log_artifact(run_id, str(config_file))
+    client.log_artifact(run_id, str(plots_dir / CURVE_FILE), artifact_path="plots")
+    log_event("train_done", **timing, **report["test"], **context)
+    print(
+        f"train: {trainer.current_epoch} epochs in {fit_seconds:.0f} s, "
+        f"{timing['train_images_per_s']:.0f} train images/s, data wait {timing['data_wait_share']:.1%} "
+        f"of step time; best {config.train.checkpoint.monitor}={float(best.best_model_score):.4f}; "
+        f"test acc {report['test'].get('test/acc', float('nan')):.4f}",
+        flush=True,
+    )
+    return report

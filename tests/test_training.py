@@ -1,0 +1,234 @@
+"""Training: real tiny runs through Lightning and a real MLflow server; checkpoints, resume, determinism."""
+
+import json
+import subprocess
+import sys
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from flower_model.config import Config
+from flower_model.data.preprocess import preprocess_dataset
+from flower_model.errors import FlowerModelError
+from flower_model.training.module import FlowerClassifier
+from flower_model.training.train import train_model
+from tests.conftest import REPO_ROOT, free_port, make_config
+
+TINY_SIZE = 32
+TINY_MODEL = {"widths": [8, 16, 16, 32], "blocks": [1, 1, 1, 1]}
+TINY_TRAIN = {
+    "batch_size": 8,
+    "eval_batch_size": 32,
+    "max_epochs": 2,
+    "warmup_epochs": 1,
+    "num_workers": 0,
+    "early_stopping": {"enabled": False, "patience": 1},
+    "checkpoint": {"monitor": "val/loss", "mode": "min", "every_n_epochs": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_processed(tmp_path_factory, mini_dataset):
+    """Preprocess outputs of the mini dataset at 32 px: a project root that `train` can use."""
+    root = tmp_path_factory.mktemp("project")
+    config = make_config(preprocess={"image_size": TINY_SIZE, "num_workers": 0})
+    paths = config.paths
+    preprocess_dataset(
+        mini_dataset,
+        root / paths.processed_dir,
+        root / paths.reports_dir,
+        root / paths.plots_dir,
+        config.preprocess,
+        {},
+    )
+    return root
+
+
+def tiny_config(uri: str, **train) -> Config:
+    overrides = ["trainer.log_every_n_steps=1", "trainer.accelerator=cpu"]
+    return make_config(
+        overrides, model=TINY_MODEL, train={**TINY_TRAIN, **train}, mlflow={"tracking_uri": uri}
+    )
+
+
+def _copy_project(source, target):
+    import shutil
+
+    shutil.copytree(source / "data", target / "data")
+    return target
+
+
+class StopAfterFirstEpoch(pl.Callback):
+    """Simulates an interruption right after epoch 0 (its checkpoints are already written)."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.should_stop = True
+
+
+def _run(root, config: Config, callbacks=()):
+    from flower_model.stage import Stage
+
+    resolved = Stage("t", ("model", "train", "trainer", "resume"), lambda *_: None).resolved(config)
+    return train_model(config, root, resolved, extra_callbacks=callbacks)
+
+
+def _final_weights(root) -> dict:
+    return torch.load(root / "models" / "checkpoints" / "last.ckpt", weights_only=True)[
+        "state_dict"
+    ]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, tiny_processed, mlflow_server):
+    root = _copy_project(tiny_processed, tmp_path_factory.mktemp("straight"))
+    report = _run(root, tiny_config(mlflow_server))
+    return root, report
+
+
+def test_outs_are_written(straight_run):
+    root, report = straight_run
+    for path in (
+        "models/model.ckpt",
+        "models/train_run.json",
+        "reports/train.json",
+        "plots/train/epochs.csv",
+    ):
+        assert (root / path).is_file(), path
+    assert (root / "plots" / "train" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    run = json.loads((root / "models" / "train_run.json").read_text())
+    assert run["best_epoch"] in (0, 1) and run["checkpoint"] == "models/model.ckpt"
+    assert 0.0 <= report["test"]["test/acc"] <= 1.0
+    epochs = (root / "plots" / "train" / "epochs.csv").read_text().splitlines()
+    assert len(epochs) == 1 + 2, "one header and one row per epoch"
+    assert str(root) not in (root / "models" / "train_run.json").read_text()
+
+
+def test_checkpoint_round_trip(straight_run):
+    root, _ = straight_run
+    state = torch.load(root / "models" / "checkpoints" / "last.ckpt", weights_only=True)
+    for key in (
+        "state_dict",
+        "optimizer_states",
+        "lr_schedulers",
+        "epoch",
+        "global_step",
+        "rng_states",
+    ):
+        assert key in state, key
+    assert state["resolved_config"]["train"]["batch_size"] == TINY_TRAIN["batch_size"]
+    assert len(state["git_sha"]) == 40 and state["mlflow_run_id"]
+    module = FlowerClassifier(**state["hyper_parameters"])
+    module.load_state_dict(state["state_dict"])
+    assert all(
+        torch.equal(value, state["state_dict"][key]) for key, value in module.state_dict().items()
+    )
+    optimizer = module.configure_optimizers()["optimizer"]
+    optimizer.load_state_dict(state["optimizer_states"][0])
+    steps = {int(value["step"]) for value in optimizer.state_dict()["state"].values()}
+    assert steps == {state["global_step"]}
+    assert state["lr_schedulers"][0]["last_epoch"] == state["global_step"]
+    shipped = torch.load(root / "models" / "model.ckpt", weights_only=True)
+    assert str(root) not in repr(shipped["callbacks"]), "no absolute paths in the DVC out"
+
+
+def test_same_config_gives_identical_metrics(straight_run, tmp_path, tiny_processed, mlflow_server):
+    root, report = straight_run
+    again = _run(_copy_project(tiny_processed, tmp_path), tiny_config(mlflow_server))
+    assert again == report
+    assert (tmp_path / "plots" / "train" / "epochs.csv").read_text() == (
+        root / "plots" / "train" / "epochs.csv"
+    ).read_text()
+
+
+def test_resume_continues_exactly(straight_run, tmp_path, tiny_processed, mlflow_server):
+    root, report = straight_run
+    project = _copy_project(tiny_processed, tmp_path)
+    _run(project, tiny_config(mlflow_server), callbacks=(StopAfterFirstEpoch(),))
+    first_run = json.loads((project / "models" / "train_run.json").read_text())["mlflow_run_id"]
+    resumed = _run(project, make_config_with_resume(mlflow_server))
+    assert resumed == report
+    assert (project / "plots" / "train" / "epochs.csv").read_text() == (
+        root / "plots" / "train" / "epochs.csv"
+    ).read_text()
+    straight, continued = _final_weights(root), _final_weights(project)
+    assert all(torch.equal(straight[key], continued[key]) for key in straight)
+    run = MlflowClient(mlflow_server).get_run(first_run)
+    assert run.data.tags["resumed"] == "true", "the resumed run continues the same MLflow run"
+
+
+def make_config_with_resume(uri: str) -> Config:
+    base = tiny_config(uri)
+    return base.model_copy(update={"resume": "last"})
+
+
+def test_mlflow_records_the_run(straight_run, mlflow_server):
+    root, _ = straight_run
+    run_id = json.loads((root / "models" / "train_run.json").read_text())["mlflow_run_id"]
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(run_id)
+    assert run.data.params["train.batch_size"] == str(TINY_TRAIN["batch_size"])
+    assert run.data.params["model.name"] == "small_cnn"
+    assert len(run.data.tags["git_sha"]) == 40
+    assert (
+        run.data.tags["data_sha256"]
+        == json.loads((root / "models" / "train_run.json").read_text())["data_sha256"]
+    )
+    for metric in (
+        "train/loss",
+        "lr",
+        "train/step_time",
+        "val/loss",
+        "val/acc",
+        "val/f1",
+        "train/acc",
+        "test/acc",
+    ):
+        assert client.get_metric_history(run_id, metric), f"no history for {metric}"
+    assert len(client.get_metric_history(run_id, "val/loss")) >= 2
+    artifacts = {item.path for item in client.list_artifacts(run_id)}
+    artifacts |= {item.path for item in client.list_artifacts(run_id, "plots")}
+    assert "config.resolved.yaml" in artifacts and "plots/loss_curve.png" in artifacts
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path, tiny_processed):
+    project = _copy_project(tiny_processed, tmp_path)
+    config = tiny_config(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(FlowerModelError, match="mlflow-server"):
+        _run(project, config)
+    assert not (project / "models").exists()
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_processed, mlflow_server):
+    project = _copy_project(tiny_processed, tmp_path)
+    with pytest.raises(FlowerModelError, match="no checkpoint"):
+        _run(project, make_config_with_resume(mlflow_server))
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path, tiny_processed, mlflow_server):
+    import shutil
+
+    project = _copy_project(tiny_processed, tmp_path)
+    shutil.copytree(REPO_ROOT / "configs", project / "configs")
+    overrides = [
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "trainer.accelerator=cpu",
+        "train.max_epochs=1",
+        "train.warmup_epochs=0",
+        "train.batch_size=8",
+        f"mlflow.tracking_uri={mlflow_server}",
+        f"model.widths={TINY_MODEL['widths']}".replace(" ", ""),
+    ]
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "pipeline_stages" / "train.py"), *overrides],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train_done" in result.stderr
+    assert json.loads((project / "reports" / "train.json").read_text())["epochs"] == 1
