@@ -5,6 +5,7 @@ params.yaml (what DVC tracks); with overrides it composes configs/ + overrides a
 """
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -45,9 +46,121 @@ def compose(*overrides: str, check: bool = False) -> None:
     print("params.yaml " + ("updated from configs/" if changed else "already matches configs/"))
 
 
+def infer(
+    *paths: str,
+    model: str = "models/model.onnx",
+    output: str | None = None,
+    top_k: int = 3,
+    backend: str = "onnx",
+) -> None:
+    """Classify photos: `infer PATH... [--model F] [--output F.csv|F.json] [--top-k K]`."""
+    model_path = Path(model)
+    if not model_path.is_file():
+        _pull_with_dvc(model_path)
+    classifier = None
+    if backend == "tensorrt":
+        from flower_model.serving.tensorrt_backend import TensorRTClassifier
+
+        classifier = TensorRTClassifier(model_path)
+    elif backend != "onnx":
+        print(f"error: --backend must be onnx or tensorrt, got {backend!r}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    from flower_model.serving.infer import run_infer
+
+    out = Path(output) if output else None
+    sys.exit(run_infer([str(item) for item in paths], model_path, out, int(top_k), classifier))
+
+
+def _pull_with_dvc(target: Path) -> None:
+    """Fetch a missing DVC out (`dvc pull <target>`); exit with a clear message if that fails."""
+    print(f"{target} is missing; trying `dvc pull {target}`", file=sys.stderr)
+    try:
+        from dvc.exceptions import DvcException
+        from dvc.repo import Repo
+
+        with Repo(".") as repo:
+            repo.pull(targets=[str(target)])
+    except (DvcException, ImportError, OSError) as error:
+        print(
+            f"error: {target} does not exist and `dvc pull` could not fetch it ({error}). "
+            "Run `dvc repro` to build it, or configure the DVC remote that holds it",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_ERROR)
+    if not target.is_file():
+        print(f"error: `dvc pull` did not produce {target}; run `dvc repro`", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+
+
+def serve(*overrides: str, model: str = "models/model.onnx", backend: str = "onnx") -> None:
+    """Serve the model with Triton (`serve [overrides...] [--model F] [--backend onnx|tensorrt]`)."""
+    import os
+
+    from flower_model.config import load_config
+    from flower_model.serving.triton import library_path_fix
+
+    env = library_path_fix()
+    if env is not None:  # tritonserver loads libpython: re-exec once with it on the path
+        os.execve(
+            sys.executable, [sys.executable, "-m", "flower_model.commands", *sys.argv[1:]], env
+        )
+    config = load_config(Path.cwd(), [str(item) for item in overrides]).serve
+    model_path = Path(model)
+    if not model_path.is_file():
+        _pull_with_dvc(model_path)
+    from flower_model.serving.triton import serve as run_server
+
+    run_server(model_path, config, backend)
+
+
+def client(
+    *paths: str,
+    url: str = "127.0.0.1:8000",
+    protocol: str = "http",
+    output: str | None = None,
+    top_k: int = 3,
+    batch: int = 16,
+) -> None:
+    """Classify photos through a Triton server: `client PATH... --url HOST:PORT [--protocol grpc]`."""
+    from flower_model.config import load_config
+    from flower_model.serving.client import TritonClassifier, classify_remote
+    from flower_model.serving.infer import render
+
+    config = load_config(Path.cwd())
+    classes_file = config.paths.processed_dir / "classes.json"
+    names = json.loads(classes_file.read_text()) if classes_file.is_file() else []
+    classifier = TritonClassifier(
+        url, protocol, config.serve.model_name, config.preprocess.model_dump(), names
+    )
+    try:
+        results = classify_remote([str(item) for item in paths], classifier, int(top_k), int(batch))
+    finally:
+        classifier.close()
+    text = render(results, Path(output).suffix.lower() if output else ".csv")
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    sys.exit(1 if any(result.error for result in results) else 0)
+
+
+def triton_repo(output: str, model: str = "models/model.onnx") -> None:
+    """Write a Triton model repository for NVIDIA's container: `triton-repo OUTDIR`."""
+    from flower_model.config import load_config
+    from flower_model.serving.model_repository import write_repository
+
+    written = write_repository(Path(output), Path(model), load_config(Path.cwd()).serve)
+    for path in written:
+        print(f"wrote {path}")
+
+
 def _commands() -> dict:
     commands = {name: _stage(name) for name in STAGE_NAMES}
     commands["compose"] = compose
+    commands["infer"] = infer
+    commands["serve"] = serve
+    commands["client"] = client
+    commands["triton-repo"] = triton_repo
     return commands
 
 

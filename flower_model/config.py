@@ -164,7 +164,6 @@ class ExportConfig(Section):
     parity_atol: float = Field(gt=0, le=1)
     parity_min_top1_agreement: Probability = Field(ge=0, le=1)
     parity_images: int = Field(ge=1)
-    int8: bool
     calibration_images: int = Field(ge=1)
 
 

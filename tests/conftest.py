@@ -20,6 +20,8 @@ from flower_model.config import Config, compose_raw, validate
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIRROR = REPO_ROOT.parent / "shared" / "data" / "flower_photos" / "flower_photos.tgz"
 IMAGES_PER_CLASS = 16
+TINY_SIZE = 32
+TINY_MODEL = {"widths": [8, 16, 16, 32], "blocks": [1, 1, 1, 1]}
 
 
 def make_config(overrides: list[str] | None = None, **sections: dict) -> Config:
@@ -151,3 +153,68 @@ def mlflow_server(tmp_path_factory):
     finally:
         stop_process(process)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_processed(tmp_path_factory, mini_dataset):
+    """Preprocess outputs of the mini dataset at 32 px: a project root later stages can use."""
+    from flower_model.data.preprocess import preprocess_dataset
+
+    root = tmp_path_factory.mktemp("project")
+    config = make_config(preprocess={"image_size": TINY_SIZE, "num_workers": 0})
+    paths = config.paths
+    preprocess_dataset(
+        mini_dataset,
+        root / paths.processed_dir,
+        root / paths.reports_dir,
+        root / paths.plots_dir,
+        config.preprocess,
+        {},
+    )
+    return root
+
+
+CLASS_NAMES = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained tiny model saved in the train stage's checkpoint format."""
+    import torch
+
+    from flower_model.training.module import FlowerClassifier
+
+    torch.manual_seed(0)
+    config = make_config(model=TINY_MODEL)
+    module = FlowerClassifier(config.model.model_dump(), config.train.model_dump(), CLASS_NAMES, 1)
+    with torch.no_grad():  # move BatchNorm statistics off their defaults
+        module.train()
+        module(torch.randint(0, 256, (16, 3, TINY_SIZE, TINY_SIZE), dtype=torch.uint8))
+    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+    state = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_checkpoint, tiny_processed):
+    """models/model.onnx exported like the export_onnx stage does, with its full metadata."""
+    import json
+
+    import numpy as np
+
+    from flower_model.data.preprocess import images_path
+    from flower_model.export.onnx import export_model
+
+    config = make_config(preprocess={"image_size": TINY_SIZE})
+    val = np.load(images_path(tiny_processed / "data" / "processed", "val"))
+    metadata = {
+        "class_names": json.dumps(CLASS_NAMES),
+        "image_size": str(TINY_SIZE),
+        "resize_mode": config.preprocess.resize_mode,
+        "pad_value": str(config.preprocess.pad_value),
+        "max_image_pixels": str(config.preprocess.max_image_pixels),
+    }
+    output = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_model(tiny_checkpoint, output, config.export, val, metadata)
+    return output

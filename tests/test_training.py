@@ -10,14 +10,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from flower_model.config import Config
-from flower_model.data.preprocess import preprocess_dataset
 from flower_model.errors import FlowerModelError
 from flower_model.training.module import FlowerClassifier
 from flower_model.training.train import train_model
-from tests.conftest import REPO_ROOT, free_port, make_config
+from tests.conftest import REPO_ROOT, TINY_MODEL, free_port, make_config
 
-TINY_SIZE = 32
-TINY_MODEL = {"widths": [8, 16, 16, 32], "blocks": [1, 1, 1, 1]}
 TINY_TRAIN = {
     "batch_size": 8,
     "eval_batch_size": 32,
@@ -27,23 +24,6 @@ TINY_TRAIN = {
     "early_stopping": {"enabled": False, "patience": 1},
     "checkpoint": {"monitor": "val/loss", "mode": "min", "every_n_epochs": 1},
 }
-
-
-@pytest.fixture(scope="session")
-def tiny_processed(tmp_path_factory, mini_dataset):
-    """Preprocess outputs of the mini dataset at 32 px: a project root that `train` can use."""
-    root = tmp_path_factory.mktemp("project")
-    config = make_config(preprocess={"image_size": TINY_SIZE, "num_workers": 0})
-    paths = config.paths
-    preprocess_dataset(
-        mini_dataset,
-        root / paths.processed_dir,
-        root / paths.reports_dir,
-        root / paths.plots_dir,
-        config.preprocess,
-        {},
-    )
-    return root
 
 
 def tiny_config(uri: str, **train) -> Config:

@@ -1,0 +1,65 @@
+"""Evaluation pictures: confusion matrix with counts, misclassified photos."""
+
+from pathlib import Path
+
+import numpy as np
+
+from flower_model.evaluation.figures import plt, save_figure
+
+GALLERY_COLUMNS = 6
+
+
+def confusion_figure(
+    labels: np.ndarray, predictions: np.ndarray, class_names: list[str], target: Path
+) -> None:
+    """Confusion matrix with the count written in every cell (rows: actual, columns: predicted)."""
+    count = len(class_names)
+    matrix = np.zeros((count, count), dtype=int)
+    np.add.at(matrix, (labels, predictions), 1)
+    figure, axis = plt.subplots(figsize=(6.5, 5.5))
+    image = axis.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    threshold = matrix.max() / 2
+    for row in range(count):
+        for column in range(count):
+            colour = "white" if matrix[row, column] > threshold else "black"
+            axis.text(column, row, str(matrix[row, column]), ha="center", va="center", color=colour)
+    axis.set_xticks(range(count), class_names, rotation=30, ha="right")
+    axis.set_yticks(range(count), class_names)
+    axis.set(xlabel="predicted", ylabel="actual", title=f"test confusion matrix (n={len(labels)})")
+    figure.tight_layout()
+    save_figure(figure, target)
+
+
+def errors_gallery(
+    images: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    class_names: list[str],
+    files: list[str],
+    limit: int,
+    target: Path,
+) -> None:
+    """The most confident mistakes first: photo, true and predicted label, confidence."""
+    predictions = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predictions != labels)
+    wrong = wrong[np.argsort(-probs[wrong, predictions[wrong]], kind="stable")][:limit]
+    columns = GALLERY_COLUMNS
+    rows = max(1, -(-len(wrong) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.2, rows * 2.5), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, index in zip(axes.flat, wrong):
+        axis.imshow(images[index])
+        confidence = probs[index, predictions[index]]
+        axis.set_title(
+            f"true {class_names[labels[index]]}\npred {class_names[predictions[index]]} {confidence:.0%}",
+            fontsize=8,
+            color="firebrick",
+        )
+        axis.text(0, images.shape[1], files[index].rsplit("/", 1)[-1][:22], fontsize=5, va="top")
+    if not len(wrong):
+        axes.flat[0].set_title("no misclassified test photos")
+    figure.suptitle(f"misclassified test photos ({len(wrong)} shown, most confident first)")
+    figure.tight_layout()
+    save_figure(figure, target)

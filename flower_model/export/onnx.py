@@ -1,0 +1,184 @@
+"""Self-contained ONNX export: uint8 NHWC RGB in, `logits` and `probs` out, with a parity gate.
+
+The graph carries its own preprocessing (cast, scale, normalise, NHWC->NCHW) and softmax, so a
+client needs only the decoded, resized photo. Class names, image size, normalisation, git SHA and
+config hash ride along as metadata properties.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+from flower_model.config import ExportConfig
+from flower_model.errors import FlowerModelError
+from flower_model.io_utils import atomic_path
+from flower_model.training.module import FlowerClassifier, normalise
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("logits", "probs")
+BATCH_AXIS = "batch"
+EXAMPLE_BATCH = 2
+
+
+class ExportWrapper(nn.Module):
+    """uint8 [N, H, W, 3] RGB -> (logits, probs): the contract of the shipped model."""
+
+    def __init__(self, module: FlowerClassifier):
+        super().__init__()
+        self.net = module.net
+        self.register_buffer("mean", module.mean.clone())
+        self.register_buffer("std", module.std.clone())
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.net(
+            normalise(images.permute(0, 3, 1, 2), self.mean, self.std, channels_last=False)
+        )
+        return logits, torch.softmax(logits, dim=1)
+
+
+def load_classifier(checkpoint: Path) -> tuple[FlowerClassifier, dict]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    module = FlowerClassifier(**state["hyper_parameters"])
+    module.load_state_dict(state["state_dict"])
+    return module.eval(), state
+
+
+def config_hash(resolved: dict) -> str:
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
+
+
+def session(model_path: Path, threads: int = 0):
+    """An ONNX Runtime CPU session with full graph optimisation and no spinning."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+def torch_probs(module: FlowerClassifier, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    wrapper = ExportWrapper(module).eval()
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            outputs.append(
+                wrapper(torch.from_numpy(np.ascontiguousarray(images[start : start + batch])))[1]
+            )
+    return torch.cat(outputs).numpy()
+
+
+def onnx_probs(model_path: Path, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    runner = session(model_path)
+    outputs = [
+        runner.run(["probs"], {INPUT_NAME: np.ascontiguousarray(images[start : start + batch])})[0]
+        for start in range(0, len(images), batch)
+    ]
+    return np.concatenate(outputs)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    return {
+        "max_abs_diff": float(np.abs(reference - candidate).max()),
+        "top1_agreement": float((reference.argmax(1) == candidate.argmax(1)).mean()),
+        "images": int(len(reference)),
+    }
+
+
+def export_model(
+    checkpoint: Path,
+    output: Path,
+    config: ExportConfig,
+    parity_images: np.ndarray,
+    metadata: dict[str, str],
+) -> dict:
+    """Export, check, gate on parity; write `output` only when everything passes."""
+    module, _ = load_classifier(checkpoint)
+    size = parity_images.shape[1]
+    example = torch.zeros((EXAMPLE_BATCH, size, size, 3), dtype=torch.uint8)
+    with atomic_path(output) as tmp:
+        kwargs = (
+            {"dynamic_shapes": ({0: torch.export.Dim(BATCH_AXIS)},)}
+            if config.dynamo
+            else {"dynamic_axes": {name: {0: BATCH_AXIS} for name in (INPUT_NAME, *OUTPUT_NAMES)}}
+        )
+        torch.onnx.export(
+            ExportWrapper(module).eval(),
+            (example,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            opset_version=config.opset,
+            dynamo=config.dynamo,
+            **kwargs,
+        )
+        model = onnx.load(str(tmp))
+        for key, value in sorted(metadata.items()):
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(tmp))
+        parity = compare(torch_probs(module, parity_images), onnx_probs(tmp, parity_images))
+        if (
+            parity["max_abs_diff"] > config.parity_atol
+            or parity["top1_agreement"] < config.parity_min_top1_agreement
+        ):
+            raise FlowerModelError(
+                f"ONNX parity gate failed: {parity} vs tolerances max_abs_diff <= {config.parity_atol}, "
+                f"top1_agreement >= {config.parity_min_top1_agreement}; no model written. Try "
+                "export.dynamo or another export.opset"
+            )
+    return {
+        "parity": parity,
+        "opset": config.opset,
+        "exporter": "dynamo" if config.dynamo else "torchscript",
+    }
+
+
+class _CalibrationReader:
+    """Feeds training images to ONNX Runtime's static-quantisation calibrator, in batches."""
+
+    def __init__(self, images: np.ndarray, batch: int):
+        self.batches = iter(
+            [images[start : start + batch] for start in range(0, len(images), batch)]
+        )
+
+    def get_next(self):
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch)}
+
+
+def quantize_int8(fp32_model: Path, output: Path, calibration: np.ndarray, batch: int = 32) -> None:
+    """Static INT8 (QDQ, per-channel weights) calibrated on `calibration` images."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with atomic_path(output.with_suffix(".pre.onnx")) as prepared, atomic_path(output) as tmp:
+        quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(tmp),
+            _CalibrationReader(calibration, batch),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        # Keep the fp32 model's metadata (class names, image size...) on the INT8 variant too.
+        fp32_meta = onnx.load(str(fp32_model), load_external_data=False).metadata_props
+        quantized = onnx.load(str(tmp))
+        del quantized.metadata_props[:]
+        quantized.metadata_props.extend(fp32_meta)
+        onnx.save(quantized, str(tmp))
+
+
+def read_metadata(model_path: Path) -> dict[str, str]:
+    model = onnx.load(str(model_path), load_external_data=False)
+    return {entry.key: entry.value for entry in model.metadata_props}

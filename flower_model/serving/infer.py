@@ -1,0 +1,137 @@
+"""Classify photos with the exported ONNX model. Imports numpy, Pillow and onnxruntime only.
+
+Everything needed to prepare a photo (size, resize mode, class names) is read from the model's
+metadata, and the decode/resize code is the one preprocess used, so a photo is seen exactly as in
+training.
+"""
+
+import csv
+import glob
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from flower_model.constants import IMAGE_SUFFIXES
+from flower_model.data.images import ImageDecodeError, load_image
+
+BATCH = 32
+OUTPUT_FORMATS = (".csv", ".json")
+REQUIRED_METADATA = ("class_names", "image_size", "resize_mode", "pad_value", "max_image_pixels")
+
+
+@dataclass
+class Prediction:
+    path: str
+    predicted: str = ""
+    probability: float = 0.0
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str = ""
+
+
+def expand_paths(items: list[str]) -> list[Path]:
+    """Files as given; directories recursively (image suffixes only); globs expanded. Sorted, unique."""
+    found: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found += [
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            ]
+        elif path.exists():
+            found.append(path)
+        else:
+            matches = [Path(match) for match in glob.glob(item, recursive=True)]
+            found += matches if matches else [path]  # a missing path is reported, not dropped
+    return sorted(set(found))
+
+
+class OnnxClassifier:
+    def __init__(self, model: Path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        missing = [key for key in REQUIRED_METADATA if key not in meta]
+        if missing:
+            raise ValueError(f"{model} lacks metadata {missing}: re-run `flower-model export_onnx`")
+        self.class_names: list[str] = json.loads(meta["class_names"])
+        self.image_size = int(meta["image_size"])
+        self.resize_mode = meta["resize_mode"]
+        self.pad_value = int(meta["pad_value"])
+        self.max_pixels = int(meta["max_image_pixels"])
+
+    def load(self, path: Path) -> np.ndarray:
+        return load_image(path, self.image_size, self.resize_mode, self.pad_value, self.max_pixels)
+
+    def probs(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(["probs"], {"images": images})[0]
+
+
+def classify(paths: list[Path], classifier, top_k: int) -> list[Prediction]:
+    """One Prediction per path, in order; unreadable files get `error` and the rest still run."""
+    results = [Prediction(str(path)) for path in paths]
+    ready: list[tuple[int, np.ndarray]] = []
+    for index, path in enumerate(paths):
+        try:
+            if not path.is_file():
+                raise ImageDecodeError("missing", "no such file")
+            ready.append((index, classifier.load(path)))
+        except ImageDecodeError as error:
+            results[index].error = f"{error.reason}: {error.detail}"
+    for start in range(0, len(ready), BATCH):
+        chunk = ready[start : start + BATCH]
+        probs = classifier.probs(np.stack([image for _, image in chunk]))
+        for (index, _), row in zip(chunk, probs):
+            order = np.argsort(-row, kind="stable")[:top_k]
+            ranked = [(classifier.class_names[k], round(float(row[k]), 6)) for k in order]
+            results[index].predicted, results[index].probability = ranked[0]
+            results[index].top_k = ranked
+    return results
+
+
+def render(results: list[Prediction], suffix: str) -> str:
+    if suffix == ".json":
+        return json.dumps([result.__dict__ for result in results], indent=2) + "\n"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "predicted", "probability", "top_k", "error"])
+    for result in results:
+        ranked = ";".join(f"{name}:{prob:.4f}" for name, prob in result.top_k)
+        writer.writerow(
+            [result.path, result.predicted, f"{result.probability:.6f}", ranked, result.error]
+        )
+    return buffer.getvalue()
+
+
+def run_infer(
+    items: list[str], model: Path, output: Path | None, top_k: int, classifier=None
+) -> int:
+    """The `flower-model infer` command; returns the exit code (1 when any photo failed)."""
+    if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
+        print(f"error: --output must end in .csv or .json, got {output}", file=sys.stderr)
+        return 2
+    classifier = classifier or OnnxClassifier(model)
+    top_k = max(1, min(top_k, len(classifier.class_names)))
+    results = classify(expand_paths(items), classifier, top_k)
+    if not results:
+        print(f"error: no images found in {items}", file=sys.stderr)
+        return 2
+    text = render(results, output.suffix.lower() if output else ".csv")
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(f".{output.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(output)
+        print(f"wrote {len(results)} predictions to {output}")
+    failed = [result for result in results if result.error]
+    for result in failed:
+        print(f"cannot classify {result.path}: {result.error}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,97 @@
+"""`flower-model infer`: mixed good and bad files, output formats, minimal imports, same arrays."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flower_model.data.preprocess import images_path
+from flower_model.serving.infer import OnnxClassifier, classify, expand_paths, run_infer
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture
+def photo_folder(tmp_path, mini_dataset):
+    folder = tmp_path / "photos"
+    nested = folder / "nested"
+    nested.mkdir(parents=True)
+    good = sorted((mini_dataset / "roses").glob("*.jpg"))[:3]
+    for photo in good:
+        shutil.copy(photo, folder / photo.name)
+    from PIL import Image
+
+    Image.open(good[0]).convert("RGBA").save(nested / "with_alpha.png")
+    (folder / "notes.jpg").write_text("not a photo")
+    (folder / "cut.jpg").write_bytes(good[1].read_bytes()[:500])
+    (folder / "readme.txt").write_text("ignored: not an image suffix")
+    return folder
+
+
+def test_mixed_folder_rows_and_reasons(photo_folder, tiny_onnx, tmp_path, capsys):
+    output = tmp_path / "out" / "predictions.csv"
+    code = run_infer([str(photo_folder)], tiny_onnx, output, top_k=3)
+    assert code == 1, "a failed photo must show in the exit code"
+    rows = {row["path"].rsplit("/", 1)[-1]: row for row in csv.DictReader(output.open())}
+    assert set(rows) == {*(p.name for p in photo_folder.glob("*.jpg")), "with_alpha.png"}
+    assert rows["notes.jpg"]["error"].startswith("not_an_image")
+    assert rows["cut.jpg"]["error"].startswith(("truncated", "corrupt"))
+    good = [row for row in rows.values() if not row["error"]]
+    assert len(good) == 4
+    for row in good:
+        ranked = row["top_k"].split(";")
+        assert len(ranked) == 3 and ranked[0].split(":")[0] == row["predicted"]
+    assert "notes.jpg" in capsys.readouterr().err
+
+
+def test_json_output_and_globs(photo_folder, tiny_onnx, tmp_path):
+    output = tmp_path / "predictions.json"
+    code = run_infer([str(photo_folder / "*.jpg")], tiny_onnx, output, top_k=2)
+    assert code == 1
+    results = json.loads(output.read_text())
+    assert len(results) == 5 and all(
+        len(item["top_k"]) == 2 for item in results if not item["error"]
+    )
+
+
+def test_predictions_equal_the_model_on_preprocessed_arrays(
+    tiny_onnx, tiny_processed, mini_dataset
+):
+    classifier = OnnxClassifier(tiny_onnx)
+    processed = tiny_processed / "data" / "processed"
+    rows = [
+        row for row in csv.DictReader((processed / "manifest.csv").open()) if row["split"] == "val"
+    ]
+    arrays = np.load(images_path(processed, "val"))
+    for row in rows[:5]:
+        assert np.array_equal(
+            classifier.load(mini_dataset / row["file"]), arrays[int(row["index"])]
+        )
+    results = classify([mini_dataset / row["file"] for row in rows[:5]], classifier, top_k=1)
+    expected = classifier.probs(arrays[[int(row["index"]) for row in rows[:5]]])
+    for result, probs in zip(results, expected):
+        assert result.probability == round(float(probs.max()), 6)
+        assert result.predicted == classifier.class_names[int(probs.argmax())]
+
+
+def test_infer_imports_no_heavy_dependencies(photo_folder, tiny_onnx):
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from flower_model.serving.infer import run_infer\n"
+        f"run_infer([{str(photo_folder)!r}], Path({str(tiny_onnx)!r}), None, 3)\n"
+        "heavy = sorted(m for m in ('torch', 'lightning', 'mlflow', 'dvc', 'torchvision') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
+    )
+    assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+
+
+def test_expand_paths_reports_missing_inputs(tmp_path):
+    missing = tmp_path / "nope.jpg"
+    assert expand_paths([str(missing)]) == [missing]

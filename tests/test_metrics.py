@@ -1,0 +1,52 @@
+"""Evaluation maths on hand-checkable inputs."""
+
+import numpy as np
+
+from flower_model.evaluation.metrics import (
+    bootstrap_interval,
+    confusion_matrix,
+    mcnemar,
+    per_class_scores,
+    summarise,
+)
+
+
+def test_confusion_and_per_class_scores():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predictions = np.array([0, 0, 1, 1, 2, 2])
+    matrix = confusion_matrix(labels, predictions, 3)
+    assert matrix.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    scores = per_class_scores(matrix)
+    assert np.allclose(scores["precision"], [1.0, 0.5, 0.5])
+    assert np.allclose(scores["recall"], [2 / 3, 0.5, 1.0])
+    assert np.allclose(scores["f1"], [0.8, 0.5, 2 / 3])
+
+
+def test_mcnemar_exact_values():
+    labels = np.zeros(20, dtype=int)
+    first = np.zeros(20, dtype=int)  # always right
+    second = np.zeros(20, dtype=int)
+    second[:8] = 1  # wrong on 8 photos the first gets right
+    result = mcnemar(labels, first, second)
+    assert (result["only_first_right"], result["only_second_right"]) == (8, 0)
+    assert result["p_value"] == round(2 / 2**8, 6) and result["significant_at_0.05"]
+    same = mcnemar(labels, first, first)
+    assert same["p_value"] == 1.0 and not same["significant_at_0.05"]
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_estimate():
+    generator = np.random.default_rng(0)
+    labels = generator.integers(0, 3, 300)
+    predictions = np.where(generator.random(300) < 0.8, labels, (labels + 1) % 3)
+    first = bootstrap_interval(labels, predictions, 3, samples=200, seed=5)
+    assert first == bootstrap_interval(labels, predictions, 3, samples=200, seed=5)
+    low, high = first["accuracy_ci95"]
+    assert low < float((labels == predictions).mean()) < high and high - low < 0.15
+
+
+def test_summarise_reports_every_class():
+    probs = np.eye(3)[[0, 1, 2, 2]]
+    report = summarise(np.array([0, 1, 2, 1]), probs, ["a", "b", "c"], samples=50, seed=0)
+    assert report["accuracy"] == 0.75
+    assert set(report["per_class"]) == {"a", "b", "c"}
+    assert report["per_class"]["b"]["recall"] == 0.5
