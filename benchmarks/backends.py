@@ -32,7 +32,8 @@ def main(models: str = "models", processed: str = "data/processed", iterations: 
     }
     print(f"threads: {thread_info()}, cpu: {os.cpu_count()} cores, {iterations} timed iterations")
     print(
-        f"{'backend':12s} {'batch':>5s} {'p50 ms':>9s} {'p95 ms':>9s} {'img/s':>8s} {'vs torch':>9s}"
+        f"{'backend':12s} {'batch':>5s} {'p50 ms':>9s} {'p95 ms':>9s} "
+        f"{'img/s':>8s} {'vs torch':>9s}"
     )
     for size in BATCH_SIZES:
         results = {
@@ -51,7 +52,8 @@ def main(models: str = "models", processed: str = "data/processed", iterations: 
         metrics = json.loads(metrics_file.read_text())
         fp32, int8 = metrics["onnx_fp32"]["accuracy"], metrics["onnx_int8"]["accuracy"]
         print(
-            f"test accuracy: onnx_fp32 {fp32:.4f}, onnx_int8 {int8:.4f} ({(int8 - fp32) * 100:+.2f} points)"
+            f"test accuracy: onnx_fp32 {fp32:.4f}, onnx_int8 {int8:.4f} "
+            f"({(int8 - fp32) * 100:+.2f} points)"
         )
 
 

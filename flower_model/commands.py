@@ -93,7 +93,7 @@ def _pull_with_dvc(target: Path) -> None:
 
 
 def serve(*overrides: str, model: str = "models/model.onnx", backend: str = "onnx") -> None:
-    """Serve the model with Triton (`serve [overrides...] [--model F] [--backend onnx|tensorrt]`)."""
+    """Serve with Triton: `serve [overrides...] [--model F] [--backend onnx|tensorrt]`."""
     import os
 
     from flower_model.config import load_config
@@ -121,7 +121,7 @@ def client(
     top_k: int = 3,
     batch: int = 16,
 ) -> None:
-    """Classify photos through a Triton server: `client PATH... --url HOST:PORT [--protocol grpc]`."""
+    """Classify photos via Triton: `client PATH... --url HOST:PORT [--protocol grpc]`."""
     from flower_model.config import load_config
     from flower_model.serving.client import TritonClassifier, classify_remote
     from flower_model.serving.infer import render

@@ -58,7 +58,8 @@ def run(config: Config, root: Path) -> None:
             )
             record["onnx"] = source.name
             print(
-                f"build_trt: built {PLAN_FILE} ({record['gpu']}, TensorRT {record['tensorrt_version']})"
+                f"build_trt: built {PLAN_FILE} "
+                f"({record['gpu']}, TensorRT {record['tensorrt_version']})"
             )
         write_json(staging / BUILD_FILE, record)
 

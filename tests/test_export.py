@@ -129,8 +129,8 @@ class StandInTensorRT(types.SimpleNamespace):
                 self.name = name
 
             def __getattr__(self, attr):
-                def method(*args):
-                    record((f"{self.name}.{attr}", args))
+                def method(*args, **kwargs):
+                    record((f"{self.name}.{attr}", args + tuple(sorted(kwargs.items()))))
                     if attr == "parse":
                         return True
                     if attr == "build_serialized_network":

@@ -53,7 +53,8 @@ def errors_gallery(
         axis.imshow(images[index])
         confidence = probs[index, predictions[index]]
         axis.set_title(
-            f"true {class_names[labels[index]]}\npred {class_names[predictions[index]]} {confidence:.0%}",
+            f"true {class_names[labels[index]]}\n"
+            f"pred {class_names[predictions[index]]} {confidence:.0%}",
             fontsize=8,
             color="firebrick",
         )

@@ -78,7 +78,8 @@ def _baseline(
     missing = [file for file in files if file not in rows]
     if missing:
         raise ValueError(
-            f"baseline {path} lacks {len(missing)} test files (e.g. {missing[0]}): not the same split"
+            f"baseline {path} lacks {len(missing)} test files (e.g. {missing[0]}): "
+            "not the same split"
         )
     theirs = np.array([classes.index(rows[file]) for file in files])
     return {"path": str(path), **mcnemar(labels, ours, theirs)}

@@ -130,7 +130,8 @@ def export_model(
             or parity["top1_agreement"] < config.parity_min_top1_agreement
         ):
             raise FlowerModelError(
-                f"ONNX parity gate failed: {parity} vs tolerances max_abs_diff <= {config.parity_atol}, "
+                f"ONNX parity gate failed: {parity} vs tolerances "
+                f"max_abs_diff <= {config.parity_atol}, "
                 f"top1_agreement >= {config.parity_min_top1_agreement}; no model written. Try "
                 "export.dynamo or another export.opset"
             )
@@ -161,6 +162,10 @@ def quantize_int8(fp32_model: Path, output: Path, calibration: np.ndarray, batch
 
     with atomic_path(output.with_suffix(".pre.onnx")) as prepared, atomic_path(output) as tmp:
         quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=True)
+        # Keep the classifier head and softmax in float: quantised probabilities come in 1/255
+        # steps that tie the top classes, and the head is a negligible share of the compute.
+        graph = onnx.load(str(prepared)).graph
+        head = [node.name for node in graph.node if set(node.output) & set(OUTPUT_NAMES)]
         quantize_static(
             str(prepared),
             str(tmp),
@@ -170,6 +175,7 @@ def quantize_int8(fp32_model: Path, output: Path, calibration: np.ndarray, batch
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=head,
         )
         # Keep the fp32 model's metadata (class names, image size...) on the INT8 variant too.
         fp32_meta = onnx.load(str(fp32_model), load_external_data=False).metadata_props

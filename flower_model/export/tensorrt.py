@@ -27,7 +27,10 @@ def unavailable_reason() -> str | None:
     try:
         importlib.import_module("tensorrt")
     except ImportError as error:
-        return f"tensorrt cannot be imported ({error}); install NVIDIA TensorRT or use scripts/build_trt.sh"
+        return (
+            f"tensorrt cannot be imported ({error}); install NVIDIA TensorRT "
+            "or use scripts/build_trt.sh"
+        )
     import torch
 
     if not torch.cuda.is_available():

@@ -33,7 +33,7 @@ class Prediction:
 
 
 def expand_paths(items: list[str]) -> list[Path]:
-    """Files as given; directories recursively (image suffixes only); globs expanded. Sorted, unique."""
+    """Files as given, directories recursively (image suffixes only), globs expanded; sorted."""
     found: list[Path] = []
     for item in items:
         path = Path(item)

@@ -1,4 +1,4 @@
-"""`flower-model infer --backend tensorrt`: the ONNX model's metadata, the TensorRT engine's math."""
+"""`flower-model infer --backend tensorrt`: ONNX model metadata, TensorRT engine math."""
 
 import importlib
 from pathlib import Path

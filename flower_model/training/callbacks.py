@@ -18,7 +18,7 @@ EPOCHS_FILE = "epochs.csv"
 
 
 class StepTimer(pl.Callback):
-    """Times each optimisation step and the wait for its batch; logs per-step and per-epoch figures."""
+    """Times each optimisation step and the wait for its batch; logs step and epoch figures."""
 
     def __init__(self) -> None:
         self.totals = {"wait_s": 0.0, "compute_s": 0.0, "images": 0, "epoch_s": 0.0}

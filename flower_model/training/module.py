@@ -1,4 +1,4 @@
-"""The LightningModule: any registered model, uint8 batches in, metrics and schedules from config."""
+"""LightningModule: any registered model, uint8 batches in, metrics and schedules from config."""
 
 import math
 import random

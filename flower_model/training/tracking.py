@@ -1,4 +1,4 @@
-"""What every training run records about where it came from: git SHA, data version, tracking server."""
+"""Where a training run came from (git SHA, data version) and where it is tracked (MLflow)."""
 
 import hashlib
 import subprocess
@@ -67,7 +67,7 @@ def data_version(root: Path, processed_dir: Path) -> dict[str, str]:
 
 
 def require_tracking_server(config: MlflowConfig) -> None:
-    """Fail before training when an HTTP tracking server does not answer, saying how to start one."""
+    """Fail before training if an HTTP tracking server does not answer, saying how to start one."""
     uri = config.tracking_uri
     if not uri.startswith(HTTP_SCHEMES):
         return  # sqlite:/file: stores need no server

@@ -98,9 +98,10 @@ def _baseline_name(config: Config, root: Path) -> str:
 def _callbacks(config: Config, checkpoints: Path) -> tuple[ModelCheckpoint, list[pl.Callback]]:
     train = config.train
     metric = train.checkpoint.monitor
+    metric_name = metric.replace("/", "_")
     best = ModelCheckpoint(
         dirpath=checkpoints,
-        filename=f"best-epoch{{epoch:03d}}-step{{step:06d}}-{metric.replace('/', '_')}{{{metric}:.4f}}",
+        filename=f"best-epoch{{epoch:03d}}-step{{step:06d}}-{metric_name}{{{metric}:.4f}}",
         monitor=metric,
         mode=train.checkpoint.mode,
         save_top_k=1,
@@ -280,7 +281,8 @@ def train_model(
     log_event("train_done", **timing, **report["test"], **context)
     print(
         f"train: {trainer.current_epoch} epochs in {fit_seconds:.0f} s, "
-        f"{timing['train_images_per_s']:.0f} train images/s, data wait {timing['data_wait_share']:.1%} "
+        f"{timing['train_images_per_s']:.0f} train images/s, "
+        f"data wait {timing['data_wait_share']:.1%} "
         f"of step time; best {config.train.checkpoint.monitor}={float(best.best_model_score):.4f}; "
         f"test acc {report['test'].get('test/acc', float('nan')):.4f}",
         flush=True,
