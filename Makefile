@@ -10,6 +10,10 @@ POETRY := $(TOOLS)/poetry/bin/poetry
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
+PLOTS_TEMPLATE := $(TOOLS)/plots/template.html
+# The versions DVC's own plot page uses.
+VEGA_PACKAGES := vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
+
 .PHONY: setup repro test lint pytest compose mlflow-server verify plots clean-venv
 
 setup: $(STAMP)
@@ -46,6 +50,17 @@ compose: setup
 
 mlflow-server: setup
 	scripts/mlflow_server.sh ensure
+
+$(PLOTS_TEMPLATE): scripts/build_plots_template.py
+	npm install --silent --no-save --no-package-lock --prefix $(TOOLS)/plots $(VEGA_PACKAGES)
+	$(BIN)/python scripts/build_plots_template.py $(TOOLS)/plots/node_modules $@
+
+plots: setup $(PLOTS_TEMPLATE)
+	$(BIN)/dvc plots show --html-template $(PLOTS_TEMPLATE) -o plots_html
+	@echo "open plots_html/index.html (renders offline)"
+
+verify: setup
+	scripts/verify.sh
 
 clean-venv:
 	rm -rf $(VENV) $(TOOLS)

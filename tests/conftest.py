@@ -46,7 +46,7 @@ def mirror_archive() -> Path:
 
 @pytest.fixture(scope="session")
 def mini_dataset(tmp_path_factory, mirror_archive) -> Path:
-    """`flower_photos/<class>/*.jpg`: the first IMAGES_PER_CLASS photos of each class, plus LICENSE."""
+    """`flower_photos/<class>/*.jpg`: the first IMAGES_PER_CLASS photos per class, and LICENSE."""
     root = tmp_path_factory.mktemp("mini") / "flower_photos"
     taken: dict[str, int] = defaultdict(int)
     with tarfile.open(mirror_archive, "r:gz") as tar:

@@ -1,10 +1,9 @@
-"""Config: the schema refuses mistakes naming the key, params.yaml stays the composition of configs/."""
+"""Config: the schema names the bad key; params.yaml stays the composition of configs/."""
 
 import subprocess
 import sys
 
 import pytest
-import yaml
 
 from flower_model.compose import check_params, compose_params, write_params
 from flower_model.config import ConfigError, compose_raw, flatten, load_config, validate

@@ -1,4 +1,4 @@
-"""ONNX export, parity gate, INT8 variant, TensorRT skip path and (stand-in) build path, evaluation."""
+"""ONNX export and parity gate, INT8 variant, TensorRT skip path and (stand-in) build path."""
 
 import json
 import sys
@@ -7,7 +7,6 @@ import types
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from flower_model.data.preprocess import images_path
 from flower_model.errors import FlowerModelError

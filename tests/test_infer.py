@@ -83,7 +83,8 @@ def test_infer_imports_no_heavy_dependencies(photo_folder, tiny_onnx):
         "from pathlib import Path\n"
         "from flower_model.serving.infer import run_infer\n"
         f"run_infer([{str(photo_folder)!r}], Path({str(tiny_onnx)!r}), None, 3)\n"
-        "heavy = sorted(m for m in ('torch', 'lightning', 'mlflow', 'dvc', 'torchvision') if m in sys.modules)\n"
+        "names = ('torch', 'lightning', 'mlflow', 'dvc', 'torchvision')\n"
+        "heavy = sorted(m for m in names if m in sys.modules)\n"
         "print('HEAVY', heavy)\n"
     )
     result = subprocess.run(

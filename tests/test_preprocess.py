@@ -1,4 +1,4 @@
-"""Preprocess: crafted bad files are counted by reason, outputs are byte-stable, splits are sound."""
+"""Preprocess: bad files counted by reason, byte-stable outputs, sound splits."""
 
 import csv
 import hashlib

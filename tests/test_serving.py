@@ -1,4 +1,4 @@
-"""A real Triton server (pytriton's tritonserver on CPU): parity, bad requests, load, model repository."""
+"""A real Triton server (pytriton's tritonserver on CPU): parity, bad requests, load, repository."""
 
 import os
 import shutil

@@ -1,4 +1,4 @@
-"""Training: real tiny runs through Lightning and a real MLflow server; checkpoints, resume, determinism."""
+"""Training: tiny real runs, a real MLflow server; checkpoints, exact resume, determinism."""
 
 import json
 import subprocess

@@ -41,8 +41,9 @@ def log_evaluation(config: Config, root: Path, metrics: dict, latency: dict) -> 
 
 
 def register_onnx_model(config: Config, root: Path, test_accuracy: float) -> dict[str, str]:
-    """Register models/model.onnx under the training run; alias `latest` to it and `best` to the
-    version with the highest test accuracy. Returns {alias: version}."""
+    """Register models/model.onnx under the training run and alias `best` to the version with the
+    highest test accuracy. `latest` needs no alias: MLflow reserves that name, and
+    `models:/<name>/latest` already resolves to the newest version. Returns {name: version}."""
     import mlflow
     import onnx
     from mlflow.tracking import MlflowClient
@@ -62,7 +63,6 @@ def register_onnx_model(config: Config, root: Path, test_accuracy: float) -> dic
     client = MlflowClient(config.mlflow.tracking_uri)
     version = str(info.registered_model_version)
     client.set_model_version_tag(name, version, "test_accuracy", f"{test_accuracy:.6f}")
-    client.set_registered_model_alias(name, "latest", version)
     versions = client.search_model_versions(f"name='{name}'")
     scored = [(float(item.tags.get("test_accuracy", "-1")), int(item.version)) for item in versions]
     best = str(max(scored)[1])

@@ -68,9 +68,7 @@ def torch_probs(module: FlowerClassifier, images: np.ndarray, batch: int = 64) -
     outputs = []
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            outputs.append(
-                wrapper(torch.from_numpy(np.ascontiguousarray(images[start : start + batch])))[1]
-            )
+            outputs.append(wrapper(torch.from_numpy(np.array(images[start : start + batch])))[1])
     return torch.cat(outputs).numpy()
 
 
