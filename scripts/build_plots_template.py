@@ -8,7 +8,11 @@ the page instead. Usage: python scripts/build_plots_template.py NODE_MODULES OUT
 import sys
 from pathlib import Path
 
-LIBRARIES = ("vega/build/vega.min.js", "vega-lite/build/vega-lite.min.js", "vega-embed/build/vega-embed.min.js")
+LIBRARIES = (
+    "vega/build/vega.min.js",
+    "vega-lite/build/vega-lite.min.js",
+    "vega-embed/build/vega-embed.min.js",
+)
 PAGE = """<!DOCTYPE html>
 <html>
 <head>

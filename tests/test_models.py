@@ -67,3 +67,20 @@ def test_pretrained_without_reachable_weights_fails_clearly(tmp_path, monkeypatc
     config = make_config(["model=resnet18", "model.pretrained=true"])
     with pytest.raises(FlowerModelError, match="model.pretrained=false"):
         create_model(config.model, 5)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "warmup", "steps"), [(1, 0, 1), (1, 0, 3), (1, 0, 8), (2, 1, 2), (40, 2, 40)]
+)
+def test_schedules_work_for_any_length(epochs, warmup, steps):
+    # OneCycleLR needs 2+ warm-up and decay steps; shorter runs must fall back, not crash.
+    config = make_config(train={"max_epochs": epochs, "warmup_epochs": warmup})
+    module = FlowerClassifier(config.model.model_dump(), config.train.model_dump(), CLASSES, steps)
+    setup = module.configure_optimizers()
+    optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(epochs * steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert max(rates) == pytest.approx(config.train.lr, rel=0.05) and min(rates) >= 0

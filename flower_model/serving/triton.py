@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import sysconfig
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,20 @@ def serve(model: Path, config: ServeConfig, backend: str = "onnx") -> None:
         metrics_port=config.metrics_port,
         allow_metrics=True,
     )
+    # Handlers go in before the server starts: a SIGTERM during start-up must also stop it cleanly.
+    stopping = threading.Event()
+    running: dict = {}
+
+    def stop(signum, frame) -> None:
+        log.warning("signal %s: stopping Triton", signum)
+        stopping.set()
+        if "triton" in running:
+            running["triton"].stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     with Triton(config=triton_config) as triton:
+        running["triton"] = triton
         triton.bind(
             model_name=config.model_name,
             infer_func=[make_infer_function(classifier) for _ in range(config.instances)],
@@ -81,18 +95,12 @@ def serve(model: Path, config: ServeConfig, backend: str = "onnx") -> None:
             ),
             strict=True,
         )
-
-        def stop(signum, frame) -> None:
-            log.warning("signal %s: stopping Triton", signum)
-            triton.stop()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
         print(
             f"serving {config.model_name} ({backend}) on http://{config.host}:{config.http_port} "
             f"and grpc {config.host}:{config.grpc_port}",
             flush=True,
         )
-        triton.serve()
+        if not stopping.is_set():
+            triton.serve()
     print("triton stopped", flush=True)
     sys.stdout.flush()

@@ -18,6 +18,9 @@ from flower_model.models.registry import create_model
 
 ONE_CYCLE_DIV_FACTOR = 25.0  # start lr = peak / 25 (PyTorch's default)
 ONE_CYCLE_FINAL_DIV = 1e4  # end lr = start / 1e4 (PyTorch's default)
+# OneCycleLR divides by each phase's length minus one step, so it needs 2+ steps of warm-up and
+# of decay; shorter schedules (smoke runs, warmup_epochs=0) use warm-up + cosine instead.
+ONE_CYCLE_MIN_PHASE_STEPS = 2
 
 
 def normalise(images: Tensor, mean: Tensor, std: Tensor, channels_last: bool) -> Tensor:
@@ -132,12 +135,13 @@ class FlowerClassifier(pl.LightningModule):
             )
         total = config.max_epochs * self.hparams.steps_per_epoch
         warmup = config.warmup_epochs * self.hparams.steps_per_epoch
-        if config.scheduler == "onecycle":
+        one_cycle_fits = min(warmup, total - warmup) >= ONE_CYCLE_MIN_PHASE_STEPS
+        if config.scheduler == "onecycle" and one_cycle_fits:
             scheduler = OneCycleLR(
                 optimizer,
                 max_lr=config.lr,
                 total_steps=total,
-                pct_start=max(warmup, 1) / total,
+                pct_start=warmup / total,
                 div_factor=ONE_CYCLE_DIV_FACTOR,
                 final_div_factor=ONE_CYCLE_FINAL_DIV,
             )
