@@ -11,8 +11,8 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 PLOTS_TEMPLATE := $(TOOLS)/plots/template.html
-# The versions DVC's own plot page uses.
-VEGA_PACKAGES := vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
+# DVC's own plot page uses vega 5.20.2; vega-lite 5.2.0 needs vega >= 5.21 as an npm peer.
+VEGA_PACKAGES := vega@5.21.0 vega-lite@5.2.0 vega-embed@6.18.2
 
 .PHONY: setup repro test lint pytest compose mlflow-server verify plots clean-venv
 

@@ -139,12 +139,16 @@ def evaluate(config: Config, root: Path) -> dict:
     write_text(reports / "predictions.csv", _csv(header, prediction_rows))
     confusion_rows = [[classes[label], classes[guess]] for label, guess in zip(labels, reference)]
     write_text(plots / "confusion.csv", _csv(["actual", "predicted"], confusion_rows))
+    # Bar plots add up rows that share a label: one label per bar.
     f1_rows = [
-        [name, cls, metrics[name]["per_class"][cls]["f1"]] for name in probs for cls in classes
+        [f"{cls} ({name})", name, metrics[name]["per_class"][cls]["f1"]]
+        for cls in classes
+        for name in probs
     ]
-    write_text(plots / "per_class_f1.csv", _csv(["backend", "class", "f1"], f1_rows))
+    write_text(plots / "per_class_f1.csv", _csv(["class", "backend", "f1"], f1_rows))
     latency_rows = [
-        [name, row["batch_size"], row["p50_ms"], row["p95_ms"], row["images_per_s"]]
+        [f"{name} bs{row['batch_size']}", row["batch_size"], row["p50_ms"], row["p95_ms"]]
+        + [row["images_per_s"]]
         for name, rows in latency["backends"].items()
         for row in rows
     ]
