@@ -1,5 +1,6 @@
 """A real Triton server (pytriton's tritonserver on CPU): parity, bad requests, load, repository."""
 
+import json
 import os
 import shutil
 import signal
@@ -22,41 +23,45 @@ LOAD_REQUESTS = 2000
 LOAD_CLIENTS = 8
 
 
-@pytest.fixture(scope="module")
-def triton_server(tmp_path_factory, tiny_onnx):
-    """`flower-model serve` on free loopback ports, stopped by PID (SIGTERM) at the end."""
-    pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed")
-    project = tmp_path_factory.mktemp("serve")
+def start_server(project: Path, model: Path, log) -> tuple[subprocess.Popen, dict[str, int]]:
+    """`flower-model serve` on free loopback ports in its own process group; wait until ready."""
     shutil.copytree(REPO_ROOT / "configs", project / "configs")
     ports = {name: free_port() for name in ("http_port", "grpc_port", "metrics_port")}
     overrides = [f"serve.{name}={port}" for name, port in ports.items()]
-    log = (project / "serve.log").open("w")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flower_model.commands",
-            "serve",
-            *overrides,
-            f"--model={tiny_onnx}",
-        ],
+        [sys.executable, "-m", "flower_model.commands", "serve", *overrides, f"--model={model}"],
         cwd=project,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    http = f"127.0.0.1:{ports['http_port']}"
     try:
-        wait_for_http(f"http://{http}/v2/models/{MODEL}/ready", process, START_TIMEOUT_S)
-        yield {
-            "http": http,
-            "grpc": f"127.0.0.1:{ports['grpc_port']}",
-            "process": process,
-            "log": project / "serve.log",
-        }
-    finally:
+        wait_for_http(
+            f"http://127.0.0.1:{ports['http_port']}/v2/models/{MODEL}/ready",
+            process,
+            START_TIMEOUT_S,
+        )
+    except RuntimeError:
         stop_process(process)
-        log.close()
+        raise
+    return process, ports
+
+
+@pytest.fixture(scope="module")
+def triton_server(tmp_path_factory, tiny_onnx):
+    """The server for this module's tests, stopped by PID (SIGTERM) at the end."""
+    pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed")
+    project = tmp_path_factory.mktemp("serve")
+    with (project / "serve.log").open("w") as log:
+        process, ports = start_server(project, tiny_onnx, log)
+        try:
+            yield {
+                "http": f"127.0.0.1:{ports['http_port']}",
+                "grpc": f"127.0.0.1:{ports['grpc_port']}",
+                "project": project,
+            }
+        finally:
+            stop_process(process)
 
 
 @pytest.fixture(scope="module")
@@ -145,27 +150,8 @@ def test_bounded_load_has_no_errors(triton_server, photos):
 @pytest.mark.slow
 def test_sigterm_stops_server_without_orphans(tmp_path, tiny_onnx):
     pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed")
-    shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")
-    ports = [free_port() for _ in range(3)]
-    overrides = [
-        f"serve.{k}={p}" for k, p in zip(("http_port", "grpc_port", "metrics_port"), ports)
-    ]
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flower_model.commands",
-            "serve",
-            *overrides,
-            f"--model={tiny_onnx}",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process, _ = start_server(tmp_path, tiny_onnx, subprocess.DEVNULL)
     try:
-        wait_for_http(f"http://127.0.0.1:{ports[0]}/v2/health/ready", process, START_TIMEOUT_S)
         os.kill(process.pid, signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         time.sleep(1)
@@ -207,3 +193,52 @@ def test_triton_repository_parses_with_triton_protobuf(tmp_path, tiny_onnx):
     assert (
         plan_config.platform == "tensorrt_plan" and Path(written[1]).parent.name == f"{MODEL}_trt"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_client_command_matches_local_infer(
+    triton_server, tiny_onnx, mini_dataset, tmp_path, protocol
+):
+    from flower_model.serving.infer import classify, expand_paths
+
+    photos_dir = tmp_path / "photos"
+    photos_dir.mkdir()
+    for photo in sorted((mini_dataset / "tulips").glob("*.jpg"))[:4]:
+        shutil.copy(photo, photos_dir / photo.name)
+    (photos_dir / "broken.jpg").write_text("not a photo")
+    project = triton_server["project"]
+    shutil.copy(REPO_ROOT / "params.yaml", project / "params.yaml")
+    # The client prepares photos with params.yaml's preprocess settings: match the tiny model.
+    params = (
+        (project / "params.yaml").read_text().replace("image_size: 128", f"image_size: {TINY_SIZE}")
+    )
+    (project / "params.yaml").write_text(params)
+    output = tmp_path / "remote.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flower_model.commands",
+            "client",
+            str(photos_dir),
+            f"--url={triton_server[protocol]}",
+            f"--protocol={protocol}",
+            f"--output={output}",
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, "the broken file must show in the exit code"
+    remote = {Path(item["path"]).name: item for item in json.loads(output.read_text())}
+    local = classify(expand_paths([str(photos_dir)]), OnnxClassifier(tiny_onnx), 3)
+    for item in local:
+        name = Path(item.path).name
+        assert bool(remote[name]["error"]) == bool(item.error)
+        if not item.error:
+            assert remote[name]["probability"] == pytest.approx(item.probability, abs=1e-5)
+            assert [rank[1] for rank in remote[name]["top_k"]] == pytest.approx(
+                [p for _, p in item.top_k], abs=1e-5
+            )

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from flower_model.data.images import ImageDecodeError, load_image
-from flower_model.serving.infer import Prediction, expand_paths
+from flower_model.data.images import load_image
+from flower_model.serving.infer import Prediction, classify, expand_paths
 
 PROTOCOLS = ("http", "grpc")
 
@@ -25,7 +25,7 @@ class TritonClassifier:
         self.model_name = model_name
         self.preprocess = preprocess
         self.image_size = int(preprocess["image_size"])
-        self.class_names = class_names  # for naming the top-k; the server sends the top-1 label
+        self.class_names = class_names  # from classes.json, to name the top-k
 
     def load(self, path) -> np.ndarray:
         settings = self.preprocess
@@ -37,12 +37,16 @@ class TritonClassifier:
             settings["max_image_pixels"],
         )
 
-    def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def probs(self, images: np.ndarray) -> np.ndarray:
         request = self.module.InferInput("images", list(images.shape), "UINT8")
         request.set_data_from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
-        outputs = [self.module.InferRequestedOutput(name) for name in ("probs", "labels")]
-        result = self.client.infer(self.model_name, [request], outputs=outputs)
-        return result.as_numpy("probs"), result.as_numpy("labels")
+        result = self.client.infer(
+            self.model_name, [request], outputs=[self.module.InferRequestedOutput("probs")]
+        )
+        probs = result.as_numpy("probs")
+        if not self.class_names:  # no classes.json here: name classes by index
+            self.class_names = [str(k) for k in range(probs.shape[1])]
+        return probs
 
     def close(self) -> None:
         self.client.close()
@@ -51,23 +55,4 @@ class TritonClassifier:
 def classify_remote(
     items: list[str], classifier: TritonClassifier, top_k: int, batch: int
 ) -> list[Prediction]:
-    paths = expand_paths(items)
-    results = [Prediction(str(path)) for path in paths]
-    ready = []
-    for index, path in enumerate(paths):
-        try:
-            if not path.is_file():
-                raise ImageDecodeError("missing", "no such file")
-            ready.append((index, classifier.load(path)))
-        except ImageDecodeError as error:
-            results[index].error = f"{error.reason}: {error.detail}"
-    for start in range(0, len(ready), batch):
-        chunk = ready[start : start + batch]
-        probs, labels = classifier.infer(np.stack([image for _, image in chunk]))
-        for (index, _), row, label in zip(chunk, probs, labels):
-            order = np.argsort(-row, kind="stable")[:top_k]
-            results[index].predicted = label[0].decode()
-            results[index].probability = round(float(row.max()), 6)
-            names = classifier.class_names or [str(k) for k in range(len(row))]
-            results[index].top_k = [(names[k], round(float(row[k]), 6)) for k in order]
-    return results
+    return classify(expand_paths(items), classifier, top_k, batch)

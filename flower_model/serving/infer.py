@@ -73,8 +73,12 @@ class OnnxClassifier:
         return self.session.run(["probs"], {"images": images})[0]
 
 
-def classify(paths: list[Path], classifier, top_k: int) -> list[Prediction]:
-    """One Prediction per path, in order; unreadable files get `error` and the rest still run."""
+def classify(paths: list[Path], classifier, top_k: int, batch: int = BATCH) -> list[Prediction]:
+    """One Prediction per path, in order; unreadable files get `error` and the rest still run.
+
+    `classifier` has `load(path)`, `probs(images)` and `class_names`: in-process ONNX Runtime or
+    TensorRT here, a Triton server in serving/client.py.
+    """
     results = [Prediction(str(path)) for path in paths]
     ready: list[tuple[int, np.ndarray]] = []
     for index, path in enumerate(paths):
@@ -84,8 +88,8 @@ def classify(paths: list[Path], classifier, top_k: int) -> list[Prediction]:
             ready.append((index, classifier.load(path)))
         except ImageDecodeError as error:
             results[index].error = f"{error.reason}: {error.detail}"
-    for start in range(0, len(ready), BATCH):
-        chunk = ready[start : start + BATCH]
+    for start in range(0, len(ready), batch):
+        chunk = ready[start : start + batch]
         probs = classifier.probs(np.stack([image for _, image in chunk]))
         for (index, _), row in zip(chunk, probs):
             order = np.argsort(-row, kind="stable")[:top_k]
