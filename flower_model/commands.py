@@ -72,23 +72,16 @@ def infer(
 
 
 def _pull_with_dvc(target: Path) -> None:
-    """Fetch a missing DVC out (`dvc pull <target>`); exit with a clear message if that fails."""
-    print(f"{target} is missing; trying `dvc pull {target}`", file=sys.stderr)
-    try:
-        from dvc.exceptions import DvcException
-        from dvc.repo import Repo
+    """Fetch a missing model with `dvc pull`; exit with a clear message if that fails."""
+    from flower_model.fetch import pull_outs
 
-        with Repo(".") as repo:
-            repo.pull(targets=[str(target)])
-    except (DvcException, ImportError, OSError) as error:
+    reason = pull_outs([target], Path.cwd())
+    if reason is not None:
         print(
-            f"error: {target} does not exist and `dvc pull` could not fetch it ({error}). "
-            "Run `dvc repro` to build it, or configure the DVC remote that holds it",
+            f"error: {target} does not exist and {reason}. Run `dvc repro` to build it, "
+            "or configure the DVC remote that holds it",
             file=sys.stderr,
         )
-        sys.exit(EXIT_ERROR)
-    if not target.is_file():
-        print(f"error: `dvc pull` did not produce {target}; run `dvc repro`", file=sys.stderr)
         sys.exit(EXIT_ERROR)
 
 

@@ -54,14 +54,23 @@ def describe(stage: Stage, config: Config, overrides: list[str]) -> str:
     return "\n".join(lines)
 
 
-def check_ready(stage: Stage, config: Config, root: Path) -> None:
-    """Dry-run checks: inputs present and dependencies importable; raise naming what is missing."""
+def check_ready(stage: Stage, config: Config, root: Path, fetch: bool = False) -> None:
+    """Inputs present (fetched with `dvc pull` first when `fetch`) and dependencies importable;
+    raise naming what is missing."""
     missing = [path for path in stage.inputs(config) if not (root / path).exists()]
+    if missing and fetch:
+        from flower_model.fetch import pull_outs
+
+        reason = pull_outs(missing, root)
+        if reason is None:
+            missing = []
+        else:
+            print(f"stage {stage.name}: {reason}", file=sys.stderr)
     if missing:
         names = ", ".join(str(path) for path in missing)
         raise MissingInputError(
             f"stage {stage.name}: missing input(s) {names}; run `dvc repro {stage.name}` "
-            "(which runs the stages before it) or `dvc pull` them"
+            "(which runs the stages before it) or `dvc pull` them from a configured remote"
         )
     for module in stage.modules:
         try:
@@ -80,7 +89,7 @@ def execute(
     try:
         config = load_config(root, overrides)
         print(describe(stage, config, overrides), flush=True)
-        check_ready(stage, config, root)
+        check_ready(stage, config, root, fetch=not dry_run)
         if dry_run:
             print(f"dry run: stage {stage.name} config, inputs and dependencies OK; nothing done")
             return 0

@@ -1,0 +1,56 @@
+"""Missing stage inputs are fetched with `dvc pull` from a real (local) DVC remote."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from flower_model.fetch import pull_outs
+from flower_model.stage import execute
+from pipeline_stages import preprocess
+from tests.conftest import REPO_ROOT
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+
+def _run(command: list[str], cwd: Path) -> None:
+    subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True, timeout=120)
+
+
+def _project_with_pushed_photos(tmp_path: Path, mini_dataset: Path) -> Path:
+    project = tmp_path / "project"
+    shutil.copytree(mini_dataset, project / "data" / "raw" / "flower_photos")
+    shutil.copytree(REPO_ROOT / "configs", project / "configs")
+    params = (REPO_ROOT / "params.yaml").read_text().replace("image_size: 128", "image_size: 32")
+    (project / "params.yaml").write_text(params)
+    _run(["git", "init", "-q"], project)
+    _run([DVC, "init", "-q"], project)
+    _run([DVC, "remote", "add", "-d", "store", str(tmp_path / "remote")], project)
+    _run([DVC, "add", "-q", "data/raw/flower_photos"], project)
+    _run([DVC, "push", "-q"], project)
+    shutil.rmtree(project / "data" / "raw" / "flower_photos")
+    shutil.rmtree(project / ".dvc" / "cache")
+    return project
+
+
+def test_pull_outs_restores_a_pushed_out(tmp_path, mini_dataset):
+    project = _project_with_pushed_photos(tmp_path, mini_dataset)
+    assert pull_outs([Path("data/raw/flower_photos")], project) is None
+    some = sorted((mini_dataset / "daisy").glob("*.jpg"))[0]
+    assert (
+        project / "data" / "raw" / "flower_photos" / "daisy" / some.name
+    ).read_bytes() == some.read_bytes()
+
+
+def test_stage_fetches_missing_inputs_before_running(tmp_path, mini_dataset):
+    project = _project_with_pushed_photos(tmp_path, mini_dataset)
+    assert execute(preprocess.STAGE, [], root=project) == 0
+    assert (project / "data" / "processed" / "train_images.npy").is_file()
+
+
+def test_unfetchable_input_is_a_clear_error(tmp_path, capsys):
+    shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    assert execute(preprocess.STAGE, [], root=tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "dvc pull" in err and "data/raw/flower_photos" in err
