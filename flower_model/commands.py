@@ -147,6 +147,41 @@ def triton_repo(output: str, model: str = "models/model.onnx") -> None:
         print(f"wrote {path}")
 
 
+def multirun(*overrides: str, jobs: int = 1, poll_s: float = 5.0) -> None:
+    """Sweep as queued DVC experiments: `multirun train.lr=0.001,0.003 model=a,b [--jobs N]`."""
+    from flower_model.multirun import MultirunError, run_multirun
+
+    root = Path.cwd()
+    combinations: list = []
+    try:
+        combinations = run_multirun(root, [str(item) for item in overrides], int(jobs), poll_s)
+    except MultirunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: stopped the sweep's queued and running experiments; run the same "
+            "command again to finish it (combinations with results are skipped)",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_ERROR)
+    sys.exit(1 if any(combination.state == "failed" for combination in combinations) else 0)
+
+
+def pull(*targets: str, remote: str | None = None) -> None:
+    """`dvc pull` with a hint when the remote is down or refuses: `pull [TARGETS] [--remote R]`."""
+    from flower_model.fetch import transfer
+
+    sys.exit(transfer("pull", [str(item) for item in targets], remote, Path.cwd()))
+
+
+def push(*targets: str, remote: str | None = None) -> None:
+    """`dvc push` with a hint when the remote is down or refuses: `push [TARGETS] [--remote R]`."""
+    from flower_model.fetch import transfer
+
+    sys.exit(transfer("push", [str(item) for item in targets], remote, Path.cwd()))
+
+
 def _commands() -> dict:
     commands = {name: _stage(name) for name in STAGE_NAMES}
     commands["compose"] = compose
@@ -154,6 +189,9 @@ def _commands() -> dict:
     commands["serve"] = serve
     commands["client"] = client
     commands["triton-repo"] = triton_repo
+    commands["multirun"] = multirun
+    commands["pull"] = pull
+    commands["push"] = push
     return commands
 
 

@@ -1,22 +1,85 @@
-"""Fetch missing DVC outs (`dvc pull`) before a command gives up on them."""
+"""Fetch missing DVC outs (`dvc pull`) before a command gives up on them, and say what to do
+when the remote is down or refuses us (DVC's own message plus a hint)."""
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+# Words in DVC/boto/fsspec errors, lower-cased, that tell the two common failures apart.
+DENIED_MARKERS = (
+    "forbidden",
+    "access denied",
+    "accessdenied",
+    "invalidaccesskeyid",
+    "signaturedoesnotmatch",
+    "unable to locate credentials",
+    "no credentials",
+    "permission denied",
+)
+UNREACHABLE_MARKERS = (
+    "could not connect",
+    "failed to connect",
+    "connection refused",
+    "connect timeout",
+    "timed out",
+    "name or service not known",
+    "does not exist",
+)
+DENIED_HINT = (
+    "the remote refused access: for S3 set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+    "`dvc remote modify --local s3 access_key_id ...`); for a folder remote check its permissions"
+)
+UNREACHABLE_HINT = (
+    "the remote is not reachable: start it (S3: check `dvc remote list` and the remote's "
+    "endpointurl, e.g. `dvc remote modify --local s3 endpointurl http://127.0.0.1:8333`), or use "
+    "another remote with `-r NAME`; nothing in the workspace was changed"
+)
 
-def pull_outs(targets: list[Path], root: Path) -> str | None:
-    """`dvc pull` each target from the configured remote; return None on success, else why not."""
+
+def remote_hint(message: str) -> str:
+    """Our advice for a failed transfer, from DVC's error text ('' when we have none)."""
+    lowered = message.lower()
+    if any(marker in lowered for marker in DENIED_MARKERS):
+        return DENIED_HINT
+    if any(marker in lowered for marker in UNREACHABLE_MARKERS):
+        return UNREACHABLE_HINT
+    return ""
+
+
+def _run_dvc(args: list[str], root: Path) -> subprocess.CompletedProcess:
+    # This environment's DVC (and the python its stages start), even when it is not activated.
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+    return subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, env=env)
+
+
+def pull_outs(targets: list[Path], root: Path, remote: str | None = None) -> str | None:
+    """`dvc pull` each target from the remote; return None on success, else why not."""
     print(f"missing {', '.join(map(str, targets))}; trying `dvc pull`", file=sys.stderr, flush=True)
+    # Targets resolve against the working directory, so give them absolute.
+    paths = [str((root / target).resolve()) for target in targets]
     try:
-        from dvc.exceptions import DvcException
-        from dvc.repo import Repo
-    except ImportError as error:
+        result = _run_dvc(["pull", *(["-r", remote] if remote else []), *paths], root)
+    except FileNotFoundError as error:
         return f"DVC is not installed ({error})"
-    try:
-        with Repo(str(root)) as repo:
-            # Targets resolve against the working directory, so give them absolute.
-            repo.pull(targets=[str((root / target).resolve()) for target in targets])
-    except DvcException as error:
-        return f"`dvc pull` failed: {error}"
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).splitlines()
+        errors = [line for line in output if line.startswith("ERROR")] or output[-3:]
+        hint = remote_hint("\n".join(errors))
+        return f"`dvc pull` failed: {' / '.join(errors)}" + (f". Hint: {hint}" if hint else "")
     still_missing = [str(target) for target in targets if not (root / target).exists()]
     return f"`dvc pull` did not produce {still_missing}" if still_missing else None
+
+
+def transfer(direction: str, targets: list[str], remote: str | None, root: Path) -> int:
+    """`dvc push|pull [-r REMOTE] [TARGETS]` with DVC's output as is, plus our hint on failure."""
+    if direction not in ("push", "pull"):
+        raise ValueError(f"direction must be push or pull, got {direction!r}")
+    result = _run_dvc([direction, *(["-r", remote] if remote else []), *targets], root)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    if result.returncode != 0:
+        hint = remote_hint(result.stdout + result.stderr)
+        print(f"hint: {hint}" if hint else "hint: see DVC's message above", file=sys.stderr)
+    return result.returncode

@@ -218,3 +218,94 @@ def tiny_onnx(tmp_path_factory, tiny_checkpoint, tiny_processed):
     output = tmp_path_factory.mktemp("onnx") / "model.onnx"
     export_model(tiny_checkpoint, output, config.export, val, metadata)
     return output
+
+
+S3_START_TIMEOUT_S = 60
+# `weed mini` listens on a dozen ports (master, volume, filer, s3, admin, each with gRPC, plus
+# iceberg/lance); every one is chosen free so parallel runs and other services never collide.
+WEED_PORT_FLAGS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port.grpc",
+    "s3.port.iceberg",
+    "s3.port.lance",
+    "admin.port",
+    "admin.port.grpc",
+)
+
+
+@pytest.fixture
+def s3_server(tmp_path):
+    """A real S3 server (SeaweedFS `weed mini`) on loopback with a bucket `flower-model`.
+
+    Credentials are made up per test and handed over like a user would: a dict of the AWS
+    environment variables. Yields (endpoint URL, credentials, stop function).
+    """
+    import json
+    import secrets
+
+    state = tmp_path / "s3"
+    (state / "data").mkdir(parents=True)
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "test" + secrets.token_hex(4),
+        "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
+    }
+    identity = {
+        "name": "tester",
+        "credentials": [
+            {
+                "accessKey": credentials["AWS_ACCESS_KEY_ID"],
+                "secretKey": credentials["AWS_SECRET_ACCESS_KEY"],
+            }
+        ],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
+    (state / "s3.json").write_text(json.dumps({"identities": [identity]}))
+    s3_port = free_port()
+    command = [
+        str(Path(sys.executable).with_name("weed")),
+        "mini",
+        f"-dir={state / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.config={state / 's3.json'}",
+        "-bucket=flower-model",
+        f"-s3.port={s3_port}",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-master.telemetry=false",
+        *(f"-{flag}={free_port()}" for flag in WEED_PORT_FLAGS),
+    ]
+    log = (state / "server.log").open("w")
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, cwd=state, start_new_session=True
+    )
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    try:
+        wait_for_s3_bucket(endpoint, "flower-model", process, S3_START_TIMEOUT_S)
+        yield endpoint, credentials, lambda: stop_process(process)
+    finally:
+        stop_process(process)
+        log.close()
+
+
+def wait_for_s3_bucket(endpoint: str, bucket: str, process: subprocess.Popen, timeout_s: float):
+    """Poll until the S3 port answers for `bucket` (any HTTP status counts: 403 means up)."""
+    import urllib.error
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"weed mini exited with {process.returncode} before {endpoint}")
+        try:
+            urllib.request.build_opener().open(f"{endpoint}/{bucket}", timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{endpoint} did not answer within {timeout_s} s")
