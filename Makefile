@@ -14,7 +14,7 @@ PLOTS_TEMPLATE := $(TOOLS)/plots/template.html
 # DVC's own plot page uses vega 5.20.2; vega-lite 5.2.0 needs vega >= 5.21 as an npm peer.
 VEGA_PACKAGES := vega@5.21.0 vega-lite@5.2.0 vega-embed@6.18.2
 
-.PHONY: setup repro test lint pytest compose mlflow-server verify plots clean-venv
+.PHONY: setup repro test lint pytest compose mlflow-server verify plots browser clean-venv
 
 setup: $(STAMP)
 
@@ -35,7 +35,9 @@ repro: setup
 	$(BIN)/flower-model compose --check
 	$(BIN)/dvc repro
 
-test: setup
+# The plots template (npm) is needed by the headless-browser test; Chromium itself comes from
+# `make browser` (Debian package, root), which CI runs.
+test: setup $(PLOTS_TEMPLATE)
 	$(BIN)/pre-commit run --all-files --show-diff-on-failure
 	$(BIN)/pytest
 
@@ -51,7 +53,7 @@ compose: setup
 mlflow-server: setup
 	scripts/mlflow_server.sh ensure
 
-$(PLOTS_TEMPLATE): scripts/build_plots_template.py
+$(PLOTS_TEMPLATE): scripts/build_plots_template.py | $(STAMP)
 	npm install --silent --no-save --no-package-lock --prefix $(TOOLS)/plots $(VEGA_PACKAGES)
 	$(BIN)/python scripts/build_plots_template.py $(TOOLS)/plots/node_modules $@
 
@@ -59,7 +61,10 @@ plots: setup $(PLOTS_TEMPLATE)
 	$(BIN)/dvc plots show --html-template $(PLOTS_TEMPLATE) -o plots_html
 	@echo "open plots_html/index.html (renders offline)"
 
-verify: setup
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+verify: setup $(PLOTS_TEMPLATE)
 	scripts/verify.sh
 
 clean-venv:

@@ -6,6 +6,9 @@
 #   3. dvc repro -f of download and preprocess reproduces byte-identical outs (dvc.lock unchanged)
 #   4. dvc exp run -S train.lr=... reruns train -> evaluate only
 #   5. a forced retrain gives identical metrics (same seed, CPU)
+#   6. dvc plots diff HEAD <experiment> draws every plot offline, in headless Chromium
+#   7. flower-model multirun skips the combination step 4 already ran, queues and runs the other,
+#      and started again runs nothing
 # Exits non-zero with a message naming the step and stage that broke.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -89,5 +92,23 @@ print("first :", first["test"]); print("second:", second["test"])
 sys.exit(0 if first == second else 1)
 PY
 
+step 6 "dvc plots diff HEAD <experiment> draws every plot offline (headless Chromium)"
+experiment=$(dvc exp ls --name-only | head -n 1)
+[ -n "$experiment" ] || fail 6 "no experiment from step 4 in \`dvc exp ls\`"
+dvc plots diff HEAD "$experiment" --html-template "$root/.tools/plots/template.html" \
+  -o plots_diff >plots.log 2>&1 || { cat plots.log; fail 6 "dvc plots diff failed"; }
+python -m flower_model.plots_browser plots_diff/index.html --screenshot plots_diff.png \
+  || fail 6 "plots did not draw offline (evaluate/train plot definitions in dvc.yaml)"
+
+step 7 "flower-model multirun: skips finished combinations, runs the rest, resumes to nothing"
+flower-model multirun train.lr=0.002,0.001 --poll_s=2 >multirun1.log 2>&1 \
+  || { cat multirun1.log; fail 7 "the sweep failed (dvc queue logs <name> shows the stage)"; }
+cat multirun1.log
+grep -q "1 of 2 already have results: skipped" multirun1.log \
+  || fail 7 "train.lr=0.002 (step 4's experiment) was not recognised as done"
+flower-model multirun train.lr=0.002,0.001 --poll_s=2 >multirun2.log 2>&1 || fail 7 "rerun failed"
+grep -q "2 of 2 already have results: skipped" multirun2.log && ! grep -q "^queued" multirun2.log \
+  || { cat multirun2.log; fail 7 "a finished sweep queued work again"; }
+
 echo
-echo "verify: all 5 steps passed"
+echo "verify: all 7 steps passed"
