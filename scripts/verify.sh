@@ -9,14 +9,15 @@
 #   6. dvc plots diff HEAD <experiment> draws every plot offline, in headless Chromium
 #   7. flower-model multirun skips the combination step 4 already ran, queues and runs the other,
 #      and started again runs nothing
-# Exits non-zero with a message naming the step and stage that broke.
+# Exits non-zero with a message naming the step and stage that broke. KEEP_VERIFY=1 keeps the
+# scratch clone for a look afterwards.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 mlflow_pid=""
 cleanup() {
   if [ -n "$mlflow_pid" ]; then kill -TERM -- "-$mlflow_pid" 2>/dev/null || kill "$mlflow_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
+  if [ "${KEEP_VERIFY:-0}" = 1 ]; then echo "verify: kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 fail() { echo "verify: FAILED at step $1: $2" >&2; exit 1; }
