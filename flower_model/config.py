@@ -165,6 +165,7 @@ class ExportConfig(Section):
     parity_min_top1_agreement: Probability = Field(ge=0, le=1)
     parity_images: int = Field(ge=1)
     calibration_images: int = Field(ge=1)
+    int8_reduce_range: bool
 
 
 class TrtConfig(Section):

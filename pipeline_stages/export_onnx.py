@@ -53,8 +53,13 @@ def run(config: Config, root: Path) -> None:
     )
     train = np.load(images_path(processed, "train"), mmap_mode="r")
     calibration = np.asarray(train[: export.calibration_images])
-    quantize_int8(models / "model.onnx", models / "model.int8.onnx", calibration)
-    report["int8"] = {"calibration_images": int(len(calibration))}
+    quantize_int8(
+        models / "model.onnx", models / "model.int8.onnx", calibration, export.int8_reduce_range
+    )
+    report["int8"] = {
+        "calibration_images": int(len(calibration)),
+        "reduce_range": export.int8_reduce_range,
+    }
     report["bytes"] = {
         name: (models / name).stat().st_size for name in ("model.onnx", "model.int8.onnx")
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make verify: prove the pipeline reproduces, on a scratch clone with a small, fast config
-# (preprocess=ci train=ci evaluate=ci: 250 photos, 2 epochs). Steps:
+# (preprocess=ci train=ci trainer=ci evaluate=ci: 250 photos, 2 epochs). Steps:
 #   1. dvc repro runs all six stages
 #   2. a second dvc repro runs nothing and dvc status is clean
 #   3. dvc repro -f of download and preprocess reproduces byte-identical outs (dvc.lock unchanged)
@@ -42,7 +42,7 @@ for _ in $(seq 1 90); do
 done
 # Small config groups and this run's tracking server, in configs/ so `dvc exp run` composes them too.
 sed -i -e 's/^  - preprocess: default/  - preprocess: ci/' -e 's/^  - train: default/  - train: ci/' \
-  -e 's/^  - evaluate: default/  - evaluate: ci/' configs/config.yaml
+  -e 's/^  - evaluate: default/  - evaluate: ci/' -e 's/^  - trainer: default/  - trainer: ci/' configs/config.yaml
 sed -i "s|^tracking_uri: .*|tracking_uri: http://127.0.0.1:$port # verify run|" configs/mlflow/default.yaml
 flower-model compose >/dev/null
 git -c user.name=verify -c user.email=verify@localhost commit -qam "verify: small config"

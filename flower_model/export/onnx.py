@@ -153,8 +153,19 @@ class _CalibrationReader:
         return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch)}
 
 
-def quantize_int8(fp32_model: Path, output: Path, calibration: np.ndarray, batch: int = 32) -> None:
-    """Static INT8 (QDQ, per-channel weights) calibrated on `calibration` images."""
+def quantize_int8(
+    fp32_model: Path,
+    output: Path,
+    calibration: np.ndarray,
+    reduce_range: bool = True,
+    batch: int = 32,
+) -> None:
+    """Static INT8 (QDQ, per-channel weights) calibrated on `calibration` images.
+
+    `reduce_range` quantises weights to 7 bits. x86 CPUs without VNNI multiply u8 activations by
+    s8 weights with instructions that add pairs of products into 16 bits, which saturate with
+    full-range weights; on this AVX2 host that cost 2.7 points of test accuracy, 7 bits none.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -173,6 +184,7 @@ def quantize_int8(fp32_model: Path, output: Path, calibration: np.ndarray, batch
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            reduce_range=reduce_range,
             nodes_to_exclude=head,
         )
         # Keep the fp32 model's metadata (class names, image size...) on the INT8 variant too.
