@@ -9,6 +9,7 @@
 #   6. dvc plots diff HEAD <experiment> draws every plot offline, in headless Chromium
 #   7. flower-model multirun skips the combination step 4 already ran, queues and runs the other,
 #      and started again runs nothing
+#   8. running a combination that already ran restores every stage from DVC's run cache
 # Exits non-zero with a message naming the step and stage that broke. KEEP_VERIFY=1 keeps the
 # scratch clone for a look afterwards.
 set -euo pipefail
@@ -111,5 +112,13 @@ flower-model multirun train.lr=0.002,0.001 --poll_s=2 >multirun2.log 2>&1 || fai
 grep -q "2 of 2 already have results: skipped" multirun2.log && ! grep -q "^queued" multirun2.log \
   || { cat multirun2.log; fail 7 "a finished sweep queued work again"; }
 
+step 8 "a combination that already ran is restored from DVC's run cache, not recomputed"
+dvc exp run -S train.lr=0.001 >exp8.log 2>&1 || { tail -30 exp8.log; fail 8 "dvc exp run failed"; }
+[ -z "$(ran_stages exp8.log)" ] || fail 8 "stages recomputed: $(ran_stages exp8.log)"
+for stage in train export_onnx build_trt evaluate; do
+  grep -q "Stage '$stage' is cached - skipping run" exp8.log \
+    || { cat exp8.log; fail 8 "stage $stage was not restored from the run cache"; }
+done
+
 echo
-echo "verify: all 7 steps passed"
+echo "verify: all 8 steps passed"
