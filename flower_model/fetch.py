@@ -47,8 +47,9 @@ def remote_hint(message: str) -> str:
     return ""
 
 
-def _run_dvc(args: list[str], root: Path) -> subprocess.CompletedProcess:
-    # This environment's DVC (and the python its stages start), even when it is not activated.
+def run_dvc(args: list[str], root: Path) -> subprocess.CompletedProcess:
+    """The `dvc` CLI in `root`, output captured. DVC, its queue workers and the stages they start
+    come from this environment (its bin dir first on PATH), even when it is not activated."""
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
     return subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, env=env)
@@ -60,7 +61,7 @@ def pull_outs(targets: list[Path], root: Path, remote: str | None = None) -> str
     # Targets resolve against the working directory, so give them absolute.
     paths = [str((root / target).resolve()) for target in targets]
     try:
-        result = _run_dvc(["pull", *(["-r", remote] if remote else []), *paths], root)
+        result = run_dvc(["pull", *(["-r", remote] if remote else []), *paths], root)
     except FileNotFoundError as error:
         return f"DVC is not installed ({error})"
     if result.returncode != 0:
@@ -76,7 +77,7 @@ def transfer(direction: str, targets: list[str], remote: str | None, root: Path)
     """`dvc push|pull [-r REMOTE] [TARGETS]` with DVC's output as is, plus our hint on failure."""
     if direction not in ("push", "pull"):
         raise ValueError(f"direction must be push or pull, got {direction!r}")
-    result = _run_dvc([direction, *(["-r", remote] if remote else []), *targets], root)
+    result = run_dvc([direction, *(["-r", remote] if remote else []), *targets], root)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     if result.returncode != 0:

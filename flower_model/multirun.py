@@ -11,9 +11,7 @@ restarted sweep skip combinations that already succeeded, or are still queued or
 
 import itertools
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +23,7 @@ import yaml
 from flower_model.compose import compose_params
 from flower_model.config import flatten, validate
 from flower_model.errors import FlowerModelError
+from flower_model.fetch import run_dvc
 
 QUEUED_NAME = re.compile(r"Queued experiment '([^']+)'")
 DONE_STATES = ("success", "failed")
@@ -91,19 +90,9 @@ def plan(
     return combinations
 
 
-def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
-    # DVC's queue workers start `dvc` and the stages start `python` from PATH: make both this
-    # environment's, even when it is not activated.
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
-    return subprocess.run(
-        ["dvc", *args], cwd=root, capture_output=True, text=True, check=False, env=env
-    )
-
-
 def read_experiments(root: Path) -> list[dict]:
     """Experiments of the current commit: name, state, params, metrics (from `dvc exp show`)."""
-    result = _dvc(root, "exp", "show", "--json")
+    result = run_dvc(["exp", "show", "--json"], root)
     if result.returncode != 0:
         raise MultirunError(f"`dvc exp show --json` failed: {result.stderr.strip()}")
     found = []
@@ -149,7 +138,7 @@ def queue(root: Path, combination: Combination) -> None:
     args = ["exp", "run", "--queue"]
     for override in combination.overrides:
         args += ["-S", override]
-    result = _dvc(root, *args)
+    result = run_dvc(args, root)
     found = QUEUED_NAME.search(result.stdout + result.stderr)
     if result.returncode != 0 or found is None:
         raise MultirunError(
@@ -210,7 +199,7 @@ def run_multirun(
             queue(root, combination)
             print(f"queued {combination.name}: {combination.label()}", file=out)
     if any(combination.state in PENDING_STATES for combination in combinations):
-        started = _dvc(root, "queue", "start", "-j", str(jobs))
+        started = run_dvc(["queue", "start", "-j", str(jobs)], root)
         if started.returncode != 0:
             raise MultirunError(f"`dvc queue start` failed: {started.stderr.strip()}")
         try:
@@ -251,6 +240,6 @@ def stop_pending(root: Path, combinations: list[Combination]) -> None:
     queued = [item.name for item in combinations if item.state == "queued" and item.name]
     running = [item.name for item in combinations if item.state == "running" and item.name]
     if queued:
-        _dvc(root, "queue", "remove", *queued)
+        run_dvc(["queue", "remove", *queued], root)
     if running:
-        _dvc(root, "queue", "kill", *running)
+        run_dvc(["queue", "kill", *running], root)
