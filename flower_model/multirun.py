@@ -184,9 +184,10 @@ def run_multirun(
     jobs: int = 1,
     poll_s: float = 5.0,
     check: Callable[[dict], object] | None = validate,
-    out=sys.stdout,
+    out=None,
 ) -> list[Combination]:
     """Queue what has no result yet, run the queue with `jobs` workers, report until done."""
+    out = out or sys.stdout  # looked up per call: a redirected sys.stdout is honoured
     if jobs < 1:
         raise MultirunError(f"-j/--jobs must be at least 1, got {jobs}")
     combinations = plan(root, overrides, check)
