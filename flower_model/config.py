@@ -104,6 +104,18 @@ class AugmentConfig(Section):
     scale_min: Probability = Field(gt=0, le=1)
     hflip: Probability = Field(ge=0, le=1)
     color_jitter: float = Field(ge=0, le=1)
+    min_size: int = Field(ge=16, le=4096)
+    ramp_start: Probability = Field(ge=0, le=1)
+    ramp_end: Probability = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ramp_ordered(self) -> "AugmentConfig":
+        if self.ramp_end < self.ramp_start:
+            raise ValueError(
+                f"train.augment.ramp_end ({self.ramp_end}) is before ramp_start "
+                f"({self.ramp_start}); set ramp_end >= ramp_start"
+            )
+        return self
 
 
 class CheckpointConfig(Section):

@@ -1,5 +1,7 @@
 """Atomic writes: no reader sees a half-written file; a failed run leaves the old one intact."""
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -55,6 +57,15 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 def write_text(target: Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    """CSV with "\n" line ends on every platform, so DVC hashes the same bytes everywhere."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def dumps_json(data: Any) -> str:

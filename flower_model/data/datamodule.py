@@ -26,6 +26,7 @@ from flower_model.data.preprocess import CLASSES_FILE, images_path, labels_path
 ASPECT_RANGE = (3 / 4, 4 / 3)  # RandomResizedCrop's usual aspect-ratio range
 SEED_STRIDE = 1_000_003  # separates (seed, step, rank) keys: a prime larger than any step count
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as torchvision's rgb_to_grayscale
+SIZE_STEP = 8  # progressive-resizing sizes are multiples of 8 px: few distinct conv shapes
 
 
 def augment_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -37,8 +38,43 @@ def _uniform(generator: torch.Generator, count: int, low: float, high: float) ->
     return low + (high - low) * torch.rand(count, generator=generator)
 
 
+def train_crop_size(epoch: int, max_epochs: int, full_size: int, config: AugmentConfig) -> int:
+    """Side of the training crops in `epoch` (progressive resizing, as FFCV's ResNet recipes).
+
+    Crops stay at `min_size` until `ramp_start` of the epochs, grow linearly to the full image
+    size by `ramp_end`, then stay there, so the last epochs train at the size evaluation uses.
+    Low-resolution epochs cost (size / full)^2 of a full one: on these compute-bound CPUs the
+    saved time buys more epochs. A `min_size` at or above the image size turns it off.
+    """
+    if config.min_size >= full_size:
+        return full_size
+    start, end = config.ramp_start * max_epochs, config.ramp_end * max_epochs
+    if end > start:
+        progress = min(1.0, max(0.0, (epoch - start) / (end - start)))
+    else:
+        progress = float(epoch >= start)
+    size = config.min_size + progress * (full_size - config.min_size)
+    return min(full_size, max(config.min_size, int(size) // SIZE_STEP * SIZE_STEP))
+
+
+def first_full_size_epoch(max_epochs: int, full_size: int, config: AugmentConfig) -> int:
+    """The first epoch whose training crops have the full image size (max_epochs if none)."""
+    epochs = range(max_epochs)
+    return next(
+        (
+            epoch
+            for epoch in epochs
+            if train_crop_size(epoch, max_epochs, full_size, config) == full_size
+        ),
+        max_epochs,
+    )
+
+
 def augment_batch(
-    images: torch.Tensor, config: AugmentConfig, generator: torch.Generator
+    images: torch.Tensor,
+    config: AugmentConfig,
+    generator: torch.Generator,
+    out_size: int | None = None,
 ) -> torch.Tensor:
     """Random resized crop, horizontal flip and colour jitter on a whole uint8 NCHW batch.
 
@@ -46,9 +82,11 @@ def augment_batch(
     `grid_sample` does every crop, resize and flip; brightness, contrast and saturation compose
     into one 3x3 colour map per image (applied with one einsum); then a clamp. On 2 CPU cores this
     costs ~8% of a training step; per-sample torchvision v2 transforms in the loader measured 14%
-    and a roi_align version 24%. It runs wherever the batch is (GPU included). Returns float 0..255.
+    and a roi_align version 24%. It runs wherever the batch is (GPU included). Crops are resized
+    to `out_size` square (default: the input size). Returns float 0..255.
     """
     count, channels, height, width = images.shape
+    out_height, out_width = (out_size, out_size) if out_size else (height, width)
     floats = images.float()
     area = _uniform(generator, count, config.scale_min, 1.0)  # share of the image kept
     log_low, log_high = (math.log(bound) for bound in ASPECT_RANGE)
@@ -62,7 +100,7 @@ def augment_batch(
     theta[:, 0, 0], theta[:, 0, 2] = scale_x * flip, center_x
     theta[:, 1, 1], theta[:, 1, 2] = scale_y, center_y
     grid = F.affine_grid(
-        theta.to(floats.device), [count, channels, height, width], align_corners=False
+        theta.to(floats.device), [count, channels, out_height, out_width], align_corners=False
     )
     out = F.grid_sample(floats, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if config.color_jitter <= 0:
@@ -76,7 +114,7 @@ def augment_batch(
         -1, 1, 1
     ) * luma.view(1, 1, -1)
     matrix = (contrast * brightness).view(-1, 1, 1) * mix
-    mean_grey = torch.einsum("c,nchw->n", luma.to(out.device), out) / (height * width)
+    mean_grey = torch.einsum("c,nchw->n", luma.to(out.device), out) / (out_height * out_width)
     offset = ((1 - contrast) * brightness).to(out.device) * mean_grey
     out = torch.einsum("nij,njhw->nihw", matrix.to(out.device), out) + offset.view(-1, 1, 1, 1)
     return out.clamp_(0, UINT8_MAX)
@@ -146,6 +184,10 @@ class FlowerDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.sets:
             self.sets = {split: self._split(split) for split in SPLITS}
+
+    def image_size(self) -> int:
+        self.setup()
+        return self.sets["train"].images.shape[1]
 
     def steps_per_epoch(self, world_size: int) -> int:
         self.setup()

@@ -4,9 +4,7 @@ Everything that decides an output is ordered by content or by sorted names, neve
 listing order or timing, so the same inputs and params give the same bytes on any machine.
 """
 
-import csv
 import hashlib
-import io
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ from tqdm import tqdm
 from flower_model.config import PreprocessConfig
 from flower_model.constants import RESOLVED_CONFIG_NAME, SPLITS
 from flower_model.data.images import ImageDecodeError, decode_image, resize_image
-from flower_model.io_utils import atomic_dir, write_json, write_text
+from flower_model.io_utils import atomic_dir, csv_text, write_json, write_text
 
 CLASSES_FILE = "classes.json"
 MANIFEST_FILE = "manifest.csv"
@@ -146,14 +144,6 @@ def split_stratified(kept: list[Decoded], config: PreprocessConfig) -> dict[str,
     }
 
 
-def _csv_text(header: list[str], rows: list[list[object]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def preprocess_dataset(
     dataset: Path,
     processed: Path,
@@ -190,7 +180,7 @@ def preprocess_dataset(
                 for index, item in enumerate(items)
             ]
         header = ["split", "index", "file", "class", "label", "pixel_sha256"]
-        (staging / MANIFEST_FILE).write_text(_csv_text(header, manifest_rows), encoding="utf-8")
+        (staging / MANIFEST_FILE).write_text(csv_text(header, manifest_rows), encoding="utf-8")
         write_json(staging / CLASSES_FILE, classes)
         (staging / RESOLVED_CONFIG_NAME).write_text(
             yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8"
@@ -217,11 +207,11 @@ def preprocess_dataset(
     }
     write_json(reports / "data.json", report)
     dropped_rows = [[item.file, item.reason, item.detail] for item in dropped]
-    write_text(reports / "dropped.csv", _csv_text(["file", "reason", "detail"], dropped_rows))
+    write_text(reports / "dropped.csv", csv_text(["file", "reason", "detail"], dropped_rows))
     distribution = [[name, split, counts[split][name]] for split in SPLITS for name in classes]
     write_text(
         plots / "data" / "class_distribution.csv",
-        _csv_text(["class", "split", "count"], distribution),
+        csv_text(["class", "split", "count"], distribution),
     )
 
     elapsed = time.perf_counter() - started

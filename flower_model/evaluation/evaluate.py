@@ -1,7 +1,6 @@
 """Evaluate every available backend on the test split: accuracy, speed, agreement, pictures."""
 
 import csv
-import io
 import json
 import os
 from pathlib import Path
@@ -15,7 +14,7 @@ from flower_model.evaluation.latency import Predictor, measure, thread_info
 from flower_model.evaluation.metrics import mcnemar, summarise
 from flower_model.export.onnx import ExportWrapper, compare, load_classifier, session
 from flower_model.export.tensorrt import BUILD_FILE, PLAN_FILE
-from flower_model.io_utils import read_json, write_json, write_text
+from flower_model.io_utils import csv_text, read_json, write_json, write_text
 
 REFERENCE = "onnx_fp32"  # the shipped model: its numbers are the top-level test metrics
 PREDICT_BATCH = 64
@@ -63,12 +62,6 @@ def _predict_all(predict: Predictor, images: np.ndarray) -> np.ndarray:
             for start in range(0, len(images), PREDICT_BATCH)
         ]
     )
-
-
-def _csv(header: list[str], rows: list[list]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
-    return buffer.getvalue()
 
 
 def _baseline(
@@ -136,16 +129,16 @@ def evaluate(config: Config, root: Path) -> dict:
     header = ["file", "label"] + [
         item for name in probs for item in (f"{name}_predicted", f"{name}_confidence")
     ]
-    write_text(reports / "predictions.csv", _csv(header, prediction_rows))
+    write_text(reports / "predictions.csv", csv_text(header, prediction_rows))
     confusion_rows = [[classes[label], classes[guess]] for label, guess in zip(labels, reference)]
-    write_text(plots / "confusion.csv", _csv(["actual", "predicted"], confusion_rows))
+    write_text(plots / "confusion.csv", csv_text(["actual", "predicted"], confusion_rows))
     # Bar plots add up rows that share a label: one label per bar.
     f1_rows = [
         [f"{cls} ({name})", name, metrics[name]["per_class"][cls]["f1"]]
         for cls in classes
         for name in probs
     ]
-    write_text(plots / "per_class_f1.csv", _csv(["class", "backend", "f1"], f1_rows))
+    write_text(plots / "per_class_f1.csv", csv_text(["class", "backend", "f1"], f1_rows))
     latency_rows = [
         [f"{name} bs{row['batch_size']}", row["batch_size"], row["p50_ms"], row["p95_ms"]]
         + [row["images_per_s"]]
@@ -154,7 +147,7 @@ def evaluate(config: Config, root: Path) -> dict:
     ]
     write_text(
         plots / "latency.csv",
-        _csv(["backend", "batch_size", "p50_ms", "p95_ms", "images_per_s"], latency_rows),
+        csv_text(["backend", "batch_size", "p50_ms", "p95_ms", "images_per_s"], latency_rows),
     )
     eval_figures.confusion_figure(labels, reference, classes, plots / "confusion.png")
     eval_figures.errors_gallery(

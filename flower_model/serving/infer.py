@@ -5,9 +5,7 @@ metadata, and the decode/resize code is the one preprocess used, so a photo is s
 training.
 """
 
-import csv
 import glob
-import io
 import json
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ import numpy as np
 
 from flower_model.constants import IMAGE_SUFFIXES
 from flower_model.data.images import ImageDecodeError, load_image
+from flower_model.io_utils import csv_text
 
 BATCH = 32
 OUTPUT_FORMATS = (".csv", ".json")
@@ -102,15 +101,17 @@ def classify(paths: list[Path], classifier, top_k: int, batch: int = BATCH) -> l
 def render(results: list[Prediction], suffix: str) -> str:
     if suffix == ".json":
         return json.dumps([result.__dict__ for result in results], indent=2) + "\n"
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "predicted", "probability", "top_k", "error"])
-    for result in results:
-        ranked = ";".join(f"{name}:{prob:.4f}" for name, prob in result.top_k)
-        writer.writerow(
-            [result.path, result.predicted, f"{result.probability:.6f}", ranked, result.error]
-        )
-    return buffer.getvalue()
+    rows = [
+        [
+            result.path,
+            result.predicted,
+            f"{result.probability:.6f}",
+            ";".join(f"{name}:{prob:.4f}" for name, prob in result.top_k),
+            result.error,
+        ]
+        for result in results
+    ]
+    return csv_text(["path", "predicted", "probability", "top_k", "error"], rows)
 
 
 def run_infer(

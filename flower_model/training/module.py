@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from flower_model.config import ModelConfig, TrainConfig
 from flower_model.constants import IMAGENET_MEAN, IMAGENET_STD, UINT8_MAX
-from flower_model.data.datamodule import augment_batch, augment_generator
+from flower_model.data.datamodule import augment_batch, augment_generator, train_crop_size
 from flower_model.models.registry import create_model
 
 ONE_CYCLE_DIV_FACTOR = 25.0  # start lr = peak / 25 (PyTorch's default)
@@ -69,8 +69,12 @@ class FlowerClassifier(pl.LightningModule):
         if self._trainer is None or not self._trainer.training:
             return batch
         images, labels = batch
-        generator = augment_generator(self.train_config.seed, self.global_step, self.global_rank)
-        return augment_batch(images, self.train_config.augment, generator), labels
+        config = self.train_config
+        generator = augment_generator(config.seed, self.global_step, self.global_rank)
+        size = train_crop_size(
+            self.current_epoch, config.max_epochs, images.shape[-1], config.augment
+        )
+        return augment_batch(images, config.augment, generator, size), labels
 
     def _step(self, batch: tuple[Tensor, Tensor], split: str) -> Tensor:
         images, labels = batch

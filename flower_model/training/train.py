@@ -14,17 +14,22 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
 from flower_model.config import Config, ConfigError, compose_raw, flatten, validate
 from flower_model.constants import RESOLVED_CONFIG_NAME
-from flower_model.data.datamodule import FlowerDataModule
+from flower_model.data.datamodule import FlowerDataModule, first_full_size_epoch
 from flower_model.errors import FlowerModelError
 from flower_model.evaluation.figures import training_curves
 from flower_model.io_utils import atomic_path, write_json, write_text
 from flower_model.naming import run_name
-from flower_model.training.callbacks import EPOCHS_FILE, DvcPlotsLogger, StepTimer
+from flower_model.training.callbacks import (
+    EPOCHS_FILE,
+    DvcPlotsLogger,
+    EarlyStoppingFrom,
+    StepTimer,
+)
 from flower_model.training.module import FlowerClassifier
 from flower_model.training.tracking import data_version, git_state, require_tracking_server
 
@@ -95,7 +100,9 @@ def _baseline_name(config: Config, root: Path) -> str:
         return run_name(config)
 
 
-def _callbacks(config: Config, checkpoints: Path) -> tuple[ModelCheckpoint, list[pl.Callback]]:
+def _callbacks(
+    config: Config, checkpoints: Path, image_size: int
+) -> tuple[ModelCheckpoint, list[pl.Callback]]:
     train = config.train
     metric = train.checkpoint.monitor
     metric_name = metric.replace("/", "_")
@@ -125,8 +132,11 @@ def _callbacks(config: Config, checkpoints: Path) -> tuple[ModelCheckpoint, list
     ]
     if train.early_stopping.enabled:
         callbacks.append(
-            EarlyStopping(
-                metric, patience=train.early_stopping.patience, mode=train.checkpoint.mode
+            EarlyStoppingFrom(
+                first_full_size_epoch(train.max_epochs, image_size, train.augment),
+                monitor=metric,
+                patience=train.early_stopping.patience,
+                mode=train.checkpoint.mode,
             )
         )
     return best, callbacks
@@ -198,7 +208,7 @@ def train_model(
     plots_logger = DvcPlotsLogger(
         plots_dir, resume_step=resumed_state["global_step"] if resumed_state else None
     )
-    best, callbacks = _callbacks(config, checkpoints)
+    best, callbacks = _callbacks(config, checkpoints, datamodule.image_size())
     timer = StepTimer()
     trainer_config = config.trainer
     trainer = pl.Trainer(
