@@ -48,7 +48,8 @@ def model_macs(checkpoint: Path, image_size: int) -> int:
         else:
             total += output.numel() * module.in_features
 
-    layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    kinds = (torch.nn.Conv2d, torch.nn.Linear)
+    layers = [module for module in net.modules() if isinstance(module, kinds)]
     hooks = [layer.register_forward_hook(count) for layer in layers]
     with torch.no_grad():
         net(torch.zeros(1, 3, image_size, image_size))
