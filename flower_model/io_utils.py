@@ -38,17 +38,41 @@ def atomic_path(target: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def _backup_of(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def recover_dir(target: Path) -> None:
+    """Undo what a run killed inside `atomic_dir` left: restore the old folder, drop temp ones."""
+    backup = _backup_of(target)
+    if backup.is_dir():
+        if target.exists():
+            shutil.rmtree(backup)  # the swap completed; only the clean-up was cut short
+        else:
+            backup.rename(target)  # killed between the two renames: the old folder comes back
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temp folder beside `target`; it replaces `target` only if the block succeeds."""
+    """Yield a temp folder beside `target`; it replaces `target` only if the block succeeds.
+
+    The old folder is renamed aside, never deleted, until the new one is in place, so a kill at
+    any moment leaves either the old or the new folder whole (`recover_dir`, run first, restores
+    the old one after a kill between the two renames).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(target)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    backup = _backup_of(target)
     try:
         yield tmp_dir
         tmp_dir.chmod(DIR_MODE & ~_umask())
         if target.exists():
-            shutil.rmtree(target)
-        tmp_dir.replace(target)
+            target.rename(backup)
+        tmp_dir.rename(target)
+        shutil.rmtree(backup, ignore_errors=True)
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)

@@ -178,14 +178,61 @@ def test_unsafe_archive_entries_are_refused(tmp_path, name, kind, link):
     assert not (tmp_path / "escaped.txt").exists()
 
 
-def test_symlink_inside_the_archive_is_allowed(tmp_path):
-    target = tarfile.TarInfo("flower_photos/daisy/a.jpg")
-    link = tarfile.TarInfo("flower_photos/tulips/b.jpg")
-    link.type, link.linkname = tarfile.SYMTYPE, "../daisy/a.jpg"
-    archive = _archive(tmp_path, [target, link])
+def _cve_2025_4517_chain(tmp_path: Path, outside: Path) -> list[tarfile.TarInfo]:
+    """The published PATH_MAX symlink chain: each link passes a check on its own text."""
+    long_name = "d" * 247
+    steps = "abcdefghijklmnop"
+    members, path = [], "flower_photos"
+    for step in steps:
+        folder = tarfile.TarInfo(f"{path}/{long_name}")
+        folder.type = tarfile.DIRTYPE
+        link = tarfile.TarInfo(f"{path}/{step}")
+        link.type, link.linkname = tarfile.SYMTYPE, long_name
+        members += [folder, link]
+        path = f"{path}/{long_name}"
+    chain = "flower_photos/" + "/".join(steps)
+    last = tarfile.TarInfo(chain)
+    last.type, last.linkname = tarfile.SYMTYPE, "../" * len(steps)
+    escape = tarfile.TarInfo("flower_photos/escape")
+    depth = len(tmp_path.resolve().parts) + len(steps) + 4
+    escape.type = tarfile.SYMTYPE
+    escape.linkname = f"{'/'.join(steps)}/{'../' * depth}{str(outside.parent).lstrip('/')}"
+    payload = tarfile.TarInfo(f"flower_photos/escape/{outside.name}")
+    return [*members, last, escape, payload]
+
+
+@pytest.mark.parametrize("case", ["cve_2025_4517", "up_is_dot_dot", "inner_symlink"])
+def test_links_are_refused_and_nothing_is_written_outside(tmp_path, case):
+    outside = tmp_path / "outside" / "pwned.txt"
+    outside.parent.mkdir()
+    if case == "cve_2025_4517":
+        members = _cve_2025_4517_chain(tmp_path, outside)
+    elif case == "up_is_dot_dot":
+        up = tarfile.TarInfo("flower_photos/up")
+        up.type, up.linkname = tarfile.SYMTYPE, ".."
+        members = [up, tarfile.TarInfo("flower_photos/up/raw_escape.txt")]
+    else:  # even a link that stays inside: the dataset has none, so none is accepted
+        inner = tarfile.TarInfo("flower_photos/tulips/b.jpg")
+        inner.type, inner.linkname = tarfile.SYMTYPE, "../daisy/a.jpg"
+        members = [tarfile.TarInfo("flower_photos/daisy/a.jpg"), inner]
+    archive = _archive(tmp_path, members)
     config = _config((str(archive), sha256_file(archive, 4096)))
-    download_dataset(config.data, config.paths, tmp_path)
-    assert (tmp_path / "data" / "raw" / "flower_photos" / "tulips" / "b.jpg").read_bytes() == b"x"
+    with pytest.raises(UnsafeArchiveError, match="is a link"):
+        download_dataset(config.data, config.paths, tmp_path)
+    _assert_no_outs(tmp_path)
+    assert not outside.exists()
+    assert not (tmp_path / "data" / "raw_escape.txt").exists()
+
+
+@pytest.mark.parametrize("kind", ["not_a_tar", "truncated"])
+def test_unreadable_archive_with_matching_checksum_is_one_clear_error(tmp_path, mini_tarball, kind):
+    archive = tmp_path / "flowers.tgz"
+    data = mini_tarball.read_bytes()
+    archive.write_bytes(b"<html>not an archive</html>" if kind == "not_a_tar" else data[:-2000])
+    config = _config((str(archive), sha256_file(archive, 4096)))
+    with pytest.raises(DownloadError, match="is not a readable tar archive.*download it again"):
+        download_dataset(config.data, config.paths, tmp_path)
+    _assert_no_outs(tmp_path)
 
 
 def test_size_and_count_caps(tmp_path, mini_tarball):
