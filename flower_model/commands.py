@@ -10,7 +10,12 @@ import sys
 from pathlib import Path
 
 from flower_model.errors import FlowerModelError
-from flower_model.stage import EXIT_ERROR, stage_command
+from flower_model.stage import (
+    EXIT_ERROR,
+    fire_command,
+    require_flag_without_value,
+    stage_command,
+)
 
 STAGE_NAMES = ("download", "preprocess", "train", "export_onnx", "build_trt", "evaluate")
 
@@ -30,6 +35,7 @@ def compose(*overrides: str, check: bool = False) -> None:
     """Write params.yaml from configs/ (`--check`: only compare, exit 1 when they differ)."""
     from flower_model.compose import check_params, write_params
 
+    require_flag_without_value("--check", check)
     root = Path.cwd()
     try:
         if check:
@@ -196,9 +202,7 @@ def _commands() -> dict:
 
 
 def main() -> None:
-    import fire
-
-    fire.Fire(_commands(), name="flower-model")
+    fire_command(_commands(), "flower-model")
 
 
 if __name__ == "__main__":

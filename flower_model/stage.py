@@ -18,6 +18,9 @@ from flower_model.constants import PARAMS_FILE
 from flower_model.errors import FlowerModelError, MissingInputError
 
 EXIT_ERROR = 2
+# Flags that take no value. fire reads `--dry-run X` as dry_run="X", which would swallow an
+# override written after the flag; `fire_command` pins them to `--flag=True` first.
+BOOLEAN_FLAGS = ("--dry-run", "--dry_run", "--check")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,9 @@ class Stage:
     inputs: Callable[[Config], list[Path]] = lambda config: []
     outputs: Callable[[Config], list[Path]] = lambda config: []
     modules: tuple[str, ...] = field(default_factory=tuple)
+    # Checks of the config against the filesystem beyond inputs (a `resume=` path, say): run by
+    # dry runs too, so a dry run fails wherever the real run would fail before starting.
+    preflight: Callable[[Config, Path], None] = lambda config, root: None
 
     def resolved(self, config: Config) -> dict:
         """The keys this stage reads (dotted, as in dvc.yaml `params:`), as nested plain data."""
@@ -90,6 +96,7 @@ def execute(
         config = load_config(root, overrides)
         print(describe(stage, config, overrides), flush=True)
         check_ready(stage, config, root, fetch=not dry_run)
+        stage.preflight(config, root)
         if dry_run:
             print(f"dry run: stage {stage.name} config, inputs and dependencies OK; nothing done")
             return 0
@@ -104,6 +111,7 @@ def stage_command(stage: Stage) -> Callable[..., None]:
     """A fire command `NAME [overrides...] [--dry-run]` for `stage`."""
 
     def command(*overrides: str, dry_run: bool = False) -> None:
+        require_flag_without_value("--dry-run", dry_run)
         code = execute(stage, [str(item) for item in overrides], dry_run=dry_run)
         if code:
             sys.exit(code)
@@ -113,8 +121,27 @@ def stage_command(stage: Stage) -> Callable[..., None]:
     return command
 
 
-def stage_main(stage: Stage) -> None:
-    """Entry of `python pipeline_stages/<name>.py [overrides...] [--dry-run]` (what DVC runs)."""
+def require_flag_without_value(flag: str, value: object) -> None:
+    """Exit with a one-line error when a flag that takes no value was given one."""
+    if not isinstance(value, bool):
+        print(
+            f"error: {flag} takes no value, got {flag}={value!r}; write {flag} alone, "
+            "anywhere among the arguments",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_ERROR)
+
+
+def fire_command(component, name: str, argv: list[str] | None = None) -> None:
+    """fire.Fire on `argv`, with value-less flags pinned so they never take the next argument."""
     import fire
 
-    fire.Fire(stage_command(stage), name=stage.name)
+    words = sys.argv[1:] if argv is None else argv
+    fire.Fire(
+        component, [f"{word}=True" if word in BOOLEAN_FLAGS else word for word in words], name
+    )
+
+
+def stage_main(stage: Stage) -> None:
+    """Entry of `python pipeline_stages/<name>.py [overrides...] [--dry-run]` (what DVC runs)."""
+    fire_command(stage_command(stage), stage.name)
