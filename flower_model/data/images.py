@@ -12,6 +12,11 @@ from flower_model.constants import ALPHA_BACKGROUND, UINT8_MAX
 
 RGB = "RGB"
 RESAMPLE = Image.Resampling.BICUBIC
+# Modes deeper than 8 bits, which Pillow's convert("RGB") clips instead of scaling.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+INT32_MODE, FLOAT_MODE = "I", "F"
+UINT16_MAX = 65535
+INT32_MAX = 2**31 - 1
 
 
 class ImageDecodeError(Exception):
@@ -23,7 +28,28 @@ class ImageDecodeError(Exception):
         self.detail = detail
 
 
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit int and float grayscale scaled (not clipped) to 8-bit "L".
+
+    16-bit modes span 0..65535. Mode I (32-bit int) is how Pillow opens 16-bit PNGs, so values
+    within 0..65535 are read as 16-bit, larger ones as the full int32 range. Float images in
+    0..1 are scaled by 255; other float ranges are taken as 0..255 grey levels.
+    """
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == FLOAT_MODE:
+        unit_range = values.size > 0 and values.min() >= 0 and values.max() <= 1
+        scale = float(UINT8_MAX) if unit_range else 1.0
+    elif image.mode in SIXTEEN_BIT_MODES or values.max(initial=0) <= UINT16_MAX:
+        scale = UINT8_MAX / UINT16_MAX
+    else:
+        scale = UINT8_MAX / INT32_MAX
+    grey = np.clip(np.rint(values * scale), 0, UINT8_MAX).astype(np.uint8)
+    return Image.fromarray(grey, "L")
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in (*SIXTEEN_BIT_MODES, INT32_MODE, FLOAT_MODE):
+        return _to_8bit(image).convert(RGB)
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (
         image.mode == "P" and "transparency" in image.info
     )
@@ -31,7 +57,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (UINT8_MAX,))
         return Image.alpha_composite(background, rgba).convert(RGB)
-    return image.convert(RGB)  # L, I;16, CMYK, YCbCr, P without transparency
+    return image.convert(RGB)  # L, CMYK, YCbCr, P without transparency
 
 
 def decode_image(path: Path, max_pixels: int) -> np.ndarray:
