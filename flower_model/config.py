@@ -15,7 +15,18 @@ from flower_model.constants import CONFIG_DIR_NAME, CONFIG_NAME, PARAMS_FILE
 from flower_model.errors import FlowerModelError
 
 Probability = float
-MODEL_NAMES = ("small_cnn", "resnet18", "mobilenet_v3_small")
+MODEL_NAMES = (
+    "small_cnn",
+    "resnet18",
+    "mobilenet_v3_small",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+)
+# Families with block stages that `model.freeze_stages` can fix (see models/efficientnet_lite.py).
+FREEZABLE_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+RGB_CHANNELS = 3
+FREEZABLE_STAGES = 7  # EfficientNet block stages
 
 
 class ConfigError(FlowerModelError):
@@ -82,9 +93,24 @@ class ModelConfig(Section):
     stem_stride: int = Field(ge=1, le=4)
     stem_pool: bool
     dropout: Probability = Field(ge=0, lt=1)
+    input_mean: list[float] = Field(min_length=RGB_CHANNELS, max_length=RGB_CHANNELS)
+    input_std: list[float] = Field(min_length=RGB_CHANNELS, max_length=RGB_CHANNELS)
+    freeze_stages: int = Field(ge=0, le=FREEZABLE_STAGES)
 
     @model_validator(mode="after")
     def _layout_matches_family(self) -> "ModelConfig":
+        if min(self.input_std) <= 0:
+            raise ValueError(f"model.input_std={self.input_std} must be positive (pixel units)")
+        if self.freeze_stages and self.name not in FREEZABLE_MODELS:
+            raise ValueError(
+                f"{self.name} cannot freeze stages; set model.freeze_stages=0 "
+                f"(stages can be frozen in {list(FREEZABLE_MODELS)})"
+            )
+        if self.freeze_stages and not self.pretrained:
+            raise ValueError(
+                "model.freeze_stages > 0 would fix random weights; set model.pretrained=true "
+                "or model.freeze_stages=0"
+            )
         if self.name == "small_cnn":
             if self.pretrained:
                 raise ValueError("small_cnn has no pretrained weights; set model.pretrained=false")
@@ -149,6 +175,10 @@ class TrainConfig(Section):
     checkpoint: CheckpointConfig
     early_stopping: EarlyStoppingConfig
     limit_train_batches: float | int = Field(gt=0)
+    backbone_lr_scale: float = Field(gt=0, le=1)
+    probe_steps: int = Field(ge=0, le=100000)
+    freeze_bn_stats: bool
+    probe_lr: float = Field(gt=0, le=10)
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "TrainConfig":

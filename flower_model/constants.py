@@ -7,9 +7,6 @@ CONFIG_NAME = "config"
 PARAMS_FILE = Path("params.yaml")
 DVC_LOCK_FILE = Path("dvc.lock")
 
-# ImageNet statistics for every registered model (torchvision's pretrained weights expect them).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 UINT8_MAX = 255
 
 # Transparent pixels become white (as most viewers show them) before the alpha channel is dropped.

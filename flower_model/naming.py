@@ -11,6 +11,9 @@ SHORT_NAMES: dict[str, str] = {
     "model.stem_stride": "ss",
     "model.stem_pool": "sp",
     "model.dropout": "do",
+    "model.input_mean": "mean",
+    "model.input_std": "std",
+    "model.freeze_stages": "fz",
     "preprocess.image_size": "px",
     "preprocess.resize_mode": "rm",
     "preprocess.pad_value": "pv",
@@ -47,6 +50,10 @@ SHORT_NAMES: dict[str, str] = {
     "train.early_stopping.enabled": "es",
     "train.early_stopping.patience": "pat",
     "train.limit_train_batches": "ltb",
+    "train.backbone_lr_scale": "blr",
+    "train.probe_steps": "lps",
+    "train.probe_lr": "lplr",
+    "train.freeze_bn_stats": "fbn",
     "trainer.accelerator": "acc",
     "trainer.devices": "dev",
     "trainer.strategy": "str",
@@ -55,7 +62,14 @@ SHORT_NAMES: dict[str, str] = {
     "trainer.deterministic": "det",
     "trainer.log_every_n_steps": "log",
 }
-MODEL_SHORT_NAMES = {"small_cnn": "cnn", "resnet18": "r18", "mobilenet_v3_small": "mnv3s"}
+MODEL_SHORT_NAMES = {
+    "small_cnn": "cnn",
+    "resnet18": "r18",
+    "mobilenet_v3_small": "mnv3s",
+    "efficientnet_lite0": "effl0",
+    "efficientnet_lite1": "effl1",
+    "efficientnet_lite2": "effl2",
+}
 # The keys a run name always shows; others appear only when they differ from `baseline`.
 RUN_NAME_KEYS = ("model.name", "train.lr", "train.batch_size", "train.max_epochs")
 

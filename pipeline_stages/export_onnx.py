@@ -24,7 +24,7 @@ def run(config: Config, root: Path) -> None:
     import numpy as np
     import yaml
 
-    from flower_model.constants import IMAGENET_MEAN, IMAGENET_STD, RESOLVED_CONFIG_NAME
+    from flower_model.constants import RESOLVED_CONFIG_NAME
     from flower_model.data.preprocess import CLASSES_FILE, images_path
     from flower_model.export.onnx import config_hash, export_model, load_classifier, quantize_int8
     from flower_model.io_utils import write_json
@@ -43,7 +43,13 @@ def run(config: Config, root: Path) -> None:
         "pad_value": str(prepared["pad_value"]),
         "max_image_pixels": str(prepared["max_image_pixels"]),
         "input_layout": "NHWC uint8 RGB",
-        "normalisation": json.dumps({"mean": IMAGENET_MEAN, "std": IMAGENET_STD}),
+        "normalisation": json.dumps(
+            {
+                "mean": state["hyper_parameters"]["model"]["input_mean"],
+                "std": state["hyper_parameters"]["model"]["input_std"],
+                "units": "0..255 RGB",
+            }
+        ),
         "git_sha": state.get("git_sha", "unknown"),
         "config_hash": config_hash(state.get("resolved_config", {})),
         "mlflow_run_id": state.get("mlflow_run_id", ""),

@@ -24,6 +24,12 @@ def outputs(config: Config) -> list[Path]:
     ]
 
 
+def preflight(config: Config, root: Path) -> None:
+    from flower_model.training.train import CHECKPOINT_DIR, resolve_resume
+
+    resolve_resume(config.resume, root / config.paths.models_dir / CHECKPOINT_DIR, root)
+
+
 def run(config: Config, root: Path) -> None:
     from flower_model.training.train import train_model
 
@@ -45,7 +51,8 @@ STAGE = Stage(
     run=run,
     inputs=inputs,
     outputs=outputs,
-    modules=("torch", "torchvision", "lightning", "torchmetrics", "mlflow"),
+    modules=("torch", "torchvision", "lightning", "torchmetrics", "mlflow", "timm"),
+    preflight=preflight,
 )
 
 

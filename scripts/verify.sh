@@ -42,7 +42,7 @@ for _ in $(seq 1 90); do
   sleep 1
 done
 # Small config groups and this run's tracking server, in configs/ so `dvc exp run` composes them too.
-sed -i -e 's/^  - preprocess: default/  - preprocess: ci/' -e 's/^  - train: default/  - train: ci/' \
+sed -i -e 's/^  - preprocess: default/  - preprocess: ci/' -e 's/^  - train: finetune/  - train: ci/' \
   -e 's/^  - evaluate: default/  - evaluate: ci/' -e 's/^  - trainer: default/  - trainer: ci/' configs/config.yaml
 sed -i "s|^tracking_uri: .*|tracking_uri: http://127.0.0.1:$port # verify run|" configs/mlflow/default.yaml
 flower-model compose >/dev/null

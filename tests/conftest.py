@@ -1,4 +1,4 @@
-"""Shared fixtures: configs built from configs/, and small datasets cut from the real mirror."""
+"""Shared fixtures: configs built from configs/, and small photo sets built at test time."""
 
 import io
 import os
@@ -10,18 +10,26 @@ import sys
 import tarfile
 import time
 import urllib.request
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from flower_model.config import Config, compose_raw, validate
+from tests.helpers.photos import write_photo_set
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MIRROR = REPO_ROOT.parent / "shared" / "data" / "flower_photos" / "flower_photos.tgz"
 IMAGES_PER_CLASS = 16
 TINY_SIZE = 32
-TINY_MODEL = {"widths": [8, 16, 16, 32], "blocks": [1, 1, 1, 1]}
+# A complete small_cnn model section (the default model is the pretrained EfficientNet-Lite0).
+TINY_MODEL = {
+    "name": "small_cnn",
+    "pretrained": False,
+    "widths": [8, 16, 16, 32],
+    "blocks": [1, 1, 1, 1],
+    "freeze_stages": 0,
+    "input_mean": [123.675, 116.28, 103.53],
+    "input_std": [58.395, 57.12, 57.375],
+}
 
 
 def make_config(overrides: list[str] | None = None, **sections: dict) -> Config:
@@ -38,28 +46,9 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def mirror_archive() -> Path:
-    if not MIRROR.is_file():
-        pytest.fail(f"the dataset mirror {MIRROR} is missing: tests need ../shared beside the repo")
-    return MIRROR
-
-
-@pytest.fixture(scope="session")
-def mini_dataset(tmp_path_factory, mirror_archive) -> Path:
-    """`flower_photos/<class>/*.jpg`: the first IMAGES_PER_CLASS photos per class, and LICENSE."""
-    root = tmp_path_factory.mktemp("mini") / "flower_photos"
-    taken: dict[str, int] = defaultdict(int)
-    with tarfile.open(mirror_archive, "r:gz") as tar:
-        for member in tar:
-            parts = Path(member.name).parts
-            if not member.isfile() or len(parts) != 3 or taken[parts[1]] >= IMAGES_PER_CLASS:
-                continue
-            target = root / parts[1] / parts[2]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(tar.extractfile(member).read())
-            taken[parts[1]] += 1
-    (root / "LICENSE.txt").write_text("CC BY 2.0, see ../shared/data/flower_photos/SOURCE.md\n")
-    return root
+def mini_dataset(tmp_path_factory) -> Path:
+    """`flower_photos/<class>/*` with IMAGES_PER_CLASS synthetic photos per class, and LICENSE."""
+    return write_photo_set(tmp_path_factory.mktemp("mini") / "flower_photos", IMAGES_PER_CLASS)
 
 
 def tar_gz_bytes(folder: Path, arcname: str) -> bytes:

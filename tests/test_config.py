@@ -23,7 +23,7 @@ def _cli(cwd, *args):
 
 def test_default_composition_validates():
     config = make_config()
-    assert config.model.name == "small_cnn"
+    assert config.model.name == "efficientnet_lite0" and config.model.pretrained
     assert config.preprocess.image_size > 0
 
 
@@ -63,7 +63,7 @@ def test_cross_field_rules():
     with pytest.raises(ConfigError, match="min_batch <= opt_batch"):
         make_config(["trt.min_batch=8", "trt.opt_batch=4"])
     with pytest.raises(ConfigError, match="no pretrained weights"):
-        make_config(["model.pretrained=true"])
+        make_config(["model=small_cnn", "model.pretrained=true"])
 
 
 def test_hydra_override_of_unknown_key_fails():
@@ -82,7 +82,7 @@ def test_params_yaml_matches_configs():
 
 
 def test_drift_is_detected_and_compose_fixes_it(project):
-    config_file = project / "configs" / "train" / "default.yaml"
+    config_file = project / "configs" / "train" / "finetune.yaml"
     config_file.write_text(config_file.read_text().replace("lr: 0.003", "lr: 0.004"))
     problem = check_params(project)
     assert "lr: 0.004" in problem and "flower-model compose" in problem
@@ -92,7 +92,7 @@ def test_drift_is_detected_and_compose_fixes_it(project):
 
 
 def test_compose_refuses_invalid_config_and_keeps_old_params(project):
-    config_file = project / "configs" / "train" / "default.yaml"
+    config_file = project / "configs" / "train" / "finetune.yaml"
     before = (project / "params.yaml").read_text()
     config_file.write_text(config_file.read_text().replace("lr: 0.003", "lr: -5"))
     with pytest.raises(ConfigError, match="train.lr"):
@@ -146,7 +146,7 @@ def test_every_tunable_has_a_short_name():
 
 def test_run_name():
     # Pinned, so the expected names hold whatever the defaults become.
-    pinned = ["train.lr=0.003", "train.batch_size=64", "train.max_epochs=40"]
+    pinned = ["model=small_cnn", "train.lr=0.003", "train.batch_size=64", "train.max_epochs=40"]
     base = make_config(pinned)
     changed = make_config([*pinned, "train.lr=0.001", "model=resnet18", "train.seed=7"])
     assert run_name(base) == "cnn-lr0.003-bs64-ep40"
@@ -175,3 +175,37 @@ def test_config_files_document_every_value():
             assert "#" in line, f"{where} has no comment"
             if item_indent is None:
                 assert "[default:" in line, f"{where} does not state its default"
+
+
+STAGE_COMMANDS = ("download", "preprocess", "train", "export_onnx", "build_trt", "evaluate")
+
+
+@pytest.mark.parametrize("stage", STAGE_COMMANDS)
+@pytest.mark.parametrize("flag_first", [True, False], ids=["flag_first", "flag_last"])
+@pytest.mark.parametrize("override", ["train.lr=-1", "+preprocess.bogus_knob=1"])
+def test_dry_run_validates_overrides_in_any_order(project, stage, flag_first, override):
+    args = ["--dry-run", override] if flag_first else [override, "--dry-run"]
+    result = _cli(project, stage, *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    key = override.lstrip("+").split("=")[0]
+    assert key in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--dry-run=yes", "--dry-run=1"])
+def test_a_flag_given_a_value_it_does_not_take_is_an_error(project, flag):
+    result = _cli(project, "download", flag)
+    assert result.returncode == 2
+    assert "--dry-run takes no value" in result.stderr
+
+
+@pytest.mark.parametrize("flag_first", [True, False], ids=["flag_first", "flag_last"])
+def test_dry_run_checks_the_resume_checkpoint(project, tiny_processed, flag_first):
+    import shutil
+
+    shutil.copytree(tiny_processed / "data", project / "data")
+    override = "resume=/nonexistent/last.ckpt"
+    args = ["--dry-run", override] if flag_first else [override, "--dry-run"]
+    result = _cli(project, "train", *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "resume='/nonexistent/last.ckpt': no checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -68,7 +68,9 @@ def _config(*sources: tuple[str, str]):
     listed = [
         {"name": f"source{i}", "url": url, "sha256": sha} for i, (url, sha) in enumerate(sources)
     ]
-    return make_config(data={"sources": listed, "http_retries": 3, "http_backoff_s": 0.01})
+    # Small chunks: the test archive is ~100 KB, and the cut must fall after written chunks.
+    data = {"sources": listed, "http_retries": 3, "http_backoff_s": 0.01, "chunk_bytes": 4096}
+    return make_config(data=data)
 
 
 def _sha(data: bytes) -> str:

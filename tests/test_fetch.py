@@ -21,7 +21,7 @@ def _project_with_pushed_photos(tmp_path: Path, mini_dataset: Path) -> Path:
     project = tmp_path / "project"
     shutil.copytree(mini_dataset, project / "data" / "raw" / "flower_photos")
     shutil.copytree(REPO_ROOT / "configs", project / "configs")
-    params = (REPO_ROOT / "params.yaml").read_text().replace("image_size: 128", "image_size: 32")
+    params = (REPO_ROOT / "params.yaml").read_text().replace("image_size: 224", "image_size: 32")
     (project / "params.yaml").write_text(params)
     _run(["git", "init", "-q"], project)
     _run([DVC, "init", "-q"], project)

