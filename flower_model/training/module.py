@@ -73,7 +73,7 @@ class FlowerClassifier(pl.LightningModule):
         Done per batch because Lightning restores recorded module modes around validation."""
         if self.train_config.freeze_bn_stats:
             for module in self.net.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
                     module.eval()
 
     def on_fit_start(self) -> None:
