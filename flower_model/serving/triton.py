@@ -18,6 +18,7 @@ import numpy as np
 from flower_model.config import ServeConfig
 
 log = logging.getLogger(__name__)
+MONITOR_PERIOD_S = 1.0  # how often the main thread checks for a stop signal or a dead server
 
 
 def library_path_fix() -> dict[str, str] | None:
@@ -69,18 +70,16 @@ def serve(model: Path, config: ServeConfig, backend: str = "onnx") -> None:
     )
     # Handlers go in before the server starts: a SIGTERM during start-up must also stop it cleanly.
     stopping = threading.Event()
-    running: dict = {}
 
     def stop(signum, frame) -> None:
+        # Only flag it: stopping pytriton from inside a signal handler, while its serve() loop
+        # holds the same condition, hung for over 60 s in one CI run. The main thread stops it.
         log.warning("signal %s: stopping Triton", signum)
         stopping.set()
-        if "triton" in running:
-            running["triton"].stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     with Triton(config=triton_config) as triton:
-        running["triton"] = triton
         triton.bind(
             model_name=config.model_name,
             infer_func=[make_infer_function(classifier) for _ in range(config.instances)],
@@ -101,6 +100,8 @@ def serve(model: Path, config: ServeConfig, backend: str = "onnx") -> None:
             flush=True,
         )
         if not stopping.is_set():
-            triton.serve()
+            triton.run()
+            while not stopping.wait(timeout=MONITOR_PERIOD_S) and triton.is_alive():
+                pass
     print("triton stopped", flush=True)
     sys.stdout.flush()
