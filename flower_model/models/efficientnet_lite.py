@@ -62,7 +62,7 @@ REFERENCE_KEY = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(\w+)$")
 
 def weights_origin(name: str) -> dict[str, str]:
     """Package, version, file and sha256 of a model's pretrained weights (for MLflow tags)."""
-    distribution, module, relative, sha256 = WEIGHTS[name]
+    distribution, _, relative, sha256 = WEIGHTS[name]
     try:
         version = importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -113,7 +113,6 @@ def timm_state_dict(reference: dict[str, Tensor], model: nn.Module) -> dict[str,
     }
     mapped: dict[str, Tensor] = {}
     for key, tensor in reference.items():
-        module, _, leaf = key.rpartition(".")
         if key.startswith("_fc."):
             continue  # the ImageNet classifier; ours is a new head
         if match := REFERENCE_KEY.match(key):
@@ -121,6 +120,7 @@ def timm_state_dict(reference: dict[str, Tensor], model: nn.Module) -> dict[str,
             names = INVERTED if block in expanding else SEPARABLE
             mapped[f"{positions[block]}.{names[layer]}.{leaf}"] = tensor
         else:
+            module, _, leaf = key.rpartition(".")
             mapped[f"{TOP_LEVEL[module]}.{leaf}"] = tensor
     return mapped
 
