@@ -1,13 +1,19 @@
-"""Benchmark: in-process ONNX Runtime vs the same model through Triton (HTTP and gRPC).
+"""Benchmark: in-process ONNX Runtime vs the same model served by `flower-model serve`.
 
-    python benchmarks/serving.py [--model models/model.onnx] [--requests 300]
+    python benchmarks/serving.py [--model models/model.onnx] [--requests 300] [--photo F.jpg]
 
-Starts `flower-model serve` on free loopback ports, prints p50/p95 at batch 1 in-process and over
-each protocol (the difference is the serving overhead), then throughput with dynamic batching under
-8 concurrent HTTP clients, and stops the server by PID. Goal: served p50 overhead <= 1 ms.
+Starts `flower-model serve` (tritonserver on the python-flavour repository) on free loopback
+ports, then prints, side by side from this one run:
+- batch 1 p50/p99 in-process and over HTTP and gRPC (the difference is the serving overhead);
+- in-process throughput at each batch size, and served throughput with 8 concurrent clients
+  (dynamic batching), as a fraction of the best in-process figure;
+- the encoded-photo model (`flower_classifier_image`: JPEG bytes in) beside the raw uint8 path,
+  and what decoding + resizing costs in-process.
+Stops the server by PID. Goals: overhead <= 0.5 ms; concurrent throughput >= 90% of in-process.
 """
 
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -19,12 +25,25 @@ from pathlib import Path
 
 import numpy as np
 
+from flower_model.data.images import load_image
 from flower_model.serving.infer import OnnxClassifier
 
 CLIENTS = 8
 WARMUP = 20
+BATCH_SIZES = (1, 8, 16, 32, 64)
 START_TIMEOUT_S = 180
 MS = 1000.0
+PERCENTILES = (50, 99)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+
+
+def cpu_flags() -> str:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = next((line.split(":")[1].split() for line in text.splitlines() if "flags" in line), [])
+    present = [flag for flag in CPU_FLAGS if flag in flags]
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " + (
+        " ".join(present) or "none of " + " ".join(CPU_FLAGS)
+    )
 
 
 def _port() -> int:
@@ -44,76 +63,129 @@ def _timed(call, count: int) -> np.ndarray:
     return timings * MS
 
 
-def _client(protocol: str, url: str):
+def _interleaved(calls: dict, count: int) -> dict[str, np.ndarray]:
+    """Latencies (ms) of each call, run in turn (rotating order) so that drift on a shared,
+    noisy host hits every path alike; paired differences then give the overhead."""
+    names = list(calls)
+    timings = {name: np.empty(count) for name in names}
+    for i in range(-WARMUP, count):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            calls[name]()
+            if i >= 0:
+                timings[name][i] = (time.perf_counter() - started) * MS
+    return timings
+
+
+def _remote_call(protocol: str, url: str, model: str, data: np.ndarray):
+    """A zero-argument call sending `data` (uint8 images or BYTES files) to `model`."""
     if protocol == "grpc":
         import tritonclient.grpc as module
     else:
         import tritonclient.http as module
-    return module, module.InferenceServerClient(url=url)
+    client = module.InferenceServerClient(url=url)
+    name, dtype = ("files", "BYTES") if data.dtype == object else ("images", "UINT8")
+    request = module.InferInput(name, list(data.shape), dtype)
+    request.set_data_from_numpy(data)
+    outputs = [module.InferRequestedOutput("probs")]
+    return lambda: client.infer(model, [request], outputs=outputs).as_numpy("probs")
 
 
-def _remote_call(protocol: str, url: str, image: np.ndarray):
-    module, client = _client(protocol, url)
-    request = module.InferInput("images", list(image.shape), "UINT8")
-    request.set_data_from_numpy(image)
-    return lambda: client.infer("flower_classifier", [request]).as_numpy("probs")
-
-
-def main(model: str = "models/model.onnx", requests: int = 300) -> None:
-    classifier = OnnxClassifier(Path(model))
-    image = np.random.default_rng(0).integers(
-        0, 256, (1, classifier.image_size, classifier.image_size, 3), np.uint8
-    )
-    ports = [_port() for _ in range(3)]
-    overrides = [
-        f"serve.{name}={port}"
-        for name, port in zip(("http_port", "grpc_port", "metrics_port"), ports)
-    ]
+def _start(model: str, ports: dict[str, int]) -> subprocess.Popen:
+    overrides = [f"serve.{name}={port}" for name, port in ports.items()]
     server = subprocess.Popen(
         [sys.executable, "-m", "flower_model.commands", "serve", *overrides, f"--model={model}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    url = f"http://127.0.0.1:{ports['http_port']}/v2/health/ready"
+    while True:
+        try:
+            urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=2)
+            return server
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                os.killpg(server.pid, signal.SIGTERM)
+                raise SystemExit("the server did not become ready") from None
+            time.sleep(0.5)
+
+
+def _rows(timings: dict[str, np.ndarray], base: str) -> None:
+    for name, values in timings.items():
+        p50, p99 = np.percentile(values, PERCENTILES)
+        extra = ""
+        if name != base:
+            extra = f"  overhead (paired median) {np.median(values - timings[base]):+7.3f} ms"
+        print(f"  {name:30s} p50 {p50:7.3f} ms  p99 {p99:7.3f} ms{extra}")
+
+
+def _concurrent(call_factory, requests: int) -> tuple[float, np.ndarray]:
+    """images/s and per-request latencies (ms) of CLIENTS threads, each with its own client."""
+
+    def worker(_: int) -> np.ndarray:
+        call = call_factory()
+        call()
+        timings = np.empty(requests)
+        for i in range(requests):
+            started = time.perf_counter()
+            call()
+            timings[i] = time.perf_counter() - started
+        return timings
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        timings = np.concatenate(list(pool.map(worker, range(CLIENTS))))
+    return len(timings) / (time.perf_counter() - started), timings * MS
+
+
+def main(model: str = "models/model.onnx", requests: int = 300, photo: str | None = None) -> None:
+    classifier = OnnxClassifier(Path(model))
+    photo_path = Path(photo) if photo else next(Path("data/raw/flower_photos").rglob("*.jpg"))
+    settings = (classifier.image_size, classifier.resize_mode, classifier.pad_value)
+    image = load_image(photo_path, *settings, classifier.max_pixels)[None]
+    encoded = np.array([[photo_path.read_bytes()]], dtype=object)
+    ports = {name: _port() for name in ("http_port", "grpc_port", "metrics_port")}
+    http, grpc = f"127.0.0.1:{ports['http_port']}", f"127.0.0.1:{ports['grpc_port']}"
+    name = "flower_classifier"
+    print(f"host: {cpu_flags()}; model {model}, photo {photo_path.name}, {requests} requests/row")
+    server = _start(model, ports)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                urllib.request.urlopen(
-                    f"http://127.0.0.1:{ports[0]}/v2/models/flower_classifier/ready", timeout=2
-                )
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the server did not become ready")
-                time.sleep(0.5)
-        local = _timed(lambda: classifier.probs(image), requests)
-        rows = {"in-process": local}
-        rows["triton http"] = _timed(_remote_call("http", f"127.0.0.1:{ports[0]}", image), requests)
-        rows["triton grpc"] = _timed(_remote_call("grpc", f"127.0.0.1:{ports[1]}", image), requests)
-        base = np.percentile(local, 50)
-        print(f"batch 1, {requests} requests each, {os.cpu_count()} cores")
-        for name, timings in rows.items():
-            p50, p95 = np.percentile(timings, (50, 95))
-            print(
-                f"  {name:12s} p50 {p50:7.3f} ms  p95 {p95:7.3f} ms  "
-                f"overhead p50 {p50 - base:+7.3f} ms"
+        print("batch 1 latency, uint8 arrays")
+        raw = {"in-process ONNX Runtime": lambda: classifier.probs(image)}
+        for protocol, url in (("http", http), ("grpc", grpc)):
+            raw[f"served {protocol}"] = _remote_call(protocol, url, name, image)
+        _rows(_interleaved(raw, requests), "in-process ONNX Runtime")
+        print("batch 1 latency, one JPEG file")
+
+        def local_file() -> np.ndarray:
+            return classifier.probs(load_image(photo_path, *settings, classifier.max_pixels)[None])
+
+        files = {"in-process decode + ORT": local_file}
+        for protocol, url in (("http", http), ("grpc", grpc)):
+            files[f"served {protocol} (image model)"] = _remote_call(
+                protocol, url, name + "_image", encoded
             )
-
-        def worker(_: int) -> int:
-            call = _remote_call("http", f"127.0.0.1:{ports[0]}", image)
-            for _ in range(requests):
-                call()
-            return requests
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(CLIENTS) as pool:
-            done = sum(pool.map(worker, range(CLIENTS)))
-        elapsed = time.perf_counter() - started
-        print(
-            f"dynamic batching, {CLIENTS} concurrent HTTP clients: "
-            f"{done / elapsed:.0f} images/s ({done} requests)"
-        )
+        _rows(_interleaved(files, requests), "in-process decode + ORT")
+        print("throughput")
+        best = 0.0
+        for size in BATCH_SIZES:
+            batch = np.repeat(image, size, axis=0)
+            timings = _timed(lambda: classifier.probs(batch), max(10, requests // size))
+            rate = size * MS / float(np.median(timings))
+            best = max(best, rate)
+            print(f"  in-process batch {size:3d}             {rate:7.1f} images/s")
+        for protocol, url in (("http", http), ("grpc", grpc)):
+            rate, timings = _concurrent(
+                lambda: _remote_call(protocol, url, name, image), requests // 2
+            )
+            p50, p99 = np.percentile(timings, PERCENTILES)
+            print(
+                f"  served {protocol}, {CLIENTS} clients, batch 1  {rate:7.1f} images/s "
+                f"({rate / best:.0%} of in-process best)  p50 {p50:.2f} ms  p99 {p99:.2f} ms"
+            )
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)

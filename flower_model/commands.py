@@ -5,7 +5,6 @@ params.yaml (what DVC tracks); with overrides it composes configs/ + overrides a
 """
 
 import importlib
-import json
 import sys
 from pathlib import Path
 
@@ -91,64 +90,84 @@ def _pull_with_dvc(target: Path) -> None:
         sys.exit(EXIT_ERROR)
 
 
-def serve(*overrides: str, model: str = "models/model.onnx", backend: str = "onnx") -> None:
-    """Serve with Triton: `serve [overrides...] [--model F] [--backend onnx|tensorrt]`."""
-    import os
-
+def serve(
+    *overrides: str,
+    model: str = "models/model.onnx",
+    backend: str = "onnx",
+    repository: str | None = None,
+) -> None:
+    """Run tritonserver: `serve [overrides...] [--model F] [--backend B] [--repository DIR]`."""
     from flower_model.config import load_config
-    from flower_model.serving.triton import library_path_fix
-
-    env = library_path_fix()
-    if env is not None:  # tritonserver loads libpython: re-exec once with it on the path
-        os.execve(
-            sys.executable, [sys.executable, "-m", "flower_model.commands", *sys.argv[1:]], env
-        )
-    config = load_config(Path.cwd(), [str(item) for item in overrides]).serve
-    model_path = Path(model)
-    if not model_path.is_file():
-        _pull_with_dvc(model_path)
     from flower_model.serving.triton import serve as run_server
 
-    run_server(model_path, config, backend)
+    model_path = Path(model)
+    try:
+        config = load_config(Path.cwd(), [str(item) for item in overrides]).serve
+        if repository is None and not model_path.is_file():
+            _pull_with_dvc(model_path)
+        code = run_server(
+            model_path, config, str(backend), Path(repository) if repository else None
+        )
+    except FlowerModelError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    sys.exit(code)
 
 
 def client(
     *paths: str,
     url: str = "127.0.0.1:8000",
     protocol: str = "http",
+    raw: bool = False,
+    model_name: str = "flower_classifier",
     output: str | None = None,
     top_k: int = 3,
     batch: int = 16,
 ) -> None:
-    """Classify photos via Triton: `client PATH... --url HOST:PORT [--protocol grpc]`."""
-    from flower_model.config import load_config
+    """Classify photos via Triton: `client PATH... --url HOST:PORT [--protocol grpc] [--raw]`."""
     from flower_model.serving.client import TritonClassifier, classify_remote
-    from flower_model.serving.infer import render
+    from flower_model.serving.infer import OUTPUT_FORMATS, render
 
-    config = load_config(Path.cwd())
-    classes_file = config.paths.processed_dir / "classes.json"
-    names = json.loads(classes_file.read_text()) if classes_file.is_file() else []
-    classifier = TritonClassifier(
-        url, protocol, config.serve.model_name, config.preprocess.model_dump(), names
-    )
+    require_flag_without_value("--raw", raw)
+    suffix = Path(output).suffix.lower() if output else ".csv"
+    if suffix not in OUTPUT_FORMATS:
+        print(f"error: --output must end in .csv or .json, got {output}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
     try:
-        results = classify_remote([str(item) for item in paths], classifier, int(top_k), int(batch))
-    finally:
-        classifier.close()
-    text = render(results, Path(output).suffix.lower() if output else ".csv")
+        classifier = TritonClassifier(str(url), str(protocol), str(model_name), raw)
+        try:
+            results = classify_remote(
+                [str(item) for item in paths], classifier, int(top_k), int(batch)
+            )
+        finally:
+            classifier.close()
+    except FlowerModelError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    text = render(results, suffix)
     if output:
         Path(output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
+    for result in results:
+        if result.error:
+            print(f"cannot classify {result.path}: {result.error}", file=sys.stderr)
     sys.exit(1 if any(result.error for result in results) else 0)
 
 
-def triton_repo(output: str, model: str = "models/model.onnx") -> None:
-    """Write a Triton model repository for NVIDIA's container: `triton-repo OUTDIR`."""
+def triton_repo(
+    output: str, model: str = "models/model.onnx", flavour: str = "container", backend: str = "onnx"
+) -> None:
+    """Write a Triton model repository: `triton-repo DIR [--flavour container|python]`."""
     from flower_model.config import load_config
     from flower_model.serving.model_repository import write_repository
 
-    written = write_repository(Path(output), Path(model), load_config(Path.cwd()).serve)
+    try:
+        config = load_config(Path.cwd()).serve
+        written = write_repository(Path(output), Path(model), config, str(flavour), str(backend))
+    except FlowerModelError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
     for path in written:
         print(f"wrote {path}")
 

@@ -20,7 +20,7 @@ from flower_model.errors import FlowerModelError, MissingInputError
 EXIT_ERROR = 2
 # Flags that take no value. fire reads `--dry-run X` as dry_run="X", which would swallow an
 # override written after the flag; `fire_command` pins them to `--flag=True` first.
-BOOLEAN_FLAGS = ("--dry-run", "--dry_run", "--check")
+BOOLEAN_FLAGS = ("--dry-run", "--dry_run", "--check", "--raw")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 Imports only numpy and Pillow, so the inference path stays light.
 """
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -60,16 +61,19 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert(RGB)  # L, CMYK, YCbCr, P without transparency
 
 
-def decode_image(path: Path, max_pixels: int) -> np.ndarray:
-    """Read `path` as an upright RGB uint8 array [H, W, 3]; raise ImageDecodeError with a reason."""
+def decode_image(source: Path | bytes, max_pixels: int) -> np.ndarray:
+    """Read a file, or its bytes as sent to the server, as an upright RGB uint8 array [H, W, 3].
+
+    Raises ImageDecodeError with a reason.
+    """
     try:
-        size = path.stat().st_size
+        size = len(source) if isinstance(source, bytes) else source.stat().st_size
     except OSError as error:
         raise ImageDecodeError("unreadable", str(error)) from None
     if size == 0:
         raise ImageDecodeError("empty", "file has zero bytes")
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             pixels = image.width * image.height
             if pixels > max_pixels:
                 raise ImageDecodeError(
@@ -110,6 +114,8 @@ def resize_image(rgb: np.ndarray, size: int, mode: str, pad_value: int) -> np.nd
     raise ValueError(f"resize mode {mode!r} is not one of crop, pad")
 
 
-def load_image(path: Path, size: int, mode: str, pad_value: int, max_pixels: int) -> np.ndarray:
+def load_image(
+    source: Path | bytes, size: int, mode: str, pad_value: int, max_pixels: int
+) -> np.ndarray:
     """decode_image + resize_image: exactly what the model saw in training."""
-    return resize_image(decode_image(path, max_pixels), size, mode, pad_value)
+    return resize_image(decode_image(source, max_pixels), size, mode, pad_value)

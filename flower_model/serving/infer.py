@@ -49,11 +49,13 @@ def expand_paths(items: list[str]) -> list[Path]:
 
 
 class OnnxClassifier:
-    def __init__(self, model: Path):
+    def __init__(self, model: Path, spinning: bool = True):
+        """`spinning=False` stops idle ORT threads from busy-waiting for the next run."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
         self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         missing = [key for key in REQUIRED_METADATA if key not in meta]
@@ -72,11 +74,17 @@ class OnnxClassifier:
         return self.session.run(["probs"], {"images": images})[0]
 
 
+def _rank(row: np.ndarray, class_names: list[str], top_k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-row, kind="stable")[:top_k]
+    return [(class_names[k], round(float(row[k]), 6)) for k in order]
+
+
 def classify(paths: list[Path], classifier, top_k: int, batch: int = BATCH) -> list[Prediction]:
     """One Prediction per path, in order; unreadable files get `error` and the rest still run.
 
-    `classifier` has `load(path)`, `probs(images)` and `class_names`: in-process ONNX Runtime or
-    TensorRT here, a Triton server in serving/client.py.
+    `classifier` has `load(path)`, `probs(items)` and `class_names`: in-process ONNX Runtime or
+    TensorRT here, a Triton server in serving/client.py. When `probs` rejects a batch with an
+    ImageDecodeError (a server decoding the files), its files are sent one by one to find which.
     """
     results = [Prediction(str(path)) for path in paths]
     ready: list[tuple[int, np.ndarray]] = []
@@ -87,12 +95,19 @@ def classify(paths: list[Path], classifier, top_k: int, batch: int = BATCH) -> l
             ready.append((index, classifier.load(path)))
         except ImageDecodeError as error:
             results[index].error = f"{error.reason}: {error.detail}"
-    for start in range(0, len(ready), batch):
-        chunk = ready[start : start + batch]
-        probs = classifier.probs(np.stack([image for _, image in chunk]))
+    pending = [ready[start : start + batch] for start in range(0, len(ready), batch)]
+    while pending:
+        chunk = pending.pop(0)
+        try:
+            probs = classifier.probs(np.stack([item for _, item in chunk]))
+        except ImageDecodeError as error:
+            if len(chunk) > 1:
+                pending[:0] = [[item] for item in chunk]
+            else:
+                results[chunk[0][0]].error = f"{error.reason}: {error.detail}"
+            continue
         for (index, _), row in zip(chunk, probs):
-            order = np.argsort(-row, kind="stable")[:top_k]
-            ranked = [(classifier.class_names[k], round(float(row[k]), 6)) for k in order]
+            ranked = _rank(row, classifier.class_names, top_k)
             results[index].predicted, results[index].probability = ranked[0]
             results[index].top_k = ranked
     return results

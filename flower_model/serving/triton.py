@@ -1,107 +1,256 @@
-"""`flower-model serve`: a real Triton Inference Server (pytriton's bundled tritonserver).
+"""`flower-model serve`: the real `tritonserver` in the foreground, on a model repository.
 
-Model `flower_classifier`: input `images` uint8 [N, H, W, 3]; outputs `probs` float32 [N, C] and
-`labels` bytes [N, 1]. Dynamic batching merges concurrent requests. The work runs in ONNX Runtime
-on CPU, or in the TensorRT engine when one was built and a GPU is present.
+The binary, its python backend and the per-Python stubs come from the `nvidia-pytriton` wheel,
+which is only their carrier here: pytriton's Python proxy is not in the request path. At start
+the tree is copied to a work folder with the stub for the running Python (what pytriton itself
+does), the repository is written (`model_repository.py`, python flavour) unless one is given, and
+`tritonserver` runs on it: logs pass through, SIGTERM/SIGINT are forwarded, its exit code is ours.
 """
 
-import logging
+import collections
+import ctypes
+import importlib.util
 import os
+import shutil
 import signal
+import socket
+import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
-import numpy as np
-
 from flower_model.config import ServeConfig
+from flower_model.errors import FlowerModelError
 
-log = logging.getLogger(__name__)
-MONITOR_PERIOD_S = 1.0  # how often the main thread checks for a stop signal or a dead server
-
-
-def library_path_fix() -> dict[str, str] | None:
-    """tritonserver needs Python's libpython on LD_LIBRARY_PATH; return the env to re-exec with."""
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    current = os.environ.get("LD_LIBRARY_PATH", "")
-    if not libdir or libdir in current.split(os.pathsep):
-        return None
-    return {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [libdir, current]))}
-
-
-def make_infer_function(classifier):
-    from pytriton.decorators import batch
-
-    names = np.array([name.encode() for name in classifier.class_names], dtype=object)
-
-    @batch
-    def infer(images: np.ndarray) -> dict[str, np.ndarray]:
-        probs = classifier.probs(np.ascontiguousarray(images, dtype=np.uint8))
-        return {
-            "probs": probs.astype(np.float32),
-            "labels": names[probs.argmax(axis=1)].reshape(-1, 1),
-        }
-
-    return infer
+CARRIER = "pytriton"  # the nvidia-pytriton wheel's package, which holds tritonserver/
+STUB = "triton_python_backend_stub"
+START_TIMEOUT_S = 120  # a CPU start with two python-backend models takes ~5 s here
+POLL_S = 0.2
+STOP_TIMEOUT_S = 30  # tritonserver's --exit-timeout-secs
+LOG_TAIL_LINES = 200  # kept to name the reason when start-up fails
+LOAD_FAILURE = "failed to load '"  # how tritonserver logs a model it could not load
+PR_SET_PDEATHSIG = 1  # prctl option: the child gets a signal when its parent dies
+SIGNAL_EXIT_BASE = 128  # shell convention: killed by signal N exits 128 + N
 
 
-def serve(model: Path, config: ServeConfig, backend: str = "onnx") -> None:
-    """Start Triton on config.host and block until SIGTERM/SIGINT, then shut it down cleanly."""
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-    from pytriton.triton import Triton, TritonConfig
+class ServeError(FlowerModelError):
+    """The server could not start: busy port, missing binary, a repository Triton refused."""
 
-    if backend == "tensorrt":
-        from flower_model.serving.tensorrt_backend import TensorRTClassifier
 
-        classifier = TensorRTClassifier(model)
-    else:
-        from flower_model.serving.infer import OnnxClassifier
-
-        classifier = OnnxClassifier(model)
-    size, classes = classifier.image_size, len(classifier.class_names)
-    triton_config = TritonConfig(
-        http_address=config.host,
-        http_port=config.http_port,
-        grpc_address=config.host,
-        grpc_port=config.grpc_port,
-        metrics_port=config.metrics_port,
-        allow_metrics=True,
-    )
-    # Handlers go in before the server starts: a SIGTERM during start-up must also stop it cleanly.
-    stopping = threading.Event()
-
-    def stop(signum, frame) -> None:
-        # Only flag it: stopping pytriton from inside a signal handler, while its serve() loop
-        # holds the same condition, hung for over 60 s in one CI run. The main thread stops it.
-        log.warning("signal %s: stopping Triton", signum)
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    with Triton(config=triton_config) as triton:
-        triton.bind(
-            model_name=config.model_name,
-            infer_func=[make_infer_function(classifier) for _ in range(config.instances)],
-            inputs=[Tensor(name="images", dtype=np.uint8, shape=(size, size, 3))],
-            outputs=[
-                Tensor(name="probs", dtype=np.float32, shape=(classes,)),
-                Tensor(name="labels", dtype=bytes, shape=(1,)),
-            ],
-            config=ModelConfig(
-                max_batch_size=config.max_batch_size,
-                batcher=DynamicBatcher(max_queue_delay_microseconds=config.max_queue_delay_us),
-            ),
-            strict=True,
+def bundled_server() -> Path:
+    """The tritonserver tree inside the installed nvidia-pytriton wheel (not imported)."""
+    spec = importlib.util.find_spec(CARRIER)
+    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver" if spec else None
+    if root is None or not (root / "bin" / "tritonserver").is_file():
+        raise ServeError(
+            "the tritonserver binary was not found: install the nvidia-pytriton wheel "
+            "(`make setup`), which carries it"
         )
+    return root
+
+
+def prepare_server(work: Path) -> Path:
+    """Copy the tree to `work` with the stub for this Python in backends/python; return it."""
+    source = bundled_server()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = source / "python_backend_stubs" / version / STUB
+    if not stub.is_file():
+        raise ServeError(f"nvidia-pytriton has no python-backend stub for Python {version}")
+    target = work / "tritonserver"
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("python_backend_stubs", STUB))
+    shutil.copy2(stub, target / "backends" / "python" / STUB)
+    return target
+
+
+def server_env() -> dict[str, str]:
+    """libpython and the wheel's bundled libraries on LD_LIBRARY_PATH; this venv first on PATH.
+
+    The stub finds this environment's packages (onnxruntime, flower_model) through the `python3`
+    on PATH; PYTHONPATH alone is not enough.
+    """
+    spec = importlib.util.find_spec(CARRIER)
+    site = Path(next(iter(spec.submodule_search_locations))).parent if spec else Path()
+    libraries = [sysconfig.get_config_var("LIBDIR") or "", str(site / "nvidia_pytriton.libs")]
+    current = os.environ.get("LD_LIBRARY_PATH", "")
+    path = os.environ.get("PATH", "")
+    return {
+        **os.environ,
+        "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [*libraries, current])),
+        "PATH": os.pathsep.join(filter(None, [str(Path(sys.executable).parent), path])),
+    }
+
+
+def check_ports(config: ServeConfig) -> None:
+    """Fail before anything starts when a port is taken (Triton would fail later, less clearly)."""
+    for key in ("http_port", "grpc_port", "metrics_port"):
+        port = getattr(config, key)
+        with socket.socket() as probe:
+            # As servers do: a port left in TIME_WAIT by a server that just stopped is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((config.host, port))
+            except OSError as error:
+                raise ServeError(
+                    f"serve.{key}={port}: {config.host}:{port} is not free ({error.strerror}); "
+                    f"stop what uses it or pick another port, e.g. serve.{key}={port + 10}"
+                ) from None
+
+
+def server_command(server: Path, repository: Path, config: ServeConfig) -> list[str]:
+    host = config.host
+    return [
+        str(server / "bin" / "tritonserver"),
+        f"--model-repository={repository}",
+        f"--backend-directory={server / 'backends'}",
+        f"--cache-directory={server / 'caches'}",
+        f"--http-address={host}",
+        f"--http-port={config.http_port}",
+        f"--grpc-address={host}",
+        f"--grpc-port={config.grpc_port}",
+        "--allow-metrics=true",
+        "--allow-gpu-metrics=false",
+        f"--metrics-address={host}",
+        f"--metrics-port={config.metrics_port}",
+        "--disable-auto-complete-config",
+        f"--exit-timeout-secs={STOP_TIMEOUT_S}",
+        # One server's shared-memory regions must not meet another's on the same host.
+        f"--backend-config=python,shm-region-prefix-name=flower_model_{os.getpid()}_",
+    ]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if `flower-model serve` itself is killed."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _forward(stream, target, tail: collections.deque) -> None:
+    for line in iter(stream.readline, ""):
+        target.write(line)
+        target.flush()
+        tail.append(line.rstrip())
+
+
+def _is_ready(config: ServeConfig) -> bool:
+    url = f"http://{config.host}:{config.http_port}/v2/health/ready"
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _failure_reason(tail: collections.deque) -> str:
+    """The model Triton failed to load and why, else its last error line."""
+    for line in tail:  # the first such line has the reason; a shorter one follows it
+        if LOAD_FAILURE in line:
+            return line[line.index(LOAD_FAILURE) :].split("\\n", 1)[0].rstrip('"')
+    errors = [line for line in tail if line.startswith("error")]
+    return (errors or list(tail) or ["no output"])[-1]
+
+
+def _exit_code(returncode: int) -> int:
+    return SIGNAL_EXIT_BASE - returncode if returncode < 0 else returncode
+
+
+def run_server(server: Path, repository: Path, config: ServeConfig) -> int:
+    """Run tritonserver until it exits; print one line when ready; return its exit code."""
+    stopping = threading.Event()
+    process: subprocess.Popen | None = None
+
+    def forward_signal(signum, frame) -> None:
+        stopping.set()
+        if process is not None and process.poll() is None:
+            process.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward_signal)
+    signal.signal(signal.SIGINT, forward_signal)
+    tail: collections.deque = collections.deque(maxlen=LOG_TAIL_LINES)
+    process = subprocess.Popen(
+        server_command(server, repository, config),
+        env=server_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,  # its own group: the stubs it starts are stopped with it
+        preexec_fn=_die_with_parent,
+    )
+    forwarders = [
+        threading.Thread(target=_forward, args=(stream, target, tail), daemon=True)
+        for stream, target in ((process.stdout, sys.stdout), (process.stderr, sys.stderr))
+    ]
+    for thread in forwarders:
+        thread.start()
+    try:
+        code = _supervise(process, config, stopping, tail)
+    finally:
+        if process.poll() is None:  # an exception on our side: never leave the server behind
+            process.terminate()
+            process.wait(timeout=STOP_TIMEOUT_S + 10)
+        for thread in forwarders:
+            thread.join(timeout=5)
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # any stub the server left behind
+        except ProcessLookupError:
+            pass
+    return code
+
+
+def _supervise(process, config: ServeConfig, stopping: threading.Event, tail) -> int:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not stopping.is_set() and not _is_ready(config):
+        if process.poll() is not None:
+            print(
+                f"error: tritonserver exited with {_exit_code(process.returncode)} during "
+                f"start-up: {_failure_reason(tail)}",
+                file=sys.stderr,
+            )
+            return _exit_code(process.returncode) or 1
+        if time.monotonic() > deadline:
+            print(
+                f"error: tritonserver was not ready within {START_TIMEOUT_S} s: "
+                f"{_failure_reason(tail)}; stopping it",
+                file=sys.stderr,
+            )
+            process.terminate()
+            process.wait(timeout=STOP_TIMEOUT_S + 10)
+            return 1
+        time.sleep(POLL_S)
+    if not stopping.is_set():
         print(
-            f"serving {config.model_name} ({backend}) on http://{config.host}:{config.http_port} "
-            f"and grpc {config.host}:{config.grpc_port}",
+            f"serving {config.model_name} on http://{config.host}:{config.http_port} and "
+            f"grpc {config.host}:{config.grpc_port} (metrics :{config.metrics_port})",
             flush=True,
         )
-        if not stopping.is_set():
-            triton.run()
-            while not stopping.wait(timeout=MONITOR_PERIOD_S) and triton.is_alive():
-                pass
-    print("triton stopped", flush=True)
-    sys.stdout.flush()
+    code = _exit_code(process.wait())
+    print(f"tritonserver exited with {code}", flush=True)
+    return code
+
+
+def serve(
+    model: Path, config: ServeConfig, engine: str = "onnx", repository: Path | None = None
+) -> int:
+    """Serve `repository` (or one written from `model`) until stopped; return the exit code."""
+    from flower_model.serving.model_repository import write_repository
+
+    if repository is not None and not sorted(repository.glob("*/config.pbtxt")):
+        raise ServeError(
+            f"--repository {repository} holds no model (no */config.pbtxt): write one with "
+            "`flower-model triton-repo DIR --flavour python`"
+        )
+    if engine == "tensorrt":
+        from flower_model.export.tensorrt import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason:
+            raise ServeError(f"--backend tensorrt cannot run here: {reason}; use --backend onnx")
+    check_ports(config)
+    with tempfile.TemporaryDirectory(prefix="flower-model-serve-") as work:
+        if repository is None:
+            repository = Path(work) / "models"
+            write_repository(repository, model, config, "python", engine)
+        return run_server(prepare_server(Path(work)), repository.resolve(), config)
