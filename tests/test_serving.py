@@ -25,6 +25,7 @@ MODEL = "flower_classifier"
 IMAGE_MODEL = "flower_classifier_image"
 START_TIMEOUT_S = 180
 FAILURE_TIMEOUT_S = 60  # a start-up failure must end the command well within this
+RESTART_BOUND_S = 60  # a crashed server is ready again (or serve has given up) within this
 LOAD_REQUESTS = 2000
 LOAD_CLIENTS = 8
 MAX_BATCH = make_config().serve.max_batch_size
@@ -45,11 +46,13 @@ def _ports() -> dict[str, int]:
     return {name: free_port() for name in ("http_port", "grpc_port", "metrics_port")}
 
 
-def start_server(project: Path, model: Path, log) -> tuple[subprocess.Popen, dict[str, int]]:
+def start_server(
+    project: Path, model: Path, log, *extra: str
+) -> tuple[subprocess.Popen, dict[str, int]]:
     """`flower-model serve` on free loopback ports in its own process group; wait until ready."""
     ports = _ports()
     process = subprocess.Popen(
-        _serve_command(_project(project), ports, f"--model={model}"),
+        _serve_command(_project(project), ports, f"--model={model}", *extra),
         cwd=project,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -300,6 +303,48 @@ def test_sigterm_stops_tritonserver_and_its_stubs(tmp_path, tiny_onnx):
         assert _group_members(process.pid).strip() == ""
     finally:
         stop_process(process)
+
+
+@pytest.mark.slow
+def test_a_request_that_aborts_tritonserver_is_survived(tmp_path, tiny_onnx, photos):
+    """tritonserver 2.51 aborts (std::bad_alloc) on a ~100-byte body declaring a huge shape: an
+    upstream bug. serve restarts it; after serve.max_restarts crashes in a row it exits non-zero."""
+    pytest.importorskip("pytriton", reason="nvidia-pytriton (the tritonserver carrier) is absent")
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [1, 100000, 100000, 3],
+                    "datatype": "UINT8",
+                    "data": [1],
+                }
+            ]
+        }
+    ).encode()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        process, ports = start_server(tmp_path, tiny_onnx, log, "serve.max_restarts=1")
+    url = f"127.0.0.1:{ports['http_port']}"
+    try:
+        for crash in (1, 2):
+            request = urllib.request.Request(
+                f"http://{url}/v2/models/{MODEL}/infer", data=body, method="POST"
+            )
+            with pytest.raises((urllib.error.URLError, ConnectionError)) as caught:
+                urllib.request.urlopen(request, timeout=30)
+            assert not isinstance(caught.value, urllib.error.HTTPError), "no answer: it crashed"
+            if crash == 1:
+                wait_for_http(f"http://{url}/v2/models/{MODEL}/ready", process, RESTART_BOUND_S)
+                assert process.poll() is None, "serve must still be running"
+                assert _infer("http", url, photos[:1])[0].shape == (1, 5)
+        assert process.wait(timeout=RESTART_BOUND_S) == 134  # 128 + SIGABRT, never 0
+    finally:
+        stop_process(process)
+    text = log_path.read_text()
+    assert "tritonserver crashed (exit 134: terminate called after throwing" in text
+    assert "restart 1 of 1 in 1 s" in text
+    assert "restarted 1 times in a row (serve.max_restarts=1); giving up" in text
 
 
 def _serve_fails(project: Path, *extra: str, ports: dict[str, int] | None = None):

@@ -11,6 +11,7 @@ import collections
 import ctypes
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,9 @@ POLL_S = 0.2
 STOP_TIMEOUT_S = 30  # tritonserver's --exit-timeout-secs
 LOG_TAIL_LINES = 200  # kept to name the reason when start-up fails
 LOAD_FAILURE = "failed to load '"  # how tritonserver logs a model it could not load
+BACKOFF_S, BACKOFF_MAX_S = 1.0, 30.0  # wait before restart k: 1, 2, 4, ... s, capped
+STABLE_S = 60.0  # a server that ran this long before crashing restarts the count of restarts
+CRASH_MARKERS = re.compile(r"^terminate called|^Signal \(\d+\) received|Segmentation fault")
 PR_SET_PDEATHSIG = 1  # prctl option: the child gets a signal when its parent dies
 SIGNAL_EXIT_BASE = 128  # shell convention: killed by signal N exits 128 + N
 
@@ -144,12 +148,15 @@ def _is_ready(config: ServeConfig) -> bool:
 
 
 def _failure_reason(tail: collections.deque) -> str:
-    """The model Triton failed to load and why, else its last error line."""
+    """The model Triton failed to load and why, else the last line naming an error or crash."""
     for line in tail:  # the first such line has the reason; a shorter one follows it
         if LOAD_FAILURE in line:
             return line[line.index(LOAD_FAILURE) :].split("\\n", 1)[0].rstrip('"')
+    crash = [line.strip() for line in tail if CRASH_MARKERS.search(line)]
+    if crash:  # e.g. "terminate called after throwing ... 'std::bad_alloc'; Signal (6) received."
+        return "; ".join(crash[-3:])
     errors = [line for line in tail if line.startswith("error")]
-    return (errors or list(tail) or ["no output"])[-1]
+    return (errors or [line for line in tail if line.strip()] or ["no output"])[-1].strip()
 
 
 def _exit_code(returncode: int) -> int:
@@ -157,17 +164,51 @@ def _exit_code(returncode: int) -> int:
 
 
 def run_server(server: Path, repository: Path, config: ServeConfig) -> int:
-    """Run tritonserver until it exits; print one line when ready; return its exit code."""
+    """Run tritonserver until stopped; restart it when it crashes; return the exit code.
+
+    A crash after start-up (tritonserver 2.51 aborts on some requests, e.g. a tiny JSON body
+    declaring a gigantic shape) restarts it after a backoff, at most serve.max_restarts times in
+    a row; a failure during start-up is not retried (a retry would fail the same way).
+    """
     stopping = threading.Event()
-    process: subprocess.Popen | None = None
+    running: list[subprocess.Popen] = []
 
     def forward_signal(signum, frame) -> None:
         stopping.set()
-        if process is not None and process.poll() is None:
-            process.send_signal(signum)
+        if running and running[-1].poll() is None:
+            running[-1].send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward_signal)
     signal.signal(signal.SIGINT, forward_signal)
+    restarts = 0
+    while True:
+        started = time.monotonic()
+        code, crashed, reason = _run_once(server, repository, config, stopping, running)
+        if not crashed:
+            return code
+        if time.monotonic() - started > STABLE_S:
+            restarts = 0  # it served for a while: this crash starts a new count
+        if restarts >= config.max_restarts:
+            print(
+                f"error: tritonserver crashed (exit {code}: {reason}) and was restarted "
+                f"{restarts} times in a row (serve.max_restarts={config.max_restarts}); giving up",
+                file=sys.stderr,
+            )
+            return code or 1
+        restarts += 1
+        delay = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (restarts - 1))
+        print(
+            f"tritonserver crashed (exit {code}: {reason}); restart {restarts} of "
+            f"{config.max_restarts} in {delay:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        if stopping.wait(delay):
+            return code
+
+
+def _run_once(server, repository, config, stopping, running) -> tuple[int, bool, str]:
+    """One tritonserver process: (exit code, crashed after start-up, reason)."""
     tail: collections.deque = collections.deque(maxlen=LOG_TAIL_LINES)
     process = subprocess.Popen(
         server_command(server, repository, config),
@@ -179,6 +220,7 @@ def run_server(server: Path, repository: Path, config: ServeConfig) -> int:
         start_new_session=True,  # its own group: the stubs it starts are stopped with it
         preexec_fn=_die_with_parent,
     )
+    running.append(process)
     forwarders = [
         threading.Thread(target=_forward, args=(stream, target, tail), daemon=True)
         for stream, target in ((process.stdout, sys.stdout), (process.stderr, sys.stderr))
@@ -186,7 +228,7 @@ def run_server(server: Path, repository: Path, config: ServeConfig) -> int:
     for thread in forwarders:
         thread.start()
     try:
-        code = _supervise(process, config, stopping, tail)
+        code, was_ready = _supervise(process, config, stopping, tail)
     finally:
         if process.poll() is None:  # an exception on our side: never leave the server behind
             process.terminate()
@@ -197,19 +239,21 @@ def run_server(server: Path, repository: Path, config: ServeConfig) -> int:
             os.killpg(process.pid, signal.SIGKILL)  # any stub the server left behind
         except ProcessLookupError:
             pass
-    return code
+        running.clear()
+    return code, was_ready and not stopping.is_set(), _failure_reason(tail)
 
 
-def _supervise(process, config: ServeConfig, stopping: threading.Event, tail) -> int:
+def _supervise(process, config: ServeConfig, stopping: threading.Event, tail) -> tuple[int, bool]:
+    """Wait for ready (bounded), then for the exit: (exit code, whether it was ready)."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while not stopping.is_set() and not _is_ready(config):
         if process.poll() is not None:
+            code = _exit_code(process.returncode)
             print(
-                f"error: tritonserver exited with {_exit_code(process.returncode)} during "
-                f"start-up: {_failure_reason(tail)}",
+                f"error: tritonserver exited with {code} during start-up: {_failure_reason(tail)}",
                 file=sys.stderr,
             )
-            return _exit_code(process.returncode) or 1
+            return code or 1, False
         if time.monotonic() > deadline:
             print(
                 f"error: tritonserver was not ready within {START_TIMEOUT_S} s: "
@@ -218,7 +262,7 @@ def _supervise(process, config: ServeConfig, stopping: threading.Event, tail) ->
             )
             process.terminate()
             process.wait(timeout=STOP_TIMEOUT_S + 10)
-            return 1
+            return 1, False
         time.sleep(POLL_S)
     if not stopping.is_set():
         print(
@@ -227,8 +271,9 @@ def _supervise(process, config: ServeConfig, stopping: threading.Event, tail) ->
             flush=True,
         )
     code = _exit_code(process.wait())
-    print(f"tritonserver exited with {code}", flush=True)
-    return code
+    if stopping.is_set():
+        print(f"tritonserver exited with {code}", flush=True)
+    return code, True
 
 
 def serve(
