@@ -62,18 +62,22 @@ def infer(
     model_path = Path(model)
     if not model_path.is_file():
         _pull_with_dvc(model_path)
-    classifier = None
-    if backend == "tensorrt":
-        from flower_model.serving.tensorrt_backend import TensorRTClassifier
-
-        classifier = TensorRTClassifier(model_path)
-    elif backend != "onnx":
-        print(f"error: --backend must be onnx or tensorrt, got {backend!r}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
     from flower_model.serving.infer import run_infer
 
     out = Path(output) if output else None
-    sys.exit(run_infer([str(item) for item in paths], model_path, out, int(top_k), classifier))
+    try:
+        classifier = None
+        if backend == "tensorrt":
+            from flower_model.serving.tensorrt_backend import TensorRTClassifier
+
+            classifier = TensorRTClassifier(model_path)
+        elif backend != "onnx":
+            raise FlowerModelError(f"--backend must be onnx or tensorrt, got {backend!r}")
+        code = run_infer([str(item) for item in paths], model_path, out, int(top_k), classifier)
+    except FlowerModelError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    sys.exit(code)
 
 
 def _pull_with_dvc(target: Path) -> None:

@@ -96,3 +96,30 @@ def test_infer_imports_no_heavy_dependencies(photo_folder, tiny_onnx):
 def test_expand_paths_reports_missing_inputs(tmp_path):
     missing = tmp_path / "nope.jpg"
     assert expand_paths([str(missing)]) == [missing]
+
+
+@pytest.mark.parametrize("command", ["infer", "serve", "triton-repo"])
+@pytest.mark.parametrize("damage", ["garbage", "empty", "truncated"])
+def test_a_damaged_model_is_a_one_line_error(tmp_path, photo_folder, tiny_onnx, command, damage):
+    model = tmp_path / "model.onnx"
+    whole = tiny_onnx.read_bytes()
+    model.write_bytes({"garbage": b"not a model", "empty": b"", "truncated": whole[:2000]}[damage])
+    shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    arguments = {
+        "infer": [str(photo_folder)],
+        "serve": ["serve.http_port=1"],  # never reached: the model is refused first
+        "triton-repo": [str(tmp_path / "repository")],
+    }[command]
+    result = subprocess.run(
+        [sys.executable, "-m", "flower_model.commands", command, *arguments, f"--model={model}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {model} is not a usable"), lines
+    assert "dvc repro export_onnx" in lines[0]
+    assert not (tmp_path / "repository").exists(), "nothing half-written"

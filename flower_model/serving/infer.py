@@ -15,6 +15,7 @@ import numpy as np
 
 from flower_model.constants import IMAGE_SUFFIXES
 from flower_model.data.images import ImageDecodeError, load_image
+from flower_model.errors import FlowerModelError
 from flower_model.io_utils import csv_text
 
 BATCH = 32
@@ -48,6 +49,13 @@ def expand_paths(items: list[str]) -> list[Path]:
     return sorted(set(found))
 
 
+def unusable_model(model: Path, reason: str) -> str:
+    return (
+        f"{model} is not a usable flower-model ONNX model ({reason}): rebuild it with "
+        "`dvc repro export_onnx` (or `flower-model export_onnx`), or pass another --model"
+    )
+
+
 class OnnxClassifier:
     def __init__(self, model: Path, spinning: bool = True):
         """`spinning=False` stops idle ORT threads from busy-waiting for the next run."""
@@ -56,11 +64,16 @@ class OnnxClassifier:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
-        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(
+                str(model), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # ORT's own exception types (InvalidProtobuf, ...) subclass it
+            raise FlowerModelError(unusable_model(model, str(error).splitlines()[0])) from None
         meta = self.session.get_modelmeta().custom_metadata_map
         missing = [key for key in REQUIRED_METADATA if key not in meta]
         if missing:
-            raise ValueError(f"{model} lacks metadata {missing}: re-run `flower-model export_onnx`")
+            raise FlowerModelError(unusable_model(model, f"it lacks the metadata {missing}"))
         self.class_names: list[str] = json.loads(meta["class_names"])
         self.image_size = int(meta["image_size"])
         self.resize_mode = meta["resize_mode"]

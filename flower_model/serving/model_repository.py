@@ -21,9 +21,12 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from flower_model.config import ServeConfig
 from flower_model.errors import FlowerModelError
 from flower_model.io_utils import atomic_dir
+from flower_model.serving.infer import unusable_model
 
 LABELS_FILE = "labels.txt"
 TRT_SUFFIX = "_trt"
@@ -110,9 +113,13 @@ def write_repository(
         raise FlowerModelError(f"--backend must be one of {ENGINES}, got {engine!r}")
     if not model.is_file():
         raise FlowerModelError(f"{model} does not exist: run `dvc repro export_onnx` first")
-    metadata = read_metadata(model)
-    if "class_names" not in metadata:
-        raise FlowerModelError(f"{model} lacks class metadata: re-run `flower-model export_onnx`")
+    try:
+        metadata = read_metadata(model)
+    except DecodeError as error:
+        raise FlowerModelError(unusable_model(model, f"protobuf: {error}")) from None
+    missing = [key for key in ("class_names", *IMAGE_KEYS) if key not in metadata]
+    if missing:
+        raise FlowerModelError(unusable_model(model, f"it lacks the metadata {missing}"))
     labels = json.loads(metadata["class_names"])
     size, classes = int(metadata["image_size"]), len(labels)
     shared = {
