@@ -245,6 +245,9 @@ class MlflowConfig(Section):
     experiment_name: str = Field(min_length=1)
     registered_model_name: str = Field(min_length=1)
     connect_timeout_s: float = Field(gt=0, le=300)
+    request_timeout_s: int = Field(gt=0, le=300)
+    max_retries: int = Field(ge=0, le=10)
+    retry_backoff_s: int = Field(ge=0, le=10)
 
 
 class ServeConfig(Section):

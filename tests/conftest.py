@@ -113,10 +113,10 @@ def stop_process(process: subprocess.Popen) -> None:
 MLFLOW_START_TIMEOUT_S = 120
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on a free loopback port, sqlite-backed; yields its URI."""
-    state = tmp_path_factory.mktemp("mlflow")
+def start_mlflow(state: Path) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on a free loopback port, sqlite-backed, logging to state/server.log;
+    (process, URI) once it answers. Stop it with stop_process."""
+    state.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [
         str(Path(sys.executable).with_name("mlflow")),
@@ -131,17 +131,27 @@ def mlflow_server(tmp_path_factory):
         str(state / "artifacts"),
     ]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = (state / "server.log").open("w")
-    process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
+    with (state / "server.log").open("w") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{uri}/health", process, MLFLOW_START_TIMEOUT_S)
+    except RuntimeError:
+        stop_process(process)
+        raise
+    return process, uri
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """The session's MLflow server; yields its URI."""
+    process, uri = start_mlflow(tmp_path_factory.mktemp("mlflow"))
+    try:
         yield uri
     finally:
         stop_process(process)
-        log.close()
 
 
 @pytest.fixture(scope="session")

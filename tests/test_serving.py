@@ -133,9 +133,13 @@ def _first_jpeg(folder: Path) -> Path:
     return next(path for path in sorted(folder.glob("*.jpg")) if path.name != "broken.jpg")
 
 
-def _assert_ready(url: str) -> None:
-    with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=5) as response:
-        assert response.status == 200, "the server must stay ready after a bad request"
+def _assert_ready(url: str, server: dict | None = None, case: str = "") -> None:
+    try:
+        with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=5) as response:
+            assert response.status == 200, "the server must stay ready after a bad request"
+    except OSError as error:
+        log = (server["project"] / "serve.log").read_text()[-4000:] if server else ""
+        raise AssertionError(f"not ready after {case!r}: {error}; serve.log ends:\n{log}")
 
 
 @pytest.mark.slow
@@ -194,7 +198,7 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(triton_server, photos
         with pytest.raises(InferenceServerException) as caught:
             _infer("http", url, data, model, dtype)
         assert _status(caught.value) in CLIENT_ERROR_CODES, f"{case}: {caught.value}"
-        _assert_ready(url)
+        _assert_ready(url, triton_server, case)
     with pytest.raises(InferenceServerException, match="file 1 of the request: truncated"):
         _infer("http", url, _files(whole, truncated), IMAGE_MODEL, "BYTES")
     # Bodies that parse as JSON but are not valid requests get 400. tritonserver 2.51 answers a
@@ -209,7 +213,7 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(triton_server, photos
         answer = caught_http.value.read().decode()
         unparsable = caught_http.value.code == 500 and "failed to parse the request JSON" in answer
         assert caught_http.value.code in CLIENT_ERROR_CODES or unparsable, (body, answer)
-        _assert_ready(url)
+        _assert_ready(url, triton_server, str(body))
     probs, _ = _infer("http", url, photos[:1])
     assert probs.shape == (1, 5), "the server must keep serving after bad requests"
 

