@@ -129,13 +129,21 @@ def _files(*paths: Path) -> np.ndarray:
     return np.array([[path.read_bytes()] for path in paths], dtype=object)
 
 
+def _open(request, timeout: float):
+    """urlopen without proxies, read now: the global opener caches the proxy settings of the
+    first test that used it (some set a dead proxy), and loopback must never go through one."""
+    return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+        request, timeout=timeout
+    )
+
+
 def _first_jpeg(folder: Path) -> Path:
     return next(path for path in sorted(folder.glob("*.jpg")) if path.name != "broken.jpg")
 
 
 def _assert_ready(url: str, server: dict | None = None, case: str = "") -> None:
     try:
-        with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=5) as response:
+        with _open(f"http://{url}/v2/health/ready", timeout=5) as response:
             assert response.status == 200, "the server must stay ready after a bad request"
     except OSError as error:
         log = (server["project"] / "serve.log").read_text()[-4000:] if server else ""
@@ -209,7 +217,7 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(triton_server, photos
             f"http://{url}/v2/models/{MODEL}/infer", data=body, method="POST"
         )
         with pytest.raises(urllib.error.HTTPError) as caught_http:
-            urllib.request.urlopen(request, timeout=10)
+            _open(request, timeout=10)
         answer = caught_http.value.read().decode()
         unparsable = caught_http.value.code == 500 and "failed to parse the request JSON" in answer
         assert caught_http.value.code in CLIENT_ERROR_CODES or unparsable, (body, answer)
@@ -244,7 +252,7 @@ def test_a_bad_file_fails_only_its_own_request(triton_server, photo_files):
 
 
 def _success_count(metrics_url: str) -> float:
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+    with _open(metrics_url, timeout=10) as response:
         text = response.read().decode()
     prefix = f'nv_inference_request_success{{model="{MODEL}",version="1"}}'
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
@@ -336,7 +344,7 @@ def test_a_request_that_aborts_tritonserver_is_survived(tmp_path, tiny_onnx, pho
                 f"http://{url}/v2/models/{MODEL}/infer", data=body, method="POST"
             )
             with pytest.raises((urllib.error.URLError, ConnectionError)) as caught:
-                urllib.request.urlopen(request, timeout=30)
+                _open(request, timeout=30)
             assert not isinstance(caught.value, urllib.error.HTTPError), "no answer: it crashed"
             if crash == 1:
                 wait_for_http(f"http://{url}/v2/models/{MODEL}/ready", process, RESTART_BOUND_S)
