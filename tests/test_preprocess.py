@@ -214,3 +214,28 @@ def test_deep_images_are_scaled_to_8_bits_like_their_8_bit_twin(tmp_path, kind, 
     assert Image.open(deep).mode not in ("L", "RGB"), "the test file must be a deep mode"
     assert decoded.dtype == np.uint8
     assert np.array_equal(decoded, decode_image(twin, max_pixels=10_000))
+
+
+def test_a_class_with_no_readable_photo_is_an_error(mini_dataset, tmp_path):
+    from flower_model.errors import FlowerModelError
+
+    dataset = tmp_path / "flower_photos"
+    shutil.copytree(mini_dataset, dataset)
+    for photo in (dataset / "roses").iterdir():
+        photo.write_bytes(b"not a photo")
+    with pytest.raises(FlowerModelError) as caught:
+        _run(dataset, tmp_path / "out", image_size=32, num_workers=0)
+    message = str(caught.value)
+    assert message.startswith("class 'roses' has no readable photo (not_an_image ")
+    assert str(dataset / "roses") in message
+    assert not (tmp_path / "out" / "processed").exists(), "nothing half-written"
+
+
+def test_a_folder_without_class_folders_is_an_error(tmp_path):
+    from flower_model.errors import FlowerModelError
+
+    dataset = tmp_path / "flat"
+    dataset.mkdir()
+    (dataset / "photo.jpg").write_bytes(b"loose file, no class folder")
+    with pytest.raises(FlowerModelError, match="has no class folders: it must hold one folder"):
+        _run(dataset, tmp_path / "out", image_size=32, num_workers=0)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from flower_model.config import PreprocessConfig
 from flower_model.constants import RESOLVED_CONFIG_NAME, SPLITS
 from flower_model.data.images import ImageDecodeError, decode_image, resize_image
+from flower_model.errors import FlowerModelError
 from flower_model.io_utils import atomic_dir, csv_text, write_json, write_text
 
 CLASSES_FILE = "classes.json"
@@ -56,7 +57,10 @@ def list_dataset(
     """Class names (sorted folder names) and (relative file, label) pairs in sorted order."""
     classes = sorted(item.name for item in dataset.iterdir() if item.is_dir())
     if not classes:
-        raise ValueError(f"{dataset} has no class folders")
+        raise FlowerModelError(
+            f"{dataset} has no class folders: it must hold one folder of photos per class "
+            "(<class>/*.jpg); rerun `flower-model download` or fix paths.raw_dir"
+        )
     files = []
     for label, name in enumerate(classes):
         found = sorted(item for item in (dataset / name).rglob("*") if item.is_file())
@@ -144,6 +148,22 @@ def split_stratified(kept: list[Decoded], config: PreprocessConfig) -> dict[str,
     }
 
 
+def _require_every_class(
+    classes: list[str], kept: list[Decoded], failed: list[Decoded], dataset: Path
+) -> None:
+    """A class left with no usable photo is an error, not a silently smaller problem."""
+    counts = Counter(item.label for item in kept)
+    empty = [label for label in range(len(classes)) if not counts[label]]
+    if empty:
+        reasons = Counter(item.reason for item in failed if item.label in empty)
+        detail = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
+        names = ", ".join(repr(classes[label]) for label in empty)
+        raise FlowerModelError(
+            f"class {names} has no readable photo ({detail or 'no files'}): add photos to "
+            f"{dataset / classes[empty[0]]} or remove the folder"
+        )
+
+
 def preprocess_dataset(
     dataset: Path,
     processed: Path,
@@ -161,10 +181,12 @@ def preprocess_dataset(
     ):
         (failed if item.reason else decoded).append(item)
     kept, duplicates = drop_duplicates(decoded)
+    _require_every_class(classes, kept, failed, dataset)
     splits = split_stratified(kept, config)
     if any(not items for items in splits.values()):
-        raise ValueError(
-            f"a split is empty ({ {k: len(v) for k, v in splits.items()} }); use more images"
+        raise FlowerModelError(
+            f"a split is empty ({ {k: len(v) for k, v in splits.items()} }); use more images "
+            "(preprocess.max_images_per_class) or other split fractions"
         )
 
     manifest_rows = []
