@@ -11,7 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from flower_model.constants import JSON_INDENT
+from flower_model.errors import FlowerModelError
 
 FILE_MODE = 0o666
 DIR_MODE = 0o777
@@ -102,3 +105,33 @@ def write_json(target: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _damaged(path: Path, error: BaseException) -> FlowerModelError:
+    first = (str(error).splitlines() or [type(error).__name__])[0]
+    return FlowerModelError(
+        f"{path} is damaged ({first}): restore it with `dvc checkout {path}` or rebuild it "
+        "with `dvc repro`"
+    )
+
+
+def load_array(path: Path, mmap: bool = False) -> np.ndarray:
+    """np.load, with a truncated or foreign file as a one-line error instead of a traceback."""
+    import pickle
+
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None)
+    except (ValueError, EOFError, OSError, pickle.UnpicklingError) as error:
+        raise _damaged(path, error) from None
+
+
+def load_checkpoint(path: Path, weights_only: bool) -> dict:
+    """torch.load on CPU, with a truncated or foreign file as a one-line error."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as error:
+        raise _damaged(path, error) from None

@@ -28,7 +28,7 @@ def run(config: Config, root: Path) -> None:
         build_and_check,
         unavailable_reason,
     )
-    from flower_model.io_utils import atomic_dir, write_json
+    from flower_model.io_utils import atomic_dir, load_array, write_json
 
     trt_config, models = config.trt, root / config.paths.models_dir
     record = {
@@ -51,7 +51,7 @@ def run(config: Config, root: Path) -> None:
             source = models / (
                 "model.int8.onnx" if trt_config.precision == "int8" else "model.onnx"
             )
-            val = np.load(images_path(root / config.paths.processed_dir, "val"), mmap_mode="r")
+            val = load_array(images_path(root / config.paths.processed_dir, "val"), mmap=True)
             trt = importlib.import_module("tensorrt")
             record.update(
                 build_and_check(source, staging / PLAN_FILE, trt_config, np.asarray(val), trt)

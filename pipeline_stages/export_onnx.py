@@ -27,13 +27,13 @@ def run(config: Config, root: Path) -> None:
     from flower_model.constants import RESOLVED_CONFIG_NAME
     from flower_model.data.preprocess import CLASSES_FILE, images_path
     from flower_model.export.onnx import config_hash, export_model, load_classifier, quantize_int8
-    from flower_model.io_utils import write_json
+    from flower_model.io_utils import load_array, write_json
 
     paths, export = config.paths, config.export
     processed, models = root / paths.processed_dir, root / paths.models_dir
     checkpoint = models / "model.ckpt"
     _, state = load_classifier(checkpoint)
-    val = np.load(images_path(processed, "val"), mmap_mode="r")
+    val = load_array(images_path(processed, "val"), mmap=True)
     # How the arrays were made travels with the model, so inference prepares photos the same way.
     prepared = yaml.safe_load((processed / RESOLVED_CONFIG_NAME).read_text())["preprocess"]
     metadata = {
@@ -57,7 +57,7 @@ def run(config: Config, root: Path) -> None:
     report = export_model(
         checkpoint, models / "model.onnx", export, np.asarray(val[: export.parity_images]), metadata
     )
-    train = np.load(images_path(processed, "train"), mmap_mode="r")
+    train = load_array(images_path(processed, "train"), mmap=True)
     calibration = np.asarray(train[: export.calibration_images])
     quantize_int8(
         models / "model.onnx", models / "model.int8.onnx", calibration, export.int8_reduce_range

@@ -25,9 +25,9 @@ def outputs(config: Config) -> list[Path]:
 
 
 def preflight(config: Config, root: Path) -> None:
-    from flower_model.training.train import CHECKPOINT_DIR, resolve_resume
+    from flower_model.training.resume import load_resume_state
 
-    resolve_resume(config.resume, root / config.paths.models_dir / CHECKPOINT_DIR, root)
+    load_resume_state(config, root)  # the checkpoint exists, loads, and fits this model
 
 
 def run(config: Config, root: Path) -> None:

@@ -302,3 +302,53 @@ def test_tracking_server_killed_mid_run_neither_hangs_nor_loses_the_model(
     assert errors.count("stopped answering") == 1, "one warning, then tracking stops"
     assert '"event": "mlflow_lost"' in errors or "mlflow_lost" in errors
     assert elapsed < MLFLOW_LOST_BOUND_S
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_damaged_checkpoints_and_arrays_are_one_line_errors(straight_run, tmp_path, damage):
+    from flower_model.io_utils import load_array, load_checkpoint
+
+    root, _ = straight_run
+    for source, load in (
+        (root / "models" / "model.ckpt", lambda path: load_checkpoint(path, weights_only=True)),
+        (root / "data" / "processed" / "val_images.npy", load_array),
+        (root / "data" / "processed" / "val_images.npy", lambda path: load_array(path, mmap=True)),
+    ):
+        whole = source.read_bytes()
+        broken = tmp_path / source.name
+        cut = {"truncated": whole[: len(whole) // 2], "garbage": b"not this file", "empty": b""}
+        broken.write_bytes(cut[damage])
+        with pytest.raises(FlowerModelError) as caught:
+            load(broken)
+        assert str(caught.value).startswith(f"{broken} is damaged (")
+        assert f"dvc checkout {broken}" in str(caught.value)
+
+
+def test_resume_checks_the_checkpoint_before_any_work(straight_run, tmp_path, mlflow_server):
+    """A dry run refuses what the real run would: a damaged checkpoint, other model settings."""
+    import shutil
+
+    root, _ = straight_run
+    last = root / "models" / "checkpoints" / "last.ckpt"
+    project = _copy_project(root, tmp_path / "project")
+    shutil.copytree(REPO_ROOT / "configs", project / "configs")
+    (project / "broken.ckpt").write_bytes(last.read_bytes()[:1000])
+    tiny = [f"model.widths={TINY_MODEL['widths']}".replace(" ", ""), "model=small_cnn"]
+    cases = {
+        "broken.ckpt": (tiny, "broken.ckpt is damaged ("),
+        str(last): (["model=small_cnn"], "was trained with other model settings (model."),
+    }
+    for resume, (model, message) in cases.items():
+        for flag_first in (True, False):
+            overrides = [f"resume={resume}", f"mlflow.tracking_uri={mlflow_server}", *model]
+            words = ["--dry-run", *overrides] if flag_first else [*overrides, "--dry-run"]
+            result = subprocess.run(
+                [sys.executable, "-m", "flower_model.commands", "train", *words],
+                cwd=project,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert result.returncode == 2, result.stderr
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and message in lines[0], lines

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from flower_model.config import AugmentConfig, TrainConfig
 from flower_model.constants import SPLITS, UINT8_MAX
 from flower_model.data.preprocess import CLASSES_FILE, images_path, labels_path
+from flower_model.io_utils import load_array
 
 ASPECT_RANGE = (3 / 4, 4 / 3)  # RandomResizedCrop's usual aspect-ratio range
 SEED_STRIDE = 1_000_003  # separates (seed, step, rank) keys: a prime larger than any step count
@@ -178,8 +179,8 @@ class FlowerDataModule(pl.LightningDataModule):
         self.sets: dict[str, FlowerArrays] = {}
 
     def _split(self, split: str) -> FlowerArrays:
-        images = np.load(images_path(self.processed, split), mmap_mode="r")
-        return FlowerArrays(images, np.load(labels_path(self.processed, split)))
+        images = load_array(images_path(self.processed, split), mmap=True)
+        return FlowerArrays(images, load_array(labels_path(self.processed, split)))
 
     def setup(self, stage: str | None = None) -> None:
         if not self.sets:

@@ -14,7 +14,7 @@ from flower_model.evaluation.latency import Predictor, measure, thread_info
 from flower_model.evaluation.metrics import mcnemar, summarise
 from flower_model.export.onnx import ExportWrapper, compare, load_classifier, session
 from flower_model.export.tensorrt import BUILD_FILE, PLAN_FILE
-from flower_model.io_utils import csv_text, read_json, write_json, write_text
+from flower_model.io_utils import csv_text, load_array, read_json, write_json, write_text
 
 REFERENCE = "onnx_fp32"  # the shipped model: its numbers are the top-level test metrics
 PREDICT_BATCH = 64
@@ -82,8 +82,8 @@ def evaluate(config: Config, root: Path) -> dict:
     paths, settings = config.paths, config.evaluate
     processed, models = root / paths.processed_dir, root / paths.models_dir
     reports, plots = root / paths.reports_dir, root / paths.plots_dir
-    images = np.load(images_path(processed, "test"))
-    labels = np.load(labels_path(processed, "test"))
+    images = load_array(images_path(processed, "test"))
+    labels = load_array(labels_path(processed, "test"))
     classes = json.loads((processed / CLASSES_FILE).read_text())
     files = [
         row["file"]

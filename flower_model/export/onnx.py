@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from flower_model.config import ExportConfig
 from flower_model.errors import FlowerModelError
-from flower_model.io_utils import atomic_path
+from flower_model.io_utils import atomic_path, load_checkpoint
 from flower_model.training.module import FlowerClassifier, normalise
 
 INPUT_NAME = "images"
@@ -42,7 +42,7 @@ class ExportWrapper(nn.Module):
 
 
 def load_classifier(checkpoint: Path) -> tuple[FlowerClassifier, dict]:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_checkpoint(checkpoint, weights_only=True)
     module = FlowerClassifier(**state["hyper_parameters"])
     module.load_state_dict(state["state_dict"])
     return module.eval(), state

@@ -19,9 +19,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from flower_model.config import Config, ConfigError, ModelConfig, compose_raw, flatten, validate
 from flower_model.constants import RESOLVED_CONFIG_NAME
 from flower_model.data.datamodule import FlowerDataModule, first_full_size_epoch
-from flower_model.errors import FlowerModelError
 from flower_model.evaluation.figures import training_curves
-from flower_model.io_utils import atomic_path, write_json, write_text
+from flower_model.io_utils import atomic_path, load_checkpoint, write_json, write_text
 from flower_model.naming import run_name
 from flower_model.training.callbacks import (
     EPOCHS_FILE,
@@ -30,6 +29,7 @@ from flower_model.training.callbacks import (
     StepTimer,
 )
 from flower_model.training.module import FlowerClassifier
+from flower_model.training.resume import CHECKPOINT_DIR, LAST, load_resume_state
 from flower_model.training.tracking import (
     TolerantMLFlowLogger,
     bound_mlflow_requests,
@@ -38,10 +38,8 @@ from flower_model.training.tracking import (
     require_tracking_server,
 )
 
-CHECKPOINT_DIR = "checkpoints"
 MODEL_CHECKPOINT = "model.ckpt"
 TRAIN_RUN = "train_run.json"
-LAST = "last"
 CURVE_FILE = "loss_curve.png"
 
 
@@ -72,18 +70,6 @@ def weights_tags(model: ModelConfig) -> dict[str, str]:
     if model.pretrained and model.name in WEIGHTS:
         tags.update({f"weights_{key}": value for key, value in weights_origin(model.name).items()})
     return tags
-
-
-def resolve_resume(resume: str | None, checkpoints: Path, root: Path) -> Path | None:
-    if resume is None:
-        return None
-    path = checkpoints / f"{LAST}.ckpt" if resume == LAST else Path(resume)
-    path = path if path.is_absolute() else root / path
-    if not path.is_file():
-        raise FlowerModelError(
-            f"resume={resume!r}: no checkpoint at {path}; train without resume first"
-        )
-    return path
 
 
 def _relative_paths(value, root: Path):
@@ -165,8 +151,7 @@ def train_model(
     paths = config.paths
     models = root / paths.models_dir
     checkpoints = models / CHECKPOINT_DIR
-    resume = resolve_resume(config.resume, checkpoints, root)
-    resumed_state = torch.load(resume, map_location="cpu", weights_only=False) if resume else None
+    resume, resumed_state = load_resume_state(config, root)
     if resume is None and checkpoints.exists():
         shutil.rmtree(checkpoints)  # a fresh run must not pick up another run's "best"
 
@@ -272,7 +257,7 @@ def train_model(
     if not trainer.is_global_zero:
         return None
 
-    best_state = torch.load(best_path, map_location="cpu", weights_only=False)
+    best_state = load_checkpoint(best_path, weights_only=False)
     with atomic_path(models / MODEL_CHECKPOINT) as tmp:
         torch.save(_relative_paths(best_state, root.resolve()), tmp)
     report = {

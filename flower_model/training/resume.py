@@ -1,0 +1,45 @@
+"""`resume=`: find the checkpoint and check it can continue this config, before any work starts."""
+
+from pathlib import Path
+
+from flower_model.config import Config
+from flower_model.errors import FlowerModelError
+from flower_model.io_utils import load_checkpoint
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last"
+
+
+def resolve_resume(resume: str | None, checkpoints: Path, root: Path) -> Path | None:
+    if resume is None:
+        return None
+    path = checkpoints / f"{LAST}.ckpt" if resume == LAST else Path(resume)
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise FlowerModelError(
+            f"resume={resume!r}: no checkpoint at {path}; train without resume first"
+        )
+    return path
+
+
+def load_resume_state(config: Config, root: Path) -> tuple[Path | None, dict | None]:
+    """(checkpoint, its state) for config.resume, or (None, None). A damaged file, or one trained
+    with other model settings (its weights would not fit), is a one-line error."""
+    path = resolve_resume(config.resume, root / config.paths.models_dir / CHECKPOINT_DIR, root)
+    if path is None:
+        return None, None
+    state = load_checkpoint(path, weights_only=False)
+    trained = state.get("hyper_parameters", {}).get("model", {})
+    wanted = config.model.model_dump(mode="json")
+    differ = sorted(
+        key for key in wanted.keys() | trained.keys() if wanted.get(key) != trained.get(key)
+    )
+    if differ:
+        changes = ", ".join(
+            f"model.{key}: {trained.get(key)!r} -> {wanted.get(key)!r}" for key in differ
+        )
+        raise FlowerModelError(
+            f"resume={config.resume!r}: {path} was trained with other model settings ({changes}); "
+            "resume with the same model settings, or train from scratch without resume"
+        )
+    return path, state
