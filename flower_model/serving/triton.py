@@ -45,10 +45,16 @@ class ServeError(FlowerModelError):
     """The server could not start: busy port, missing binary, a repository Triton refused."""
 
 
-def bundled_server() -> Path:
-    """The tritonserver tree inside the installed nvidia-pytriton wheel (not imported)."""
+def _carrier() -> Path | None:
+    """The installed nvidia-pytriton package folder, found without importing it."""
     spec = importlib.util.find_spec(CARRIER)
-    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver" if spec else None
+    return Path(next(iter(spec.submodule_search_locations))) if spec else None
+
+
+def bundled_server() -> Path:
+    """The tritonserver tree inside the installed nvidia-pytriton wheel."""
+    carrier = _carrier()
+    root = carrier / "tritonserver" if carrier else None
     if root is None or not (root / "bin" / "tritonserver").is_file():
         raise ServeError(
             "the tritonserver binary was not found: install the nvidia-pytriton wheel "
@@ -76,8 +82,8 @@ def server_env() -> dict[str, str]:
     The stub finds this environment's packages (onnxruntime, flower_model) through the `python3`
     on PATH; PYTHONPATH alone is not enough.
     """
-    spec = importlib.util.find_spec(CARRIER)
-    site = Path(next(iter(spec.submodule_search_locations))).parent if spec else Path()
+    carrier = _carrier()
+    site = carrier.parent if carrier else Path()
     libraries = [sysconfig.get_config_var("LIBDIR") or "", str(site / "nvidia_pytriton.libs")]
     current = os.environ.get("LD_LIBRARY_PATH", "")
     path = os.environ.get("PATH", "")
