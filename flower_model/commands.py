@@ -20,13 +20,15 @@ STAGE_NAMES = ("download", "preprocess", "train", "export_onnx", "build_trt", "e
 
 
 def _stage(name: str):
-    def command(*overrides: str, dry_run: bool = False) -> None:
+    def command(*overrides: str, dry_run: bool = False, show_config: bool = False) -> None:
         # Imported on use: `flower-model compose` should not pay for torch.
         module = importlib.import_module(f"pipeline_stages.{name}")
-        stage_command(module.STAGE)(*overrides, dry_run=dry_run)
+        stage_command(module.STAGE)(*overrides, dry_run=dry_run, show_config=show_config)
 
     command.__name__ = name
-    command.__doc__ = f"Run stage {name}: `flower-model {name} [overrides...] [--dry-run]`."
+    command.__doc__ = (
+        f"Run stage {name}: `flower-model {name} [overrides...] [--dry-run] [--show-config]`."
+    )
     return command
 
 

@@ -20,7 +20,7 @@ from flower_model.errors import FlowerModelError, MissingInputError
 EXIT_ERROR = 2
 # Flags that take no value. fire reads `--dry-run X` as dry_run="X", which would swallow an
 # override written after the flag; `fire_command` pins them to `--flag=True` first.
-BOOLEAN_FLAGS = ("--dry-run", "--dry_run", "--check", "--raw")
+BOOLEAN_FLAGS = ("--dry-run", "--dry_run", "--show-config", "--show_config", "--check", "--raw")
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,19 @@ class Stage:
         return picked
 
 
-def describe(stage: Stage, config: Config, overrides: list[str]) -> str:
+def describe(stage: Stage, config: Config, overrides: list[str], show_config: bool = False) -> str:
+    """The stage header: where the config came from, the keys read, the outputs; with
+    `show_config`, the resolved values of those keys too (35 lines for train, so on request)."""
     origin = f"configs/ composed with overrides {overrides}" if overrides else str(PARAMS_FILE)
-    lines = [f"== stage {stage.name} (config from {origin})"]
+    lines = [f"== stage {stage.name}: config from {origin}, reads {', '.join(stage.sections)}"]
     if overrides:
         lines.append("   note: overrides differ from params.yaml; DVC will not record this run")
-    resolved = yaml.safe_dump(stage.resolved(config), sort_keys=False, default_flow_style=None)
-    lines += [f"   {line}" for line in resolved.splitlines()]
+    if show_config:
+        resolved = yaml.safe_dump(stage.resolved(config), sort_keys=False, default_flow_style=None)
+        lines += [f"   {line}" for line in resolved.splitlines()]
     lines.append("   outputs: " + ", ".join(str(path) for path in stage.outputs(config)))
+    if not show_config:
+        lines.append(f"   (`flower-model {stage.name} --show-config` prints the values read)")
     return "\n".join(lines)
 
 
@@ -88,13 +93,17 @@ def check_ready(stage: Stage, config: Config, root: Path, fetch: bool = False) -
 
 
 def execute(
-    stage: Stage, overrides: list[str], dry_run: bool = False, root: Path | None = None
+    stage: Stage,
+    overrides: list[str],
+    dry_run: bool = False,
+    root: Path | None = None,
+    show_config: bool = False,
 ) -> int:
     """Run `stage`; return the process exit code. Known errors print one line, not a traceback."""
     root = root or Path.cwd()
     try:
         config = load_config(root, overrides)
-        print(describe(stage, config, overrides), flush=True)
+        print(describe(stage, config, overrides, show_config), flush=True)
         check_ready(stage, config, root, fetch=not dry_run)
         stage.preflight(config, root)
         if dry_run:
@@ -108,16 +117,20 @@ def execute(
 
 
 def stage_command(stage: Stage) -> Callable[..., None]:
-    """A fire command `NAME [overrides...] [--dry-run]` for `stage`."""
+    """A fire command `NAME [overrides...] [--dry-run] [--show-config]` for `stage`."""
 
-    def command(*overrides: str, dry_run: bool = False) -> None:
+    def command(*overrides: str, dry_run: bool = False, show_config: bool = False) -> None:
         require_flag_without_value("--dry-run", dry_run)
-        code = execute(stage, [str(item) for item in overrides], dry_run=dry_run)
+        require_flag_without_value("--show-config", show_config)
+        items = [str(item) for item in overrides]
+        code = execute(stage, items, dry_run=dry_run, show_config=show_config)
         if code:
             sys.exit(code)
 
     command.__name__ = stage.name
-    command.__doc__ = f"Run stage {stage.name}: `{stage.name} [hydra overrides...] [--dry-run]`."
+    command.__doc__ = (
+        f"Run stage {stage.name}: `{stage.name} [hydra overrides...] [--dry-run] [--show-config]`."
+    )
     return command
 
 

@@ -24,7 +24,8 @@ CONFIG_PATH = str(Path(__file__).resolve().parents[1] / CONFIG_DIR_NAME)
 
 @hydra.main(config_path=CONFIG_PATH, config_name=CONFIG_NAME, version_base=None)
 def sweep_job(composed: DictConfig) -> float:
-    """One combination: train with the job's config; return the test accuracy (Hydra logs it)."""
+    """One combination: train with the job's config; return the best checkpoint's monitored
+    validation metric (Hydra logs it; the test split is only for the final model)."""
     from flower_model.training.train import train_model
 
     root = Path(hydra.utils.get_original_cwd())
@@ -34,7 +35,7 @@ def sweep_job(composed: DictConfig) -> float:
         raw["paths"][key] = str(job_dir / Path(raw["paths"][key]).name)
     config = validate(raw)
     report = train_model(config, root, raw)
-    return float(report["test"]["test/acc"]) if report else 0.0
+    return float(report["best"][config.train.checkpoint.monitor]) if report else 0.0
 
 
 def main() -> None:

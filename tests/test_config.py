@@ -130,7 +130,27 @@ def test_cli_overrides_are_announced(project):
     result = _cli(project, "download", "data.http_retries=2", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "overrides ['data.http_retries=2']" in result.stdout
-    assert "http_retries: 2" in result.stdout
+    assert "http_retries: 2" not in result.stdout, "the values are printed on request only"
+    assert "--show-config" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ("--show-config", "data.http_retries=2", "--dry-run"),
+        ("data.http_retries=2", "--dry-run", "--show-config"),
+        ("--dry-run", "--show_config", "data.http_retries=2"),
+    ],
+)
+def test_show_config_prints_the_values_read(project, words):
+    result = _cli(project, "download", *words)
+    assert result.returncode == 0, result.stderr
+    assert "http_retries: 2" in result.stdout and "dry run" in result.stdout
+
+
+def test_show_config_takes_no_value(project):
+    result = _cli(project, "download", "--show-config=yes", "--dry-run")
+    assert result.returncode == 2 and "--show-config takes no value" in result.stderr
 
 
 def test_every_tunable_has_a_short_name():

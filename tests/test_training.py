@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from flower_model.config import Config
 from flower_model.errors import FlowerModelError
 from flower_model.training.module import FlowerClassifier
 from flower_model.training.train import train_model
+from pipeline_stages import train as train_stage
 from tests.conftest import (
     REPO_ROOT,
     TINY_MODEL,
@@ -107,7 +109,7 @@ def test_outs_are_written(straight_run):
     assert (root / "plots" / "train" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     run = json.loads((root / "models" / "train_run.json").read_text())
     assert run["best_epoch"] in (0, 1) and run["checkpoint"] == "models/model.ckpt"
-    assert 0.0 <= report["test"]["test/acc"] <= 1.0
+    assert 0.0 <= report["best"]["val/acc"] <= 1.0 and "test" not in report, "test is evaluate's"
     epochs = (root / "plots" / "train" / "epochs.csv").read_text().splitlines()
     assert len(epochs) == 1 + 2, "one header and one row per epoch"
     assert str(root) not in (root / "models" / "train_run.json").read_text()
@@ -191,9 +193,20 @@ def test_mlflow_records_the_run(straight_run, mlflow_server):
         "val/acc",
         "val/f1",
         "train/acc",
-        "test/acc",
     ):
         assert client.get_metric_history(run_id, metric), f"no history for {metric}"
+    assert not client.get_metric_history(run_id, "test/acc"), "the test split is evaluate's"
+    assert run.info.status == "FINISHED"
+    duplicates = {"lr-AdamW/pg1", "lr-AdamW/pg2", "train/epoch_acc"}
+    assert not duplicates & set(run.data.metrics), "one name per quantity"
+    (dataset,) = [item.dataset for item in run.inputs.dataset_inputs]
+    train_run = json.loads((root / "models" / "train_run.json").read_text())
+    assert dataset.name == "flower_photos" and dataset.digest in (
+        train_run["data_dvc_md5"],
+        train_run["data_sha256"][:36],
+    )
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert len(client.get_metric_history(run_id, "val/loss")) >= 2
     artifacts = {item.path for item in client.list_artifacts(run_id)}
     artifacts |= {item.path for item in client.list_artifacts(run_id, "plots")}
@@ -214,8 +227,9 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_processed, ml
         _run(project, make_config_with_resume(mlflow_server))
 
 
-def _run_train_stage(project, tiny_processed, *overrides: str) -> None:
-    """`python pipeline_stages/train.py OVERRIDES` in a copy of the tiny project, as DVC runs it."""
+def _run_train_stage(project, tiny_processed, *overrides: str) -> subprocess.CompletedProcess:
+    """`python pipeline_stages/train.py OVERRIDES` in a copy of the tiny project, as DVC runs it
+    (output to pipes, not a terminal)."""
     import shutil
 
     _copy_project(tiny_processed, project)
@@ -229,6 +243,41 @@ def _run_train_stage(project, tiny_processed, *overrides: str) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train_done" in result.stderr
+    return result
+
+
+EPOCH_LINE = re.compile(
+    r"^epoch (\d+)/3  train loss \d+\.\d{4}  val loss \d+\.\d{4}  val acc \d\.\d{4}  "
+    r"\d+ images/s  elapsed \d+:\d\d:\d\d  ETA \d+:\d\d:\d\d$"
+)
+
+
+def test_console_of_a_logged_run(tmp_path, tiny_processed, mlflow_server):
+    """What `dvc repro > log` shows: a short header, one line per epoch, MLflow's links once, no
+    notice or warning the project causes itself (was: 70 lines, 35 of them config)."""
+    result = _run_train_stage(
+        tmp_path,
+        tiny_processed,
+        "train.max_epochs=3",
+        "train.batch_size=8",
+        "trainer.accelerator=cpu",
+        f"mlflow.tracking_uri={mlflow_server}",
+        "model=small_cnn",
+        f"model.widths={TINY_MODEL['widths']}".replace(" ", ""),
+    )
+    lines = result.stdout.splitlines()
+    epochs = [int(match[1]) for line in lines if (match := EPOCH_LINE.match(line))]
+    assert epochs == [1, 2, 3], result.stdout
+    assert sum("View run" in line for line in lines) == 1, result.stdout
+    assert lines[0].startswith("== stage train: config from configs/ composed with overrides")
+    assert lines[0].endswith("reads " + ", ".join(train_stage.STAGE.sections)), lines[0]
+    assert not any(line.startswith("   train:") for line in lines), "config values on request only"
+    everything = result.stdout + result.stderr
+    for noise in ("on_after_batch_transfer", "limit_train_batches", "litlogger", "GPU available"):
+        assert noise not in everything, noise
+    assert "\r" not in everything, "no progress bar redraws in a log"
+    assert len(lines) <= 10, result.stdout
+    print(result.stdout)
 
 
 @pytest.mark.slow

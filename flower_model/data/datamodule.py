@@ -210,6 +210,20 @@ class FlowerDataModule(pl.LightningDataModule):
             persistent_workers=False,
         )
 
+    def on_after_batch_transfer(
+        self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
+    ):
+        """Augment training batches on their device; evaluation batches pass unchanged."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return batch
+        images, labels = batch
+        generator = augment_generator(self.config.seed, trainer.global_step, trainer.global_rank)
+        size = train_crop_size(
+            trainer.current_epoch, self.config.max_epochs, images.shape[-1], self.config.augment
+        )
+        return augment_batch(images, self.config.augment, generator, size), labels
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.config.batch_size)
 

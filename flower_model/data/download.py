@@ -64,8 +64,13 @@ def _http_attempt(url: str, part: Path, data: DataConfig) -> None:
             written = have
             with (
                 part.open("ab" if resumed else "wb") as handle,
-                tqdm(
-                    total=expected, initial=have, unit="B", unit_scale=True, desc=part.name
+                tqdm(  # on a terminal only (disable=None)
+                    total=expected,
+                    initial=have,
+                    unit="B",
+                    unit_scale=True,
+                    desc=part.name,
+                    disable=None,
                 ) as progress,
             ):
                 for block in reply.iter_content(chunk_size=data.chunk_bytes):
@@ -228,7 +233,6 @@ def download_dataset(data: DataConfig, paths: PathsConfig, root: Path) -> Archiv
             if archive.is_relative_to(root / paths.download_cache_dir):
                 archive.unlink()  # a bad download must not be reused
             continue
-        log.warning("USING SOURCE %s: %s (sha256 verified)", source.name, source.url)
         print(f"using source {source.name}: {source.url} (sha256 verified)", flush=True)
         with atomic_dir(raw_dir / data.name) as staging:
             safe_extract(archive, staging, data)

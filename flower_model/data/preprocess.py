@@ -176,9 +176,9 @@ def preprocess_dataset(
     started = time.perf_counter()
     classes, files = list_dataset(dataset, config)
     decoded, failed = [], []
-    for item in tqdm(
-        _decode_all(dataset, files, config), total=len(files), desc="decode", unit="img"
-    ):
+    decoding = _decode_all(dataset, files, config)
+    # disable=None: a bar on a terminal only; in a log the summary line below says it all.
+    for item in tqdm(decoding, total=len(files), desc="decode", unit="img", disable=None):
         (failed if item.reason else decoded).append(item)
     kept, duplicates = drop_duplicates(decoded)
     _require_every_class(classes, kept, failed, dataset)

@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from flower_model.config import ModelConfig, TrainConfig
-from flower_model.data.datamodule import augment_batch, augment_generator, train_crop_size
+from flower_model.data.datamodule import train_crop_size
 from flower_model.models import registry
 
 ONE_CYCLE_DIV_FACTOR = 25.0  # start lr = peak / 25 (PyTorch's default)
@@ -129,17 +129,6 @@ class FlowerClassifier(pl.LightningModule):
         self.net.train()
         return accuracy
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int):
-        if self._trainer is None or not self._trainer.training:
-            return batch
-        images, labels = batch
-        config = self.train_config
-        generator = augment_generator(config.seed, self.global_step, self.global_rank)
-        size = train_crop_size(
-            self.current_epoch, config.max_epochs, images.shape[-1], config.augment
-        )
-        return augment_batch(images, config.augment, generator, size), labels
-
     def _step(self, batch: tuple[Tensor, Tensor], split: str) -> Tensor:
         images, labels = batch
         logits = self(images)
@@ -153,6 +142,7 @@ class FlowerClassifier(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        # The head's lr; the backbone's is train.backbone_lr_scale times it.
         self.log("lr", self.optimizers().param_groups[-1]["lr"], on_step=True, on_epoch=False)
         return loss
 
@@ -172,11 +162,12 @@ class FlowerClassifier(pl.LightningModule):
             self.metrics[f"{split}_{name}"].reset()
 
     def on_train_epoch_end(self) -> None:
+        # One name per quantity: `train/loss` is the per-step loss, so the epoch mean is
+        # `train/epoch_loss`; the epoch accuracy is `train/acc`, like `val/acc`.
         values = {
-            f"train/epoch_{name}": self.metrics[f"train_{name}"].compute()
-            for name in ("loss", "acc")
+            "train/epoch_loss": self.metrics["train_loss"].compute(),
+            "train/acc": self.metrics["train_acc"].compute(),
         }
-        values["train/acc"] = values["train/epoch_acc"]
         self.log_dict(values, sync_dist=True)
         for name in ("loss", "acc", "f1"):
             self.metrics[f"train_{name}"].reset()

@@ -19,24 +19,42 @@ from flower_model.errors import FlowerModelError
 UNKNOWN = "unknown"
 HTTP_SCHEMES = ("http://", "https://")
 HASH_BLOCK = 1 << 20
+PORCELAIN_PATH = 3  # `git status --porcelain` lines: two status letters, a space, the path
+DVC_EXPERIMENT_VARIABLE = "DVC_EXP_NAME"  # set by DVC for the stages of `dvc exp run`
+EXPERIMENT_TAG = "dvc_experiment"  # MLflow tag holding that name
+
+
+def pipeline_written_files(root: Path) -> set[str]:
+    """Tracked files the pipeline itself rewrites: dvc.lock and the git-tracked (cache: false)
+    outs and metrics in dvc.yaml. They differ from the commit during any `dvc repro`, so they
+    do not make a run "dirty" (git_dirty was true on a fresh clone's first `make repro`)."""
+    written = {DVC_LOCK_FILE.as_posix()}
+    pipeline = root / "dvc.yaml"
+    if pipeline.is_file():
+        for stage in (yaml.safe_load(pipeline.read_text()) or {}).get("stages", {}).values():
+            for entry in stage.get("outs", []) + stage.get("metrics", []):
+                written.add(next(iter(entry)) if isinstance(entry, dict) else entry)
+    return written
 
 
 def git_state(root: Path = Path(__file__).parent) -> tuple[str, bool]:
-    """(HEAD SHA, whether tracked files differ) of the checkout holding the code that runs."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
+    """(HEAD SHA, whether code or params differ from it) of the checkout at `root` (by default
+    the one holding the code that runs); files the pipeline writes do not count."""
+
+    def git(*words: str) -> str:
+        return subprocess.run(
+            ["git", *words], cwd=root, capture_output=True, text=True, check=True
         ).stdout
+
+    try:
+        top = git("rev-parse", "HEAD", "--show-toplevel").split()
+        status = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.CalledProcessError):
         return UNKNOWN, False
-    return sha, bool(status.strip())
+    sha, checkout = top[0], Path(top[1])
+    written = pipeline_written_files(checkout)
+    changed = [line[PORCELAIN_PATH:] for line in status.splitlines() if line.strip()]
+    return sha, any(path not in written for path in changed)
 
 
 def content_hash(folder: Path) -> str:
@@ -102,6 +120,11 @@ class TolerantMLFlowLogger(MLFlowLogger):
     The first failed call (after MLflow's bounded retries) prints one warning and stops all
     further tracking of the run; training, checkpoints and every DVC out go on. `lost` says what
     could not be logged, or is None.
+
+    Lightning finalizes its loggers after every fit/validate/test call, and each finalize ended
+    the run and printed MLflow's "View run" links again (three times per training). A successful
+    finalize only records the status here; `end()` ends the run once, after the last artifact.
+    A failure ends the run at once.
     """
 
     def __init__(self, *args, tracking_uri: str, **kwargs) -> None:
@@ -134,4 +157,37 @@ class TolerantMLFlowLogger(MLFlowLogger):
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
-        self.guarded("finalize", super().finalize, status)
+        if status not in ("success", "finished"):
+            self.guarded("finalize", super().finalize, status)
+
+    @rank_zero_only
+    def end(self) -> None:
+        """End the run (status FINISHED), printing MLflow's links once."""
+        self.guarded("finalize", super().finalize, "success")
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"  # MLflow 3 opened new experiments as GenAI
+DIGEST_CHARS = 36  # MLflow's dataset digest column: a DVC md5 ("<32 hex>.dir") fits
+
+
+def record_inputs(logger: MLFlowLogger, data: dict[str, str], name: str, source: Path) -> None:
+    """Mark the experiment as model training (the UI then opens on runs, not on traces) and log
+    the preprocess outputs as the run's dataset input: name, digest (the DVC md5 dvc.lock holds,
+    else the content sha256) and source path. MLflow's Datasets column was empty before."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+
+    client = logger.experiment
+    client.set_experiment_tag(logger.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    digest = data["data_dvc_md5"] if data["data_dvc_md5"] != UNKNOWN else data["data_sha256"]
+    dataset = MetaDataset(
+        LocalArtifactDatasetSource(source.as_posix()), name=name, digest=digest[:DIGEST_CHARS]
+    )
+    context = InputTag("mlflow.data.context", "train")
+    # The entity conversion is MLflow's own (mlflow.log_input does the same); the public
+    # mlflow.log_input needs an active fluent run, whose end printed the run links once more.
+    client.log_inputs(
+        logger.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), [context])]
+    )

@@ -6,6 +6,8 @@ models/checkpoints/ holds best/last/periodic checkpoints for `resume=last`.
 """
 
 import json
+import logging
+import os
 import shutil
 import sys
 import time
@@ -14,7 +16,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import yaml
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from flower_model.config import Config, ConfigError, ModelConfig, compose_raw, flatten, validate
 from flower_model.constants import RESOLVED_CONFIG_NAME
@@ -26,15 +28,19 @@ from flower_model.training.callbacks import (
     EPOCHS_FILE,
     DvcPlotsLogger,
     EarlyStoppingFrom,
+    EpochLines,
     StepTimer,
 )
 from flower_model.training.module import FlowerClassifier
 from flower_model.training.resume import CHECKPOINT_DIR, LAST, load_resume_state
 from flower_model.training.tracking import (
+    DVC_EXPERIMENT_VARIABLE,
+    EXPERIMENT_TAG,
     TolerantMLFlowLogger,
     bound_mlflow_requests,
     data_version,
     git_state,
+    record_inputs,
     require_tracking_server,
 )
 
@@ -50,6 +56,14 @@ def log_event(event: str, **fields) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def quiet_lightning_notices() -> None:
+    """Lightning's informational lines (GPU/TPU availability, the litlogger advert, checkpoint
+    restore paths) go through these loggers; its warnings still show. Our own train_start line
+    names the device and the run instead."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def resolve_precision(setting: str, accelerator: str) -> str:
@@ -129,8 +143,7 @@ def _callbacks(
         best,
         last,
         periodic,
-        LearningRateMonitor(logging_interval="step"),
-    ]
+    ]  # no LearningRateMonitor: the module logs `lr` itself (MLflow had it twice)
     if train.early_stopping.enabled:
         callbacks.append(
             EarlyStoppingFrom(
@@ -146,7 +159,7 @@ def _callbacks(
 def train_model(
     config: Config, root: Path, resolved: dict, extra_callbacks: tuple = ()
 ) -> dict | None:
-    """Fit, test the best checkpoint, write the outs; return the metrics report (rank zero)."""
+    """Fit, validate the best checkpoint, write the outs; return the report (rank zero)."""
     require_tracking_server(config.mlflow)
     paths = config.paths
     models = root / paths.models_dir
@@ -177,6 +190,9 @@ def train_model(
     }
     tags.update(data)
     tags["seed"] = str(config.train.seed)
+    experiment = os.environ.get(DVC_EXPERIMENT_VARIABLE)
+    if experiment:
+        tags[EXPERIMENT_TAG] = experiment  # `dvc exp show` name of this run
     tags.update(weights_tags(config.model))
     bound_mlflow_requests(config.mlflow)
     mlflow_logger = TolerantMLFlowLogger(
@@ -202,6 +218,9 @@ def train_model(
             mlflow_logger.experiment.set_tag(run_id, key, value)  # resumed=true on the same run
     else:
         mlflow_logger.log_hyperparams(flatten(resolved))
+        mlflow_logger.guarded(
+            "log_inputs", record_inputs, mlflow_logger, data, config.data.name, paths.processed_dir
+        )
     module.run_info = {
         "resolved_config": resolved,
         "git_sha": sha,
@@ -215,7 +234,14 @@ def train_model(
     )
     best, callbacks = _callbacks(config, checkpoints, datamodule.image_size())
     timer = StepTimer()
+    loggers: list = [mlflow_logger, plots_logger]
+    on_terminal = sys.stdout.isatty()  # the Rich bar there; one line per epoch in a log
+    if not on_terminal:
+        first_epoch = resumed_state["epoch"] + 1 if resumed_state else 0
+        loggers.append(EpochLines(config.train.max_epochs, first_epoch))
+    quiet_lightning_notices()
     trainer_config = config.trainer
+    limit = config.train.limit_train_batches
     trainer = pl.Trainer(
         accelerator=trainer_config.accelerator,
         devices=trainer_config.devices,
@@ -224,16 +250,25 @@ def train_model(
         precision=resolve_precision(trainer_config.precision, trainer_config.accelerator),
         deterministic=trainer_config.deterministic,
         max_epochs=config.train.max_epochs,
-        limit_train_batches=config.train.limit_train_batches,
+        # Lightning prints a notice for an explicit 1.0, which is its default: pass None then.
+        limit_train_batches=None if limit == 1.0 else limit,
         log_every_n_steps=trainer_config.log_every_n_steps,
-        logger=[mlflow_logger, plots_logger],
+        logger=loggers,
         callbacks=[*callbacks, timer, *extra_callbacks],
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # EpochSampler shards itself, keyed by (seed, epoch)
         enable_model_summary=False,
+        enable_progress_bar=on_terminal,
         default_root_dir=checkpoints,
     )
-    log_event("train_start", run_name=name, resume=str(resume) if resume else None, **context)
+    log_event(
+        "train_start",
+        run_name=name,
+        resume=str(resume) if resume else None,
+        device=str(trainer.strategy.root_device),
+        precision=str(trainer.precision),
+        **context,
+    )
     started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
@@ -252,8 +287,8 @@ def train_model(
     fit_seconds = time.perf_counter() - started
     plots_logger.frozen = True
     best_path = Path(best.best_model_path)
+    # The test split is evaluate's: it scores the shipped ONNX model, one number per quantity.
     val = trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
-    test = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
     if not trainer.is_global_zero:
         return None
 
@@ -262,7 +297,6 @@ def train_model(
         torch.save(_relative_paths(best_state, root.resolve()), tmp)
     report = {
         "best": {key: round(float(value), 6) for key, value in sorted(val.items())},
-        "test": {key: round(float(value), 6) for key, value in sorted(test.items())},
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
     }
@@ -286,7 +320,7 @@ def train_model(
     plots_logger.save()
     training_curves(plots_dir / EPOCHS_FILE, plots_dir / CURVE_FILE)
     timing = {**timer.summary(), "fit_seconds": fit_seconds}
-    client, guarded = mlflow_logger.experiment, mlflow_logger.guarded  # test/* are logged
+    client, guarded = mlflow_logger.experiment, mlflow_logger.guarded
     for key, value in timing.items():
         guarded("log_metric", client.log_metric, run_id, f"time/{key}", float(value))
     config_file = models / RESOLVED_CONFIG_NAME
@@ -294,15 +328,16 @@ def train_model(
     guarded("log_artifact", client.log_artifact, run_id, str(config_file))
     curve = str(plots_dir / CURVE_FILE)
     guarded("log_artifact", client.log_artifact, run_id, curve, artifact_path="plots")
+    mlflow_logger.end()
     if mlflow_logger.lost:
         log_event("mlflow_lost", reason=mlflow_logger.lost, **context)
-    log_event("train_done", **timing, **report["test"], **context)
+    log_event("train_done", **timing, **report["best"], **context)
     print(
         f"train: {trainer.current_epoch} epochs in {fit_seconds:.0f} s, "
         f"{timing['train_images_per_s']:.0f} train images/s, "
-        f"data wait {timing['data_wait_share']:.1%} "
-        f"of step time; best {config.train.checkpoint.monitor}={float(best.best_model_score):.4f}; "
-        f"test acc {report['test'].get('test/acc', float('nan')):.4f}",
+        f"data wait {timing['data_wait_share']:.1%} of step time; best checkpoint "
+        f"{config.train.checkpoint.monitor}={float(best.best_model_score):.4f} "
+        f"(epoch {best_state['epoch'] + 1}); the test split is scored by `evaluate`",
         flush=True,
     )
     return report
