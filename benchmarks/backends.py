@@ -3,7 +3,7 @@
     python benchmarks/backends.py [--models models] [--processed data/processed] [--iterations 50]
 
 Needs the pipeline's outputs (`dvc repro`). Prints p50/p95 latency at batch 1 and 32, throughput,
-the speed-up of each ONNX variant over torch eager, and test accuracy from reports/metrics.json.
+the speed-up of each ONNX variant over torch eager, and test accuracy from reports/evaluation.json.
 Goals: ONNX Runtime fp32 >= 2.5x torch eager at both batch sizes; INT8 faster again with at most
 1 point of accuracy lost.
 
@@ -108,9 +108,9 @@ def main(models: str = "models", processed: str = "data/processed", iterations: 
             f"batch {size}: {SPEEDUP_GOAL}x torch eager needs fp32 at {needed:.1f} GMAC/s "
             f"= {needed / peak:.0%} of the GEMM rate"
         )
-    metrics_file = Path("reports/metrics.json")
-    if metrics_file.is_file():
-        metrics = json.loads(metrics_file.read_text())
+    detail_file = Path("reports/evaluation.json")
+    if detail_file.is_file():
+        metrics = json.loads(detail_file.read_text())
         fp32, int8 = metrics["onnx_fp32"]["accuracy"], metrics["onnx_int8"]["accuracy"]
         print(
             f"test accuracy: onnx_fp32 {fp32:.4f}, onnx_int8 {int8:.4f} "

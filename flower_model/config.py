@@ -248,6 +248,7 @@ class MlflowConfig(Section):
     request_timeout_s: int = Field(gt=0, le=300)
     max_retries: int = Field(ge=0, le=10)
     retry_backoff_s: int = Field(ge=0, le=10)
+    register_model: Literal["auto", "always", "never"]
 
 
 class ServeConfig(Section):

@@ -15,6 +15,7 @@ def inputs(config: Config) -> list[Path]:
         models / "model.int8.onnx",
         models / "trt",
         models / "train_run.json",
+        config.paths.reports_dir / "train.json",
     ]
 
 
@@ -22,6 +23,7 @@ def outputs(config: Config) -> list[Path]:
     reports, plots = config.paths.reports_dir, config.paths.plots_dir
     return [
         reports / "metrics.json",
+        reports / "evaluation.json",
         reports / "latency.json",
         reports / "predictions.csv",
         plots / "confusion.csv",
@@ -34,21 +36,35 @@ def outputs(config: Config) -> list[Path]:
 
 def run(config: Config, root: Path) -> None:
     from flower_model.evaluation.evaluate import evaluate
-    from flower_model.evaluation.tracking import log_evaluation, register_onnx_model
+    from flower_model.evaluation.tracking import (
+        log_evaluation,
+        register_onnx_model,
+        registration,
+    )
     from flower_model.training.tracking import require_tracking_server
 
     require_tracking_server(config.mlflow)
     result = evaluate(config, root)
-    log_evaluation(config, root, result["metrics"], result["latency"])
+    log_evaluation(config, root, result)
     test = result["metrics"]["test"]
-    aliases = register_onnx_model(config, root, test["accuracy"])
-    print(f"registered {config.mlflow.registered_model_name}: aliases {aliases}")
+    reason = registration(config, root)
+    name = config.mlflow.registered_model_name
+    if reason is None:
+        print(
+            f"not registered in {name}: a DVC experiment or uncommitted code/params "
+            "(mlflow.register_model=always registers anyway)"
+        )
+    else:
+        aliases = register_onnx_model(config, root, test["accuracy"])
+        print(f"registered {name} ({reason}): aliases {aliases}")
     print(
         f"evaluate: onnx_fp32 test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}"
     )
     for name, rows in result["latency"]["backends"].items():
-        shown = ", ".join(f"bs{row['batch_size']} p50 {row['p50_ms']} ms" for row in rows)
-        print(f"  {name:10s} acc {result['metrics'][name]['accuracy']:.4f}  {shown}")
+        shown = ", ".join(
+            f"batch {row['batch_size']} {row['p50_ms_per_image']} ms/image" for row in rows
+        )
+        print(f"  {name:10s} acc {result['detail'][name]['accuracy']:.4f}  p50 {shown}")
 
 
 STAGE = Stage(

@@ -3,12 +3,16 @@
 import csv
 import json
 import shutil
+import subprocess
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline_stages import build_trt, evaluate, export_onnx
-from tests.conftest import TINY_SIZE, make_config
+from tests.conftest import CLASS_NAMES, TINY_SIZE, make_config
+
+PAGE_WIDTH_PX = 900  # what DVC's plot page shows of a picture without cutting it off
+VAL_LOSS = 1.234567  # the train stage's best val/loss, as reports/train.json gives it
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +30,13 @@ def evaluated(tmp_path_factory, tiny_processed, tiny_checkpoint, mlflow_server):
     )
     run = client.create_run(experiment.experiment_id)
     (root / "models" / "train_run.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id}))
+    (root / "reports").mkdir()
+    (root / "reports" / "train.json").write_text(json.dumps({"best": {"val/loss": VAL_LOSS}}))
     overrides = [
         f"mlflow.tracking_uri={mlflow_server}",
         "evaluate.timed_iterations=3",
         "evaluate.bootstrap_samples=50",
+        "mlflow.register_model=always",  # `auto` depends on this checkout's git state
     ]
     config = make_config(overrides, preprocess={"image_size": TINY_SIZE})
     export_onnx.run(config, root)
@@ -38,28 +45,60 @@ def evaluated(tmp_path_factory, tiny_processed, tiny_checkpoint, mlflow_server):
     return root, config, run.info.run_id
 
 
-def test_metrics_have_the_contract_keys(evaluated):
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_headline_metrics_and_the_detail_beside_them(evaluated):
+    """reports/metrics.json (the DVC metric) holds five headline scalars taken from the detail
+    files, which hold everything else."""
     root, _, _ = evaluated
-    metrics = json.loads((root / "reports" / "metrics.json").read_text())
-    assert set(metrics) >= {"test", "torch", "onnx_fp32", "onnx_int8"}
-    assert metrics["test"]["accuracy"] == metrics["onnx_fp32"]["accuracy"]
-    assert metrics["test"]["macro_f1"] == metrics["onnx_fp32"]["macro_f1"]
-    low, high = metrics["onnx_fp32"]["accuracy_ci95"]
-    assert low <= metrics["test"]["accuracy"] <= high
-    assert metrics["torch"]["agreement_with_onnx_fp32"]["top1_agreement"] == 1.0
-    assert "p_value" in metrics["onnx_int8"]["mcnemar_vs_onnx_fp32"]
-    assert "tensorrt" not in metrics, "no engine was built here, so no TensorRT numbers"
+    metrics = _leaves(json.loads((root / "reports" / "metrics.json").read_text()))
+    assert set(metrics) == {
+        "test.accuracy",
+        "test.macro_f1",
+        "val.loss",
+        "latency.p50_ms_per_image",
+        "int8.accuracy_delta",
+    }
+    detail = json.loads((root / "reports" / "evaluation.json").read_text())
+    assert set(detail) == {"torch", "onnx_fp32", "onnx_int8"}, "no engine here: no TensorRT"
+    assert metrics["test.accuracy"] == detail["onnx_fp32"]["accuracy"]
+    assert metrics["test.macro_f1"] == detail["onnx_fp32"]["macro_f1"]
+    delta = detail["onnx_int8"]["accuracy"] - detail["onnx_fp32"]["accuracy"]
+    assert metrics["int8.accuracy_delta"] == pytest.approx(delta, abs=1e-6)
+    assert metrics["val.loss"] == VAL_LOSS
+    low, high = detail["onnx_fp32"]["accuracy_ci95"]
+    assert low <= metrics["test.accuracy"] <= high
+    assert detail["torch"]["agreement_with_onnx_fp32"]["top1_agreement"] == 1.0
+    assert "p_value" in detail["onnx_int8"]["mcnemar_vs_onnx_fp32"]
     latency = json.loads((root / "reports" / "latency.json").read_text())
-    assert [row["batch_size"] for row in latency["backends"]["onnx_fp32"]] == [1, 32]
+    rows = latency["backends"]["onnx_fp32"]
+    assert [row["batch_size"] for row in rows] == [1, 32]
+    assert metrics["latency.p50_ms_per_image"] == rows[0]["p50_ms"]
+    assert rows[1]["p50_ms_per_image"] == pytest.approx(rows[1]["p50_ms"] / 32, abs=1e-3)
 
 
 def test_plots_and_pictures(evaluated):
     root, _, _ = evaluated
+    f1 = list(csv.DictReader((root / "plots" / "per_class_f1.csv").open()))
+    assert [row["class"] for row in f1] == CLASS_NAMES, "one bar per class: the shipped model's"
+    latency = list(csv.DictReader((root / "plots" / "latency.csv").open()))
+    assert len({row["run"] for row in latency}) == len(latency) == 3 * 2, "3 backends x 2 sizes"
     rows = list(csv.DictReader((root / "plots" / "confusion.csv").open()))
     predictions = list(csv.DictReader((root / "reports" / "predictions.csv").open()))
     assert len(rows) == len(predictions) > 0 and set(rows[0]) == {"actual", "predicted"}
     for picture in ("confusion.png", "errors.png"):
         assert (root / "plots" / picture).read_bytes()[:4] == b"\x89PNG"
+    header = (root / "plots" / "errors.png").read_bytes()[16:24]  # PNG IHDR: width, height
+    width = int.from_bytes(header[:4], "big")
+    assert width <= PAGE_WIDTH_PX, f"errors.png is {width} px wide: cut off in DVC's plot page"
     assert json.loads((root / "models" / "trt" / "build.json").read_text())["status"] == "skipped"
     assert (
         json.loads((root / "reports" / "onnx.json").read_text())["parity"]["top1_agreement"] == 1.0
@@ -75,7 +114,12 @@ def test_mlflow_gets_metrics_pictures_and_registry_aliases(evaluated, mlflow_ser
         "evaluation/confusion.png",
         "evaluation/errors.png",
         "evaluation/metrics.json",
+        "evaluation/evaluation.json",
+        "evaluation/latency.json",
     } <= artifacts
+    metrics = client.get_run(run_id).data.metrics
+    assert "eval/onnx_fp32/accuracy" not in metrics, "test/accuracy is that number, once"
+    assert "eval/onnx_int8/accuracy" in metrics
     name = config.mlflow.registered_model_name
     latest = client.get_model_version_by_alias(name, "latest")
     best = client.get_model_version_by_alias(name, "best")
@@ -94,6 +138,87 @@ def test_baseline_comparison(evaluated, tmp_path):
     from flower_model.evaluation.evaluate import evaluate as run_evaluation
 
     result = run_evaluation(config.model_copy(update={"evaluate": settings}), root)
-    baseline = result["metrics"]["baseline"]
+    baseline = result["detail"]["baseline"]
     assert baseline["only_first_right"] == baseline["only_second_right"] == 0
     assert baseline["p_value"] == 1.0 and not baseline["significant_at_0.05"]
+
+
+def _git(folder, *words: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", *words],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture
+def committed_project(tmp_path):
+    """A git checkout with code, params, a DVC-written lock and a committed metrics file."""
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "params.yaml").write_text("train: {lr: 0.1}\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: x\n    metrics:\n      - reports/metrics.json:\n"
+        "          cache: false\n"
+    )
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "metrics.json").write_text("{}\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "start")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "setting, exp_name, change, registers",
+    [
+        ("auto", None, None, True),
+        ("auto", None, ("dvc.lock", "reports/metrics.json"), True),  # what stages rewrite
+        ("auto", None, ("params.yaml",), False),
+        ("auto", None, ("code.py",), False),
+        ("auto", "sunny-dune", None, False),  # `dvc exp run`
+        ("always", "sunny-dune", ("code.py",), True),
+        ("never", None, None, False),
+    ],
+)
+def test_only_the_committed_pipeline_registers(
+    committed_project, monkeypatch, setting, exp_name, change, registers
+):
+    from flower_model.evaluation.tracking import registration
+    from flower_model.training.tracking import git_state
+
+    for name in change or ():
+        with (committed_project / name).open("a") as handle:
+            handle.write("# changed\n")
+    if exp_name:
+        monkeypatch.setenv("DVC_EXP_NAME", exp_name)
+    else:
+        monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    config = make_config([f"mlflow.register_model={setting}"])
+    assert (registration(config, committed_project) is not None) == registers
+    if setting == "auto" and not exp_name:
+        assert git_state(committed_project)[1] == (not registers), "git_dirty agrees"
+
+
+def test_a_second_evaluation_gets_its_own_run(evaluated, mlflow_server, monkeypatch):
+    """Evaluating a model whose training run was already evaluated (a `dvc exp run` that took
+    train from the run cache) logs to a new run linked by tag, not into the old one."""
+    from flower_model.evaluation.tracking import log_evaluation
+
+    root, config, run_id = evaluated
+    monkeypatch.setenv("DVC_EXP_NAME", "cached-train")
+    result = {
+        "metrics": json.loads((root / "reports" / "metrics.json").read_text()),
+        "detail": json.loads((root / "reports" / "evaluation.json").read_text()),
+        "latency": json.loads((root / "reports" / "latency.json").read_text()),
+    }
+    client = MlflowClient(mlflow_server)
+    before = len(client.get_metric_history(run_id, "test/accuracy"))
+    second = log_evaluation(config, root, result)
+    assert second != run_id
+    run = client.get_run(second)
+    assert run.data.tags["training_run_id"] == run_id
+    assert run.data.tags["dvc_experiment"] == "cached-train"
+    assert run.data.metrics["test/accuracy"] == result["metrics"]["test"]["accuracy"]
+    assert len(client.get_metric_history(run_id, "test/accuracy")) == before

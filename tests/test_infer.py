@@ -44,7 +44,9 @@ def test_mixed_folder_rows_and_reasons(photo_folder, tiny_onnx, tmp_path, capsys
     for row in good:
         ranked = row["top_k"].split(";")
         assert len(ranked) == 3 and ranked[0].split(":")[0] == row["predicted"]
-    assert "notes.jpg" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "notes.jpg" in printed.err
+    assert f"wrote {output}: 4 predicted, 2 failed (of 6 files)" in printed.out, "counts add up"
 
 
 def test_json_output_and_globs(photo_folder, tiny_onnx, tmp_path):

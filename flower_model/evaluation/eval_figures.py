@@ -6,7 +6,11 @@ import numpy as np
 
 from flower_model.evaluation.figures import plt, save_figure
 
-GALLERY_COLUMNS = 6
+# 4 columns keep the gallery under 900 px wide, inside DVC's plot page (6 columns were 1452 px and
+# the last one was cut off); each title holds file name, truth and prediction, above its photo.
+GALLERY_COLUMNS = 4
+TILE_INCHES = (2.0, 2.6)  # width, height of one photo with its three-line title (at 110 dpi)
+FILE_NAME_CHARS = 24
 
 
 def confusion_figure(
@@ -46,19 +50,22 @@ def errors_gallery(
     wrong = wrong[np.argsort(-probs[wrong, predictions[wrong]], kind="stable")][:limit]
     columns = GALLERY_COLUMNS
     rows = max(1, -(-len(wrong) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.2, rows * 2.5), squeeze=False)
+    width, height = TILE_INCHES
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(columns * width, rows * height), squeeze=False
+    )
     for axis in axes.flat:
         axis.axis("off")
     for axis, index in zip(axes.flat, wrong):
         axis.imshow(images[index])
         confidence = probs[index, predictions[index]]
         axis.set_title(
+            f"{files[index].rsplit('/', 1)[-1][:FILE_NAME_CHARS]}\n"
             f"true {class_names[labels[index]]}\n"
-            f"pred {class_names[predictions[index]]} {confidence:.0%}",
+            f"predicted {class_names[predictions[index]]} {confidence:.0%}",
             fontsize=8,
             color="firebrick",
         )
-        axis.text(0, images.shape[1], files[index].rsplit("/", 1)[-1][:22], fontsize=5, va="top")
     if not len(wrong):
         axes.flat[0].set_title("no misclassified test photos")
     figure.suptitle(f"misclassified test photos ({len(wrong)} shown, most confident first)")

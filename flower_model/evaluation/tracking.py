@@ -1,48 +1,108 @@
 """Log the evaluation to the MLflow run that trained the model (run id from train_run.json)."""
 
+import hashlib
+import os
 from pathlib import Path
 
 from flower_model.config import Config
 from flower_model.io_utils import read_json
 
+TEST_DATA_TAG = "test_data_sha256"
+EVALUATED_METRIC = "test/accuracy"  # a run that has it has been evaluated already
+TRAINING_RUN_TAG = "training_run_id"  # on an evaluation run of an earlier training run
 
-def _flat_metrics(metrics: dict, latency: dict) -> dict[str, float]:
-    flat = {
-        "test/accuracy": metrics["test"]["accuracy"],
-        "test/macro_f1": metrics["test"]["macro_f1"],
-    }
-    for name, section in metrics.items():
-        if isinstance(section, dict) and "accuracy" in section and name != "test":
+
+def _flat_metrics(result: dict) -> dict[str, float]:
+    """One MLflow name per quantity: the headline test metrics once (not again under the shipped
+    backend's name), the other backends' scores, and p50 latency per batch size."""
+    from flower_model.evaluation.evaluate import REFERENCE
+
+    test = result["metrics"]["test"]
+    flat = {"test/accuracy": test["accuracy"], "test/macro_f1": test["macro_f1"]}
+    for name, section in result["detail"].items():
+        if name != REFERENCE and isinstance(section, dict) and "accuracy" in section:
             flat[f"eval/{name}/accuracy"] = section["accuracy"]
             flat[f"eval/{name}/macro_f1"] = section["macro_f1"]
-    for name, rows in latency["backends"].items():
+    for name, rows in result["latency"]["backends"].items():
         for row in rows:
             flat[f"latency/{name}/bs{row['batch_size']}_p50_ms"] = row["p50_ms"]
-            flat[f"latency/{name}/bs{row['batch_size']}_images_per_s"] = row["images_per_s"]
     return flat
 
 
-def log_evaluation(config: Config, root: Path, metrics: dict, latency: dict) -> str:
+def evaluation_run(client, train_run_id: str) -> str:
+    """The run this evaluation is logged to: the training run when it is this pipeline's (not
+    yet evaluated, same DVC experiment), else a new run tagged `training_run_id`. A `dvc exp run`
+    whose train stage came from DVC's run cache logged its scores into the older run before."""
+    from flower_model.training.tracking import DVC_EXPERIMENT_VARIABLE, EXPERIMENT_TAG
+
+    trained = client.get_run(train_run_id)
+    experiment = os.environ.get(DVC_EXPERIMENT_VARIABLE)
+    fresh = EVALUATED_METRIC not in trained.data.metrics
+    if fresh and trained.data.tags.get(EXPERIMENT_TAG) == experiment:
+        return train_run_id
+    tags = {TRAINING_RUN_TAG: train_run_id, "mlflow.runName": f"evaluate {trained.info.run_name}"}
+    if experiment:
+        tags[EXPERIMENT_TAG] = experiment
+    return client.create_run(trained.info.experiment_id, tags=tags).info.run_id
+
+
+def log_evaluation(config: Config, root: Path, result: dict) -> str:
+    """Log `evaluate`'s result (headline, detail, latency) and its files to the evaluation run
+    (see evaluation_run); return that run's id."""
     from mlflow.tracking import MlflowClient
 
-    run_id = read_json(root / config.paths.models_dir / "train_run.json")["mlflow_run_id"]
+    from flower_model.evaluation.evaluate import DETAIL_FILE, LATENCY_FILE, METRICS_FILE
+
+    train_run_id = read_json(root / config.paths.models_dir / "train_run.json")["mlflow_run_id"]
     client = MlflowClient(config.mlflow.tracking_uri)
-    for key, value in _flat_metrics(metrics, latency).items():
+    run_id = evaluation_run(client, train_run_id)
+    for key, value in _flat_metrics(result).items():
         client.log_metric(run_id, key, float(value))
     reports, plots = root / config.paths.reports_dir, root / config.paths.plots_dir
     for path in (
-        reports / "metrics.json",
-        reports / "latency.json",
+        reports / METRICS_FILE,
+        reports / DETAIL_FILE,
+        reports / LATENCY_FILE,
         plots / "confusion.png",
         plots / "errors.png",
     ):
         client.log_artifact(run_id, str(path), artifact_path="evaluation")
+    if run_id != train_run_id:
+        client.set_terminated(run_id)
     return run_id
+
+
+def registration(config: Config, root: Path) -> str | None:
+    """Why this evaluation registers its model, or None when it should not.
+
+    `mlflow.register_model`: `always`, `never`, or `auto` (the default): only the committed
+    pipeline registers, i.e. a `dvc repro` outside DVC experiments (no DVC_EXP_NAME) of code and
+    params equal to their commit. Before, every throwaway `dvc exp run` added a version."""
+    from flower_model.training.tracking import DVC_EXPERIMENT_VARIABLE, UNKNOWN, git_state
+
+    setting = config.mlflow.register_model
+    if setting != "auto":
+        return "mlflow.register_model=always" if setting == "always" else None
+    if os.environ.get(DVC_EXPERIMENT_VARIABLE):
+        return None
+    sha, dirty = git_state(root)
+    return None if dirty or sha == UNKNOWN else f"committed pipeline at {sha[:12]}"
+
+
+def test_data_digest(processed: Path) -> str:
+    """sha256 of the test split's arrays: versions are ranked only against the same test data."""
+    from flower_model.data.preprocess import images_path, labels_path
+
+    digest = hashlib.sha256()
+    for path in (images_path(processed, "test"), labels_path(processed, "test")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def register_onnx_model(config: Config, root: Path, test_accuracy: float) -> dict[str, str]:
     """Register models/model.onnx under the training run and alias `best` to the version with the
-    highest test accuracy. `latest` needs no alias: MLflow reserves that name, and
+    highest test accuracy among the versions evaluated on the same test data (tag
+    `test_data_sha256`). `latest` needs no alias: MLflow reserves that name, and
     `models:/<name>/latest` already resolves to the newest version. Returns {name: version}."""
     import mlflow
     import onnx
@@ -62,9 +122,15 @@ def register_onnx_model(config: Config, root: Path, test_accuracy: float) -> dic
         )
     client = MlflowClient(config.mlflow.tracking_uri)
     version = str(info.registered_model_version)
+    digest = test_data_digest(root / config.paths.processed_dir)
     client.set_model_version_tag(name, version, "test_accuracy", f"{test_accuracy:.6f}")
+    client.set_model_version_tag(name, version, TEST_DATA_TAG, digest)
     versions = client.search_model_versions(f"name='{name}'")
-    scored = [(float(item.tags.get("test_accuracy", "-1")), int(item.version)) for item in versions]
+    scored = [
+        (float(item.tags.get("test_accuracy", "-1")), int(item.version))
+        for item in versions
+        if item.tags.get(TEST_DATA_TAG) == digest
+    ]
     best = str(max(scored)[1])
     client.set_registered_model_alias(name, "best", best)
     return {"latest": version, "best": best}

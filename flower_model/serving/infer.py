@@ -156,6 +156,7 @@ def run_infer(
         print(f"error: no images found in {items}", file=sys.stderr)
         return 2
     text = render(results, output.suffix.lower() if output else ".csv")
+    failed = [result for result in results if result.error]
     if output is None:
         sys.stdout.write(text)
     else:
@@ -163,8 +164,10 @@ def run_infer(
         tmp = output.with_name(f".{output.name}.tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(output)
-        print(f"wrote {len(results)} predictions to {output}")
-    failed = [result for result in results if result.error]
+        print(
+            f"wrote {output}: {len(results) - len(failed)} predicted, {len(failed)} failed "
+            f"(of {len(results)} files)"
+        )
     for result in failed:
         print(f"cannot classify {result.path}: {result.error}", file=sys.stderr)
     return 1 if failed else 0
