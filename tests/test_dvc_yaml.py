@@ -1,6 +1,10 @@
 """dvc.yaml agrees with the stage modules: same params keys, same outs, one hop to the code."""
 
 import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -41,3 +45,30 @@ def test_stage_matches_its_module(name):
         assert (
             dep in produced or (REPO_ROOT / dep).exists()
         ), f"{name}: dep {dep} is neither code nor an out"
+
+
+HEADLINE_METRICS = 5  # test accuracy and macro-F1, val loss, INT8 delta, latency per image
+
+
+def test_dvc_shows_the_headline_metrics_only():
+    """What `dvc exp show` and `dvc metrics diff` read: one metrics file of five scalars (was 140
+    columns from five files). Runs on the committed reports/metrics.json, so on a bare clone."""
+    declared = {path for stage in PIPELINE.values() for path in _paths(stage.get("metrics", []))}
+    assert declared == {"reports/metrics.json"}
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("dvc")), "metrics", "show", "--json"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    shown = json.loads(result.stdout)
+    files = next(iter(shown.values()))["data"]
+    assert set(files) == {"reports/metrics.json"}
+    leaves = {
+        f"{section}.{key}"
+        for section, values in files["reports/metrics.json"]["data"].items()
+        for key in values
+    }
+    assert len(leaves) == HEADLINE_METRICS and {"test.accuracy", "test.macro_f1"} <= leaves

@@ -6,11 +6,13 @@ import numpy as np
 
 from flower_model.evaluation.figures import plt, save_figure
 
-# 4 columns keep the gallery under 900 px wide, inside DVC's plot page (6 columns were 1452 px and
-# the last one was cut off); each title holds file name, truth and prediction, above its photo.
-GALLERY_COLUMNS = 4
-TILE_INCHES = (2.0, 2.6)  # width, height of one photo with its three-line title (at 110 dpi)
-FILE_NAME_CHARS = 24
+# 3 columns keep the gallery under 600 px wide, so two revisions fit side by side in
+# `dvc plots diff`'s 1280 px page (6 columns were 1452 px and the last was cut off even alone);
+# each title holds file name, truth and prediction above its photo (it overlapped the photo above).
+GALLERY_COLUMNS = 3
+CONFUSION_INCHES = (5.2, 4.4)  # 572 x 484 px: two revisions side by side fit the page too
+TILE_INCHES = (1.8, 2.4)  # width, height of one photo with its three-line title (at 110 dpi)
+FILE_NAME_CHARS = 22
 
 
 def confusion_figure(
@@ -20,7 +22,7 @@ def confusion_figure(
     count = len(class_names)
     matrix = np.zeros((count, count), dtype=int)
     np.add.at(matrix, (labels, predictions), 1)
-    figure, axis = plt.subplots(figsize=(6.5, 5.5))
+    figure, axis = plt.subplots(figsize=CONFUSION_INCHES)
     image = axis.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axis, fraction=0.046)
     threshold = matrix.max() / 2
