@@ -3,6 +3,7 @@ parity, encoded photos, bad requests, load and metrics, start-up failures, SIGTE
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -259,6 +260,18 @@ def _success_count(metrics_url: str) -> float:
 
 
 @pytest.mark.slow
+def test_a_healthy_cpu_server_logs_no_errors(triton_server):
+    """Its start-up log has no `E`/`W` lines (tritonserver logged CUDA pool errors on CPU)."""
+    from flower_model.serving.triton import NVIDIA_DEVICE
+
+    if NVIDIA_DEVICE.exists():
+        pytest.skip("a GPU host: the CUDA pools are in use there")
+    log = (triton_server["project"] / "serve.log").read_text().splitlines()
+    assert any("Started HTTPService" in line for line in log), "the server started"
+    flagged = [line for line in log if re.match(r"[EW]\d{4} ", line)]
+    assert not flagged, flagged
+
+
 def test_bounded_load_has_no_errors_and_metrics_count_it(triton_server, photos):
     url = triton_server["http"]
     per_client = LOAD_REQUESTS // LOAD_CLIENTS
