@@ -273,7 +273,13 @@ def test_console_of_a_logged_run(tmp_path, tiny_processed, mlflow_server):
     assert lines[0].endswith("reads " + ", ".join(train_stage.STAGE.sections)), lines[0]
     assert not any(line.startswith("   train:") for line in lines), "config values on request only"
     everything = result.stdout + result.stderr
-    for noise in ("on_after_batch_transfer", "limit_train_batches", "litlogger", "GPU available"):
+    for noise in (
+        "on_after_batch_transfer",
+        "limit_train_batches",
+        "litlogger",
+        "GPU available",
+        "Seed set",
+    ):
         assert noise not in everything, noise
     assert "\r" not in everything, "no progress bar redraws in a log"
     assert len(lines) <= 10, result.stdout

@@ -62,7 +62,11 @@ def quiet_lightning_notices() -> None:
     """Lightning's informational lines (GPU/TPU availability, the litlogger advert, checkpoint
     restore paths) go through these loggers; its warnings still show. Our own train_start line
     names the device and the run instead."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.fabric.utilities.seed",  # "Seed set to 42": the JSON events carry the seed
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -161,6 +165,7 @@ def train_model(
 ) -> dict | None:
     """Fit, validate the best checkpoint, write the outs; return the report (rank zero)."""
     require_tracking_server(config.mlflow)
+    quiet_lightning_notices()
     paths = config.paths
     models = root / paths.models_dir
     checkpoints = models / CHECKPOINT_DIR
@@ -239,7 +244,6 @@ def train_model(
     if not on_terminal:
         first_epoch = resumed_state["epoch"] + 1 if resumed_state else 0
         loggers.append(EpochLines(config.train.max_epochs, first_epoch))
-    quiet_lightning_notices()
     trainer_config = config.trainer
     limit = config.train.limit_train_batches
     trainer = pl.Trainer(
