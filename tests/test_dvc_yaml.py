@@ -13,6 +13,11 @@ from flower_model.commands import STAGE_NAMES
 from tests.conftest import REPO_ROOT, make_config
 
 PIPELINE = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+PLOTS = [
+    item
+    for item in yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["plots"]
+    if isinstance(item, dict)  # pictures are plain paths
+]
 
 
 def _paths(entries: list) -> set[str]:
@@ -50,25 +55,62 @@ def test_stage_matches_its_module(name):
 HEADLINE_METRICS = 5  # test accuracy and macro-F1, val loss, INT8 delta, latency per image
 
 
+def _leaves(tree: dict, prefix: str = "") -> set[str]:
+    found = set()
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            found |= _leaves(value, f"{prefix}{key}.")
+        else:
+            found.add(f"{prefix}{key}")
+    return found
+
+
 def test_dvc_shows_the_headline_metrics_only():
     """What `dvc exp show` and `dvc metrics diff` read: one metrics file of five scalars (was 140
-    columns from five files). Runs on the committed reports/metrics.json, so on a bare clone."""
+    columns from five files). Reads the committed reports/metrics.json, so works on a bare clone."""
     declared = {path for stage in PIPELINE.values() for path in _paths(stage.get("metrics", []))}
     assert declared == {"reports/metrics.json"}
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("dvc")), "metrics", "show", "--json"],
+        [str(Path(sys.executable).with_name("dvc")), "exp", "show", "--json"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    shown = json.loads(result.stdout)
-    files = next(iter(shown.values()))["data"]
-    assert set(files) == {"reports/metrics.json"}
-    leaves = {
-        f"{section}.{key}"
-        for section, values in files["reports/metrics.json"]["data"].items()
-        for key in values
+    for revision in json.loads(result.stdout):  # the workspace and HEAD
+        metrics = revision["data"]["metrics"]
+        assert set(metrics) == {"reports/metrics.json"}, revision["rev"]
+        columns = _leaves(metrics["reports/metrics.json"]["data"])
+        assert len(columns) == HEADLINE_METRICS, (revision["rev"], columns)
+        assert {"test.accuracy", "test.macro_f1"} <= columns
+
+
+PLOT_TEMPLATES = REPO_ROOT / ".dvc" / "plots"
+
+
+@pytest.mark.parametrize("definition", PLOTS, ids=lambda item: next(iter(item)))
+def test_every_vega_plot_explains_itself(definition):
+    """Title and axis titles on every vega plot; custom templates exist and draw DVC's data."""
+    name, spec = next(iter(definition.items()))
+    for key in ("title", "x_label", "y_label"):
+        assert spec.get(key), f"plot {name} has no {key}"
+    template = spec["template"]
+    builtin = {"linear", "bar_horizontal", "confusion", "scatter", "smooth", "simple"}
+    if template not in builtin:
+        text = (PLOT_TEMPLATES / f"{template}.json").read_text()
+        assert "<DVC_METRIC_DATA>" in text and "<DVC_METRIC_Y" in text, template
+        json.loads(text)
+
+
+def test_epoch_plots_count_from_one_on_an_integer_axis():
+    template = json.loads((PLOT_TEMPLATES / "epochs.json").read_text())
+    assert template["transform"][0]["calculate"] == "toNumber(datum.epoch) + 1"
+    x_axis = template["spec"]["encoding"]["x"]
+    assert x_axis["field"] == "epoch_number" and x_axis["axis"]["format"] == "d"
+    assert template["spec"]["encoding"]["color"]["field"] == "field", "series in colours"
+    assert template["resolve"]["scale"]["x"] == "independent", "one x scale per revision"
+    confusion = json.loads((PLOT_TEMPLATES / "confusion_counts.json").read_text())
+    assert confusion["params"][0] == {"name": "showValues", "bind": {"input": "checkbox"}} | {
+        "value": True
     }
-    assert len(leaves) == HEADLINE_METRICS and {"test.accuracy", "test.macro_f1"} <= leaves
