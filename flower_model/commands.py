@@ -178,21 +178,30 @@ def triton_repo(
         print(f"wrote {path}")
 
 
-def multirun(*overrides: str, jobs: int = 1, poll_s: float = 5.0) -> None:
-    """Sweep as queued DVC experiments: `multirun train.lr=0.001,0.003 model=a,b [--jobs N]`."""
-    from flower_model.multirun import MultirunError, run_multirun
+def multirun(
+    *overrides: str,
+    jobs: int = 1,
+    poll_s: float = 5.0,
+    launcher: str = "local",
+) -> None:
+    """Sweep as DVC experiments: `multirun train.lr=0.001,0.003 model=a,b [--jobs N]
+    [--launcher local|slurm]` (Slurm resources: the `slurm.*` keys, e.g. slurm.gpus_per_node=0)."""
+    from flower_model.errors import FlowerModelError
+    from flower_model.multirun import run_multirun
 
     root = Path.cwd()
     combinations: list = []
+    words = [str(item) for item in overrides]
     try:
-        combinations = run_multirun(root, [str(item) for item in overrides], int(jobs), poll_s)
-    except MultirunError as error:
+        combinations = run_multirun(root, words, int(jobs), poll_s, launcher=str(launcher))
+    except FlowerModelError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         print(
-            "interrupted: stopped the sweep's queued and running experiments; run the same "
-            "command again to finish it (combinations with results are skipped)",
+            "interrupted: stopped the sweep's queued and running experiments (Slurm jobs "
+            "cancelled); run the same command again to finish it (combinations with results "
+            "are skipped)",
             file=sys.stderr,
         )
         sys.exit(EXIT_ERROR)

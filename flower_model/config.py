@@ -263,6 +263,16 @@ class ServeConfig(Section):
     max_restarts: int = Field(ge=0)
 
 
+class SlurmConfig(Section):
+    timeout_min: int = Field(ge=1)
+    nodes: int = Field(ge=1)
+    tasks_per_node: int = Field(ge=1)
+    gpus_per_node: int = Field(ge=0)
+    cpus_per_task: int = Field(ge=1)
+    mem_gb: float = Field(gt=0)
+    partition: str | None
+
+
 class Config(Section):
     paths: PathsConfig
     data: DataConfig
@@ -275,6 +285,7 @@ class Config(Section):
     evaluate: EvaluateConfig
     mlflow: MlflowConfig
     serve: ServeConfig
+    slurm: SlurmConfig
     resume: str | None
 
 

@@ -25,6 +25,7 @@ from flower_model.config import flatten, validate
 from flower_model.errors import FlowerModelError
 from flower_model.fetch import run_dvc
 
+LAUNCHERS = ("local", "slurm")
 QUEUED_NAME = re.compile(r"Queued experiment '([^']+)'")
 DONE_STATES = ("success", "failed")
 PENDING_STATES = ("queued", "running")
@@ -185,16 +186,30 @@ def run_multirun(
     poll_s: float = 5.0,
     check: Callable[[dict], object] | None = validate,
     out=None,
+    launcher: str = "local",
 ) -> list[Combination]:
-    """Queue what has no result yet, run the queue with `jobs` workers, report until done."""
+    """Queue what has no result yet, run the queue with `jobs` workers (or submit one Slurm job
+    per combination with `launcher="slurm"`), report until done."""
     out = out or sys.stdout  # looked up per call: a redirected sys.stdout is honoured
     if jobs < 1:
         raise MultirunError(f"-j/--jobs must be at least 1, got {jobs}")
+    if launcher not in LAUNCHERS:
+        raise MultirunError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    if launcher == "slurm":
+        from flower_model.slurm_sweep import require_slurm
+
+        require_slurm()
     combinations = plan(root, overrides, check)
     match(combinations, read_experiments(root))
     skipped = [combination for combination in combinations if combination.state == "success"]
     if skipped:
         print(f"{len(skipped)} of {len(combinations)} already have results: skipped", file=out)
+    if launcher == "slurm":
+        from flower_model.slurm_sweep import run_on_slurm
+
+        run_on_slurm(root, combinations, poll_s, out)
+        print(table(combinations), file=out)
+        return combinations
     for combination in combinations:
         if combination.state in ("new", "failed"):
             queue(root, combination)

@@ -308,3 +308,39 @@ def wait_for_s3_bucket(endpoint: str, bucket: str, process: subprocess.Popen, ti
         except OSError:
             time.sleep(0.5)
     raise RuntimeError(f"{endpoint} did not answer within {timeout_s} s")
+
+
+SLURM_SCRIPT = REPO_ROOT / "scripts" / "slurm_cluster.sh"
+SLURM_UP_TIMEOUT_S = 600  # `up` may install the Debian packages first
+
+
+def slurm_command(command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(SLURM_SCRIPT), command],
+        capture_output=True,
+        text=True,
+        timeout=SLURM_UP_TIMEOUT_S,
+    )
+
+
+def _slurm_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "scripts/slurm_cluster.sh needs root (daemons, /etc/slurm)"
+    if shutil.which("sbatch") is None and shutil.which("apt-get") is None:
+        return "no Slurm installed and no apt-get to install slurm-wlm"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The cluster, brought up once; stopped at the end unless it was already running."""
+    reason = _slurm_missing()
+    if reason:
+        pytest.skip(reason)
+    was_up = slurm_command("status").stdout.startswith("up")
+    started = slurm_command("up")
+    assert started.returncode == 0, started.stdout + started.stderr
+    yield started.stdout.strip().splitlines()[-1]
+    if not was_up:
+        stopped = slurm_command("down")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr

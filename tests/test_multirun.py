@@ -7,6 +7,8 @@ verify` runs the same command on the real pipeline.
 
 import io
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ from flower_model.multirun import (
     expand_grid,
     plan,
     progress_line,
+    read_experiments,
     run_multirun,
     table,
 )
@@ -35,6 +38,8 @@ import yaml
 params = yaml.safe_load(Path("params.yaml").read_text())
 with open(os.environ["TOY_RUN_LOG"], "a") as log:  # outside the repo: counts real executions
     log.write(f"{params['train']['lr']} {params['model']['width']}\\n")
+if params["train"]["lr"] == 0.3:
+    raise SystemExit("toy stage: lr 0.3 fails on purpose")
 Path("reports").mkdir(exist_ok=True)
 score = params["train"]["lr"] * params["model"]["width"]
 Path("reports/metrics.json").write_text(json.dumps({"test": {"accuracy": score}}))
@@ -97,8 +102,10 @@ def toy_project(tmp_path, monkeypatch) -> Path:
     project = tmp_path / "toy"
     (project / "configs" / "model").mkdir(parents=True)
     (project / "configs" / "config.yaml").write_text(
-        "defaults:\n  - model: narrow\n  - _self_\ntrain:\n  lr: 0.1\n"
+        "defaults:\n  - model: narrow\n  - slurm: default\n  - _self_\ntrain:\n  lr: 0.1\n"
     )
+    (project / "configs" / "slurm").mkdir()
+    shutil.copy(REPO_ROOT / "configs" / "slurm" / "default.yaml", project / "configs" / "slurm")
     (project / "configs" / "model" / "narrow.yaml").write_text("width: 1\n")
     (project / "configs" / "model" / "wide.yaml").write_text("width: 2\n")
     (project / "step.py").write_text(TOY_STAGE)
@@ -154,3 +161,65 @@ def test_queued_sweep_runs_once_resumes_and_reuses_the_run_cache(toy_project, tm
     assert rerun.returncode == 0, rerun.stderr
     assert "Stage 'step' is cached - skipping run" in rerun.stdout + rerun.stderr
     assert len(runs_log.read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_sweep_on_slurm_lands_as_dvc_experiments(toy_project, tmp_path, slurm_cluster):
+    """`--launcher slurm`: one Slurm job per combination, each a `dvc exp run --temp`; a failing
+    combination is reported with its job id and log and the other still succeeds; started
+    again, the sweep submits nothing for what has results."""
+    out = io.StringIO()
+    fits_here = ["slurm.gpus_per_node=0", "slurm.cpus_per_task=1", "slurm.mem_gb=1"]
+    sweep = ["train.lr=0.1,0.3", "model=wide", *fits_here]
+    result = run_multirun(toy_project, sweep, poll_s=0.5, check=None, out=out, launcher="slurm")
+    report = out.getvalue()
+    print(report)
+    states = {item.label().split(" slurm.")[0]: item.state for item in result}
+    assert states == {"train.lr=0.1 model=wide": "success", "train.lr=0.3 model=wide": "failed"}
+    job_ids = re.findall(r"submitted Slurm job (\d+): ", report)
+    assert len(job_ids) == 2, report
+    accounted = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "JobID", "-j", ",".join(job_ids)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert sorted(accounted) == sorted(job_ids), "both ran as Slurm jobs"
+    failure = re.search(
+        r"failed: train.lr=0.3 model=wide slurm\S* \S* \S*: Slurm job (\d+): "
+        r"`dvc exp run` exited \d+ .*; log (\S+)",
+        report,
+    )
+    assert failure and failure[1] in job_ids and Path(failure[2]).is_file(), report
+    done = next(item for item in result if item.state == "success")
+    assert done.metrics["reports/metrics.json"]["test"]["accuracy"] == pytest.approx(0.2)
+    names = {experiment["name"] for experiment in read_experiments(toy_project)}
+    assert done.name in names, "the result is a DVC experiment"
+
+    again = io.StringIO()
+    run_multirun(
+        toy_project,
+        ["train.lr=0.1", "model=wide", *fits_here],
+        poll_s=0.5,
+        check=None,
+        out=again,
+        launcher="slurm",
+    )
+    assert "1 of 1 already have results: skipped" in again.getvalue()
+    assert "submitted" not in again.getvalue()
+
+
+def test_slurm_launcher_needs_sbatch_and_valid_resources(tmp_path, monkeypatch):
+    from flower_model.slurm_sweep import SlurmSweepError, resources
+
+    with pytest.raises(MultirunError, match="--launcher must be one of local, slurm"):
+        run_multirun(tmp_path, ["train.lr=0.1"], launcher="cloud")
+    with pytest.raises(MultirunError, match="slurm.gpus_per_node"):
+        plan(REPO_ROOT, ["slurm.gpus_per_node=-1"])
+    (combination,) = plan(REPO_ROOT, ["slurm.partition=debug", "slurm.gpus_per_node=0"])
+    assert resources(combination.params)["slurm_partition"] == "debug"
+    with pytest.raises(SlurmSweepError, match="no `slurm` section"):
+        resources({})
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
+    with pytest.raises(SlurmSweepError, match="no `sbatch` on PATH"):
+        run_multirun(tmp_path, ["train.lr=0.1"], launcher="slurm")

@@ -2,7 +2,6 @@
 several tasks per job, and Lightning DDP started by Slurm."""
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -10,47 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, TINY_MODEL
+from tests.conftest import REPO_ROOT, TINY_MODEL, slurm_command
 from tests.helpers.slurm_jobs import train_in_task, where_am_i
 
-CLUSTER_SCRIPT = REPO_ROOT / "scripts" / "slurm_cluster.sh"
 JOB_TIMEOUT_S = 300  # a tiny job finishes in seconds; this bounds a stuck one
-CLUSTER_TIMEOUT_S = 600  # `up` may install the Debian packages first
 POLL_S = 0.5
 
 pytestmark = pytest.mark.slow
-
-
-def _cluster(command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(CLUSTER_SCRIPT), command],
-        capture_output=True,
-        text=True,
-        timeout=CLUSTER_TIMEOUT_S,
-    )
-
-
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "scripts/slurm_cluster.sh needs root (daemons, /etc/slurm)"
-    if shutil.which("sbatch") is None and shutil.which("apt-get") is None:
-        return "no Slurm installed and no apt-get to install slurm-wlm"
-    return None
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """The cluster, brought up once; stopped at the end unless it was already running."""
-    reason = _why_not()
-    if reason:
-        pytest.skip(reason)
-    was_up = _cluster("status").stdout.startswith("up")
-    started = _cluster("up")
-    assert started.returncode == 0, started.stdout + started.stderr
-    yield started.stdout.strip().splitlines()[-1]
-    if not was_up:
-        stopped = _cluster("down")
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
 
 
 def _executor(folder: Path, **parameters):
@@ -83,9 +48,9 @@ def _sacct_state(job_id: str) -> str:
 
 def test_cluster_script_is_idempotent(slurm_cluster):
     assert "partition debug" in slurm_cluster
-    again = _cluster("up")
+    again = slurm_command("up")
     assert again.returncode == 0 and "up in" in again.stdout
-    status = _cluster("status")
+    status = slurm_command("status")
     assert status.stdout.startswith("up") and " idle " in status.stdout
 
 
