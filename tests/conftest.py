@@ -32,6 +32,21 @@ TINY_MODEL = {
 }
 
 
+def tiny_ddp_overrides(tracking_uri: str) -> list[str]:
+    """Stage overrides for a 1-epoch, 2-process CPU DDP run of the tiny model."""
+    return [
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "trainer.accelerator=cpu",
+        "train.max_epochs=1",
+        "train.warmup_epochs=0",
+        "train.batch_size=8",
+        f"mlflow.tracking_uri={tracking_uri}",
+        "model=small_cnn",
+        f"model.widths={TINY_MODEL['widths']}".replace(" ", ""),
+    ]
+
+
 def make_config(overrides: list[str] | None = None, **sections: dict) -> Config:
     """The composed default config plus Hydra overrides, with whole-section replacements merged."""
     raw = compose_raw(REPO_ROOT, overrides or [])

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from flower_model.commands import STAGE_NAMES
+from flower_model.config import flatten
 from tests.conftest import REPO_ROOT, make_config
 
 PIPELINE = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
@@ -55,16 +56,6 @@ def test_stage_matches_its_module(name):
 HEADLINE_METRICS = 5  # test accuracy and macro-F1, val loss, INT8 delta, latency per image
 
 
-def _leaves(tree: dict, prefix: str = "") -> set[str]:
-    found = set()
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            found |= _leaves(value, f"{prefix}{key}.")
-        else:
-            found.add(f"{prefix}{key}")
-    return found
-
-
 def test_dvc_shows_the_headline_metrics_only():
     """What `dvc exp show` and `dvc metrics diff` read: one metrics file of five scalars (was 140
     columns from five files). Reads the committed reports/metrics.json, so works on a bare clone."""
@@ -81,7 +72,7 @@ def test_dvc_shows_the_headline_metrics_only():
     for revision in json.loads(result.stdout):  # the workspace and HEAD
         metrics = revision["data"]["metrics"]
         assert set(metrics) == {"reports/metrics.json"}, revision["rev"]
-        columns = _leaves(metrics["reports/metrics.json"]["data"])
+        columns = set(flatten(metrics["reports/metrics.json"]["data"]))
         assert len(columns) == HEADLINE_METRICS, (revision["rev"], columns)
         assert {"test.accuracy", "test.macro_f1"} <= columns
 

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
+from flower_model.config import flatten
 from pipeline_stages import build_trt, evaluate, export_onnx
 from tests.conftest import CLASS_NAMES, TINY_SIZE, make_config
 
@@ -45,21 +46,11 @@ def evaluated(tmp_path_factory, tiny_processed, tiny_checkpoint, mlflow_server):
     return root, config, run.info.run_id
 
 
-def _leaves(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def test_headline_metrics_and_the_detail_beside_them(evaluated):
     """reports/metrics.json (the DVC metric) holds five headline scalars taken from the detail
     files, which hold everything else."""
     root, _, _ = evaluated
-    metrics = _leaves(json.loads((root / "reports" / "metrics.json").read_text()))
+    metrics = flatten(json.loads((root / "reports" / "metrics.json").read_text()))
     assert set(metrics) == {
         "test.accuracy",
         "test.macro_f1",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, TINY_MODEL, slurm_command
+from tests.conftest import REPO_ROOT, slurm_command, tiny_ddp_overrides
 from tests.helpers.slurm_jobs import train_in_task, where_am_i
 
 JOB_TIMEOUT_S = 300  # a tiny job finishes in seconds; this bounds a stuck one
@@ -69,17 +69,7 @@ def test_ddp_training_started_by_slurm(slurm_cluster, tmp_path, tiny_processed, 
     shutil.copytree(tiny_processed / "data", project / "data")
     shutil.copytree(REPO_ROOT / "configs", project / "configs")
     shutil.copy(REPO_ROOT / "params.yaml", project / "params.yaml")
-    overrides = [
-        "trainer.devices=2",
-        "trainer.strategy=ddp",
-        "trainer.accelerator=cpu",
-        "train.max_epochs=1",
-        "train.warmup_epochs=0",
-        "train.batch_size=8",
-        f"mlflow.tracking_uri={mlflow_server}",
-        "model=small_cnn",
-        f"model.widths={TINY_MODEL['widths']}".replace(" ", ""),
-    ]
+    overrides = tiny_ddp_overrides(mlflow_server)
     executor = _executor(tmp_path / "jobs", tasks_per_node=2, cpus_per_task=1)
     job = executor.submit(train_in_task, str(project), overrides)
     assert sorted(job.results()) == [0, 1]

@@ -25,6 +25,7 @@ from tests.conftest import (
     make_config,
     start_mlflow,
     stop_process,
+    tiny_ddp_overrides,
 )
 
 MLFLOW_LOST_BOUND_S = 180  # a tiny run whose server dies must still end within this
@@ -288,19 +289,7 @@ def test_console_of_a_logged_run(tmp_path, tiny_processed, mlflow_server):
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path, tiny_processed, mlflow_server):
-    _run_train_stage(
-        tmp_path,
-        tiny_processed,
-        "trainer.devices=2",
-        "trainer.strategy=ddp",
-        "trainer.accelerator=cpu",
-        "train.max_epochs=1",
-        "train.warmup_epochs=0",
-        "train.batch_size=8",
-        f"mlflow.tracking_uri={mlflow_server}",
-        "model=small_cnn",
-        f"model.widths={TINY_MODEL['widths']}".replace(" ", ""),
-    )
+    _run_train_stage(tmp_path, tiny_processed, *tiny_ddp_overrides(mlflow_server))
     assert json.loads((tmp_path / "reports" / "train.json").read_text())["epochs"] == 1
 
 
