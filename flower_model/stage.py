@@ -15,6 +15,7 @@ import yaml
 
 from flower_model.config import Config, ConfigError, load_config
 from flower_model.constants import PARAMS_FILE
+from flower_model.dvc_outs import restore_previous_outs, running_under_dvc
 from flower_model.errors import FlowerModelError, MissingInputError
 
 EXIT_ERROR = 2
@@ -101,6 +102,7 @@ def execute(
 ) -> int:
     """Run `stage`; return the process exit code. Known errors print one line, not a traceback."""
     root = root or Path.cwd()
+    restore = running_under_dvc(stage.name) and not dry_run
     try:
         config = load_config(root, overrides)
         print(describe(stage, config, overrides, show_config), flush=True)
@@ -112,8 +114,25 @@ def execute(
         stage.run(config, root)
     except (ConfigError, FlowerModelError) as error:
         print(f"error: {error}", file=sys.stderr)
+        if restore:
+            report_restore(stage, root)
         return EXIT_ERROR
+    except BaseException:  # a bug, Ctrl-C, sys.exit: the traceback stays, the old outs come back
+        if restore:
+            report_restore(stage, root)
+        raise
     return 0
+
+
+def report_restore(stage: Stage, root: Path) -> None:
+    """After a failure under DVC (which deleted the outs before running us): the previous outs
+    back from the DVC cache, one stderr line each."""
+    try:
+        lines = restore_previous_outs(stage.name, root)
+    except Exception as error:  # the original failure matters more than this one
+        lines = [f"could not restore the previous outs ({type(error).__name__}: {error})"]
+    for line in lines:
+        print(f"stage {stage.name} failed: {line}", file=sys.stderr)
 
 
 def stage_command(stage: Stage) -> Callable[..., None]:

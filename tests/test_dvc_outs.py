@@ -1,0 +1,134 @@
+"""A stage that fails under `dvc repro` leaves the previous outs usable (issue 16).
+
+DVC deletes a stage's outs before running it. The stage here is a real `flower_model.stage.Stage`
+run by a real `dvc repro` in a throwaway DVC project (with the project's configs/ and
+params.yaml), so the whole path is exercised: DVC removes, the stage fails, the stage restores.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+STEP = """\
+from pathlib import Path
+
+from flower_model.stage import Stage, stage_main
+
+
+def outputs(config):
+    return [Path("out"), Path("single.txt"), Path("reports/metrics.json")]
+
+
+def run(config, root):
+    mode = Path("mode").read_text().strip()
+    (root / "out").mkdir()
+    (root / "out" / "a.txt").write_text(mode)
+    if mode == "bug":
+        raise RuntimeError("a bug after writing out/")
+    if mode == "interrupt":
+        raise KeyboardInterrupt
+    (root / "single.txt").write_text(mode)
+    (root / "reports").mkdir(exist_ok=True)
+    (root / "reports" / "metrics.json").write_text('{"score": %d}' % len(mode))
+
+
+stage_main(Stage(name="step", sections=("train.lr",), run=run, outputs=outputs))
+"""
+DVC_YAML = """\
+stages:
+  step:
+    cmd: python step.py
+    deps: [step.py, mode]
+    params: [train.lr]
+    outs: [out, single.txt]
+    metrics: [{reports/metrics.json: {cache: false}}]
+"""
+
+
+def _run(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        list(args), cwd=project, capture_output=True, text=True, timeout=180, check=False
+    )
+
+
+@pytest.fixture
+def dvc_project(tmp_path, monkeypatch) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copytree(REPO_ROOT / "configs", project / "configs")
+    shutil.copy(REPO_ROOT / "params.yaml", project / "params.yaml")
+    (project / "step.py").write_text(STEP)
+    (project / "dvc.yaml").write_text(DVC_YAML)
+    (project / "mode").write_text("first\n")
+    for name, value in (("NAME", "test"), ("EMAIL", "test@localhost")):
+        monkeypatch.setenv(f"GIT_AUTHOR_{name}", value)
+        monkeypatch.setenv(f"GIT_COMMITTER_{name}", value)
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    for command in (["git", "init", "-q"], [DVC, "init", "-q"], [DVC, "repro", "-q"]):
+        assert _run(project, *command).returncode == 0
+    assert _run(project, "git", "add", "-A").returncode == 0
+    assert _run(project, "git", "commit", "-qm", "first").returncode == 0
+    return project
+
+
+def _assert_previous_outs(project: Path) -> None:
+    assert (project / "out" / "a.txt").read_text() == "first"
+    assert (project / "single.txt").read_text() == "first"
+    assert json.loads((project / "reports" / "metrics.json").read_text()) == {"score": 5}
+    status = _run(project, DVC, "status", "--json")
+    changes = json.loads(status.stdout)["step"]
+    assert all("changed outs" not in change for change in changes), changes
+
+
+@pytest.mark.parametrize("mode", ["bug", "interrupt"])
+def test_a_stage_failing_after_writing_restores_the_previous_outs_and_keeps_its_own(
+    dvc_project, mode
+):
+    (dvc_project / "mode").write_text(f"{mode}\n")
+    failed = _run(dvc_project, DVC, "repro")
+    assert failed.returncode != 0
+    assert "stage step failed: kept what the failed run wrote in out.failed\n" in failed.stderr
+    assert "stage step failed: restored the previous out, single.txt from the DVC cache\n" in (
+        failed.stderr
+    )
+    assert "stage step failed: restored the previous reports/metrics.json from git HEAD\n" in (
+        failed.stderr
+    )
+    _assert_previous_outs(dvc_project)
+    assert (dvc_project / "out.failed" / "a.txt").read_text() == mode
+
+
+def test_a_config_error_under_dvc_names_the_key_and_loses_no_out(dvc_project):
+    params = yaml.safe_load((dvc_project / "params.yaml").read_text())
+    params["train"]["lr"] = -1
+    (dvc_project / "params.yaml").write_text(yaml.safe_dump(params))
+    failed = _run(dvc_project, DVC, "repro")
+    assert failed.returncode != 0
+    assert "error: invalid config:\n  train.lr = -1: Input should be greater than 0" in (
+        failed.stderr
+    )
+    assert "Traceback" not in failed.stderr
+    _assert_previous_outs(dvc_project)
+    assert not (dvc_project / "out.failed").exists()
+
+
+def test_outside_dvc_a_failing_stage_touches_nothing(dvc_project):
+    """Run by hand, DVC deleted nothing, so there is nothing to restore or move aside."""
+    (dvc_project / "mode").write_text("bug\n")
+    shutil.rmtree(dvc_project / "out")
+    env = {key: value for key, value in os.environ.items() if key != "DVC_STAGE"}
+    failed = subprocess.run(
+        [sys.executable, "step.py"], cwd=dvc_project, capture_output=True, text=True, env=env
+    )
+    assert failed.returncode != 0 and "a bug after writing out/" in failed.stderr
+    assert "restored" not in failed.stderr
+    assert (dvc_project / "out" / "a.txt").read_text() == "bug"
