@@ -127,6 +127,7 @@ class ModelConfig(Section):
 
 
 class AugmentConfig(Section):
+    enabled: bool
     scale_min: Probability = Field(gt=0, le=1)
     hflip: Probability = Field(ge=0, le=1)
     color_jitter: float = Field(ge=0, le=1)

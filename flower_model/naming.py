@@ -38,6 +38,7 @@ SHORT_NAMES: dict[str, str] = {
     "train.compile": "cmp",
     "train.num_workers": "nw",
     "train.pin_memory": "pin",
+    "train.augment.enabled": "aug",
     "train.augment.scale_min": "smin",
     "train.augment.hflip": "hf",
     "train.augment.color_jitter": "cj",

@@ -32,15 +32,16 @@ TINY_MODEL = {
 }
 
 
-def tiny_ddp_overrides(tracking_uri: str) -> list[str]:
-    """Stage overrides for a 1-epoch, 2-process CPU DDP run of the tiny model."""
+def tiny_ddp_overrides(tracking_uri: str, devices: int = 2, batch_size: int = 8) -> list[str]:
+    """Stage overrides for a 1-epoch CPU run of the tiny model on `devices` DDP processes
+    (`batch_size` per process)."""
     return [
-        "trainer.devices=2",
-        "trainer.strategy=ddp",
+        f"trainer.devices={devices}",
+        f"trainer.strategy={'ddp' if devices > 1 else 'auto'}",
         "trainer.accelerator=cpu",
         "train.max_epochs=1",
         "train.warmup_epochs=0",
-        "train.batch_size=8",
+        f"train.batch_size={batch_size}",
         f"mlflow.tracking_uri={tracking_uri}",
         "model=small_cnn",
         f"model.widths={TINY_MODEL['widths']}".replace(" ", ""),

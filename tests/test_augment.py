@@ -12,6 +12,7 @@ from flower_model.data.datamodule import (
     augment_batch,
     augment_generator,
     first_full_size_epoch,
+    resize_batch,
     train_crop_size,
 )
 from flower_model.errors import FlowerModelError
@@ -30,6 +31,16 @@ def _images(count: int = 4) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     shape = (count, 3, IMAGE_SIZE, IMAGE_SIZE)
     return torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
+
+
+def test_augmentation_off_is_only_the_resize():
+    images = _images()
+    assert torch.equal(resize_batch(images, IMAGE_SIZE), images.float())
+    resized = resize_batch(images, IMAGE_SIZE // 2)
+    assert resized.shape == (4, 3, IMAGE_SIZE // 2, IMAGE_SIZE // 2)
+    # Antialiased bilinear halving of a constant image stays that constant.
+    flat = torch.full((1, 3, IMAGE_SIZE, IMAGE_SIZE), 77, dtype=torch.uint8)
+    assert torch.allclose(resize_batch(flat, IMAGE_SIZE // 2), torch.tensor(77.0))
 
 
 def test_flip_mirrors_the_same_crop():

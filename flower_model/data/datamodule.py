@@ -71,6 +71,14 @@ def first_full_size_epoch(max_epochs: int, full_size: int, config: AugmentConfig
     )
 
 
+def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 NCHW -> float 0..255 at `size` square: the training input with augmentation off."""
+    floats = images.float()
+    if floats.shape[-2:] == (size, size):
+        return floats
+    return F.interpolate(floats, size=(size, size), mode="bilinear", antialias=True)
+
+
 def augment_batch(
     images: torch.Tensor,
     config: AugmentConfig,
@@ -218,10 +226,12 @@ class FlowerDataModule(pl.LightningDataModule):
         if trainer is None or not trainer.training:
             return batch
         images, labels = batch
-        generator = augment_generator(self.config.seed, trainer.global_step, trainer.global_rank)
         size = train_crop_size(
             trainer.current_epoch, self.config.max_epochs, images.shape[-1], self.config.augment
         )
+        if not self.config.augment.enabled:
+            return resize_batch(images, size), labels
+        generator = augment_generator(self.config.seed, trainer.global_step, trainer.global_rank)
         return augment_batch(images, self.config.augment, generator, size), labels
 
     def train_dataloader(self) -> DataLoader:
