@@ -171,7 +171,10 @@ def table(combinations: list[Combination]) -> str:
     rows = [header]
     for combination in combinations:
         values = [override.split("=", 1)[1] for override in combination.overrides]
-        scores = [_metric(combination.metrics, name, key) for name, key, _ in TABLE_METRICS]
+        # A failed DVC experiment still lists the metrics files its workspace started with (the
+        # baseline's): they are not its results.
+        metrics = combination.metrics if combination.state == "success" else {}
+        scores = [_metric(metrics, name, key) for name, key, _ in TABLE_METRICS]
         rows.append([combination.name or "-", combination.state, *values, *scores])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join(

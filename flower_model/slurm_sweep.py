@@ -30,6 +30,7 @@ SUBMITIT_NAMES = {
     "mem_gb": "mem_gb",
     "partition": "slurm_partition",
 }
+STAGE_ERROR_PREFIX = "error: "  # how flower_model.stage prints a known failure
 LOG_TAIL_LINES = 20
 
 
@@ -85,7 +86,9 @@ def _outcome(job) -> tuple[str, str | None, str]:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return "failed", None, f"Slurm job {job.job_id} {job.state}: {reason}; log {log}"
     if result["returncode"] != 0:
-        last = result["tail"][-1] if result["tail"] else ""
+        # The stage's own one-line error says what to fix; DVC's last line only names the stage.
+        errors = [line for line in result["tail"] if line.startswith(STAGE_ERROR_PREFIX)]
+        last = (errors or result["tail"] or [""])[-1]
         code = result["returncode"]
         why = f"Slurm job {job.job_id}: `dvc exp run` exited {code} ({last}); log {log}"
         return "failed", result["name"], why

@@ -10,6 +10,9 @@
 #   7. flower-model multirun skips the combination step 4 already ran, queues and runs the other,
 #      and started again runs nothing
 #   8. running a combination that already ran restores every stage from DVC's run cache
+#   9. (root, or a Slurm cluster already up) the same sweep command with --launcher slurm on a
+#      local single-node cluster: a combination that runs and one that fails in training, each a
+#      Slurm job; the good one lands in `dvc exp show` and MLflow; started again, nothing submitted
 # Exits non-zero with a message naming the step and stage that broke. KEEP_VERIFY=1 keeps the
 # scratch clone for a look afterwards.
 set -euo pipefail
@@ -121,5 +124,45 @@ for stage in train export_onnx build_trt evaluate; do
     || { cat exp8.log; fail 8 "stage $stage was not restored from the run cache"; }
 done
 
+step 9 "flower-model multirun --launcher slurm: the real pipeline as Slurm jobs, DVC experiments, MLflow runs"
+if [ "$(id -u)" != 0 ] && ! command -v sbatch >/dev/null; then
+  echo "skipped: no Slurm here and not root (scripts/slurm_cluster.sh up needs root)"
+else
+  slurm_started=0
+  if ! sinfo -h >/dev/null 2>&1; then
+    "$root/scripts/slurm_cluster.sh" up >slurm.log 2>&1 || { cat slurm.log; fail 9 "the local Slurm cluster did not start"; }
+    slurm_started=1
+  fi
+  # Both jobs at once on this machine; the second combination resumes a checkpoint that is not
+  # there, which composition accepts and the train stage refuses.
+  fits_here="slurm.gpus_per_node=0 slurm.cpus_per_task=1 slurm.mem_gb=8 slurm.timeout_min=20"
+  sweep="train.lr=0.0015 resume=null,models/absent.ckpt $fits_here"
+  status=0
+  flower-model multirun $sweep --launcher slurm --poll_s=2 >slurm1.log 2>&1 || status=$?
+  cat slurm1.log
+  [ "$status" != 0 ] || fail 9 "a sweep with a failed combination exited 0"
+  grep -qE "^failed: .*resume=models/absent.ckpt.*: Slurm job [0-9]+: .*no checkpoint at .*; log .+" slurm1.log \
+    || fail 9 "the failed combination was not reported with its Slurm job id and log"
+  name=$(awk '$2 == "success" && $3 == "0.0015" {print $1}' slurm1.log)
+  [ -n "$name" ] || fail 9 "train.lr=0.0015 resume=null did not succeed"
+  jobs=$(grep -oE "submitted Slurm job [0-9]+" slurm1.log | grep -oE "[0-9]+$" | paste -sd, -)
+  [ "$(sacct -n -X -P -o JobID -j "$jobs" | wc -l)" = 2 ] || fail 9 "sacct does not list both jobs ($jobs)"
+  dvc exp show --json | grep -q "\"$name\"" || fail 9 "experiment $name is not in dvc exp show"
+  python - "$port" "$name" <<'PY' || fail 9 "no MLflow run tagged dvc_experiment=$name"
+import sys
+from mlflow import MlflowClient
+client = MlflowClient(f"http://127.0.0.1:{sys.argv[1]}")
+experiment = client.get_experiment_by_name("flower-model")
+runs = client.search_runs([experiment.experiment_id], f"tags.dvc_experiment = '{sys.argv[2]}'")
+assert runs and runs[0].data.metrics.get("test/accuracy") is not None, runs
+print(f"MLflow run {runs[0].info.run_id} of experiment {sys.argv[2]}: test/accuracy", runs[0].data.metrics["test/accuracy"])
+PY
+  flower-model multirun train.lr=0.0015 resume=null $fits_here --launcher slurm --poll_s=2 >slurm2.log 2>&1 \
+    || { cat slurm2.log; fail 9 "the rerun failed"; }
+  grep -q "1 of 1 already have results: skipped" slurm2.log && ! grep -q "submitted" slurm2.log \
+    || { cat slurm2.log; fail 9 "a finished Slurm sweep submitted work again"; }
+  if [ "$slurm_started" = 1 ]; then "$root/scripts/slurm_cluster.sh" down >>slurm.log 2>&1 || true; fi
+fi
+
 echo
-echo "verify: all 8 steps passed"
+echo "verify: all 9 steps passed"

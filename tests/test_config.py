@@ -9,6 +9,7 @@ from flower_model.compose import check_params, compose_params, write_params
 from flower_model.config import ConfigError, compose_raw, flatten, load_config, validate
 from flower_model.naming import MODEL_SHORT_NAMES, SHORT_NAMES, run_name
 from tests.conftest import REPO_ROOT, make_config
+from tests.helpers.cli import run_in_process
 
 
 def _cli(cwd, *args):
@@ -225,7 +226,7 @@ def test_dry_run_checks_the_resume_checkpoint(project, tiny_processed, flag_firs
     shutil.copytree(tiny_processed / "data", project / "data")
     override = "resume=/nonexistent/last.ckpt"
     args = ["--dry-run", override] if flag_first else [override, "--dry-run"]
-    result = _cli(project, "train", *args)
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "resume='/nonexistent/last.ckpt': no checkpoint" in result.stderr
-    assert "Traceback" not in result.stderr
+    code, stdout, stderr = run_in_process(project, "train", *args)
+    assert code == 2, stdout + stderr
+    assert "resume='/nonexistent/last.ckpt': no checkpoint" in stderr
+    assert "Traceback" not in stderr

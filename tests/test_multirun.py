@@ -86,11 +86,14 @@ def test_progress_and_table_show_states_params_and_metrics():
     done = Combination(["train.lr=0.1"], {}, "exp-a", "success", {"reports/metrics.json": {}})
     done.metrics["reports/metrics.json"] = {"test": {"accuracy": 0.8, "macro_f1": 0.75}}
     running = Combination(["train.lr=0.2"], {}, "exp-b", "running")
+    # DVC lists a failed experiment with the metrics file its workspace started from.
+    failed = Combination(["train.lr=0.3"], {}, "exp-c", "failed", dict(done.metrics))
     assert progress_line([done, running]) == "[1/2 done] running: train.lr=0.2"
-    lines = table([done, running]).splitlines()
+    lines = table([done, running, failed]).splitlines()
     assert lines[0].split() == ["experiment", "state", "train.lr", "test.accuracy", "test.macro_f1"]
     assert lines[1].split() == ["exp-a", "success", "0.1", "0.8000", "0.7500"]
     assert lines[2].split() == ["exp-b", "running", "0.2", "-", "-"]
+    assert lines[3].split() == ["exp-c", "failed", "0.3", "-", "-"]
 
 
 def _git(project: Path, *args: str) -> None:

@@ -27,6 +27,7 @@ from tests.conftest import (
     stop_process,
     tiny_ddp_overrides,
 )
+from tests.helpers.cli import run_in_process
 
 MLFLOW_LOST_BOUND_S = 180  # a tiny run whose server dies must still end within this
 MLFLOW_REQUEST_VARIABLES = (
@@ -386,13 +387,7 @@ def test_resume_checks_the_checkpoint_before_any_work(straight_run, tmp_path, ml
         for flag_first in (True, False):
             overrides = [f"resume={resume}", f"mlflow.tracking_uri={mlflow_server}", *model]
             words = ["--dry-run", *overrides] if flag_first else [*overrides, "--dry-run"]
-            result = subprocess.run(
-                [sys.executable, "-m", "flower_model.commands", "train", *words],
-                cwd=project,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            assert result.returncode == 2, result.stderr
-            lines = result.stderr.strip().splitlines()
+            code, _, stderr = run_in_process(project, "train", *words)
+            assert code == 2, stderr
+            lines = stderr.strip().splitlines()
             assert len(lines) == 1 and message in lines[0], lines
