@@ -14,7 +14,7 @@ PLOTS_TEMPLATE := $(TOOLS)/plots/template.html
 # DVC's own plot page uses vega 5.20.2; vega-lite 5.2.0 needs vega >= 5.21 as an npm peer.
 VEGA_PACKAGES := vega@5.21.0 vega-lite@5.2.0 vega-embed@6.18.2
 
-.PHONY: setup repro test lint pytest compose mlflow-server verify plots browser clean-venv
+.PHONY: setup repro test test-fast lint pytest compose mlflow-server verify plots browser clean-venv
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ repro: setup
 test: setup $(PLOTS_TEMPLATE)
 	$(BIN)/pre-commit run --all-files --show-diff-on-failure
 	$(BIN)/pytest
+
+# The inner loop: no pre-commit, no test marked slow (training, servers, DDP, Slurm).
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
 
 lint: setup
 	$(BIN)/pre-commit run --all-files

@@ -28,6 +28,7 @@ from tests.conftest import (
     tiny_ddp_overrides,
 )
 from tests.helpers.cli import run_in_process
+from tests.helpers.run_if import run_if
 
 MLFLOW_LOST_BOUND_S = 180  # a tiny run whose server dies must still end within this
 MLFLOW_REQUEST_VARIABLES = (
@@ -391,3 +392,33 @@ def test_resume_checks_the_checkpoint_before_any_work(straight_run, tmp_path, ml
             assert code == 2, stderr
             lines = stderr.strip().splitlines()
             assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_cpu_bf16_query_matches_the_cpu():
+    """The one private torch API the project uses (`train.cpu_has_bf16`): it still exists, answers
+    a bool, says no without AVX-512 (oneDNN's bf16 needs it) and yes with native bf16 units."""
+    from pathlib import Path
+
+    from flower_model.training.train import cpu_has_bf16, resolve_precision
+
+    answer = cpu_has_bf16()
+    assert isinstance(answer, bool)
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
+    if flags and not any(flag.startswith("avx512") for flag in flags):
+        assert answer is False
+    if {"avx512_bf16", "amx_bf16"} & flags:
+        assert answer is True
+    assert resolve_precision("auto", "cpu") == ("bf16-mixed" if answer else "32-true")
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@run_if(min_gpus=1)
+def test_the_train_stage_on_a_gpu_in_mixed_precision(tmp_path, tiny_processed, mlflow_server):
+    """On a CUDA machine, `precision: auto` picks bf16 (or fp16) autocast and the stage trains."""
+    overrides = tiny_ddp_overrides(mlflow_server, devices=1)
+    overrides[overrides.index("trainer.accelerator=cpu")] = "trainer.accelerator=gpu"
+    result = _run_train_stage(tmp_path, tiny_processed, *overrides)
+    assert '"device": "cuda' in result.stderr
+    assert json.loads((tmp_path / "reports" / "train.json").read_text())["epochs"] == 1

@@ -32,9 +32,15 @@ class EarlyStoppingFrom(EarlyStopping):
         super().__init__(**kwargs)
         self.first_epoch = first_epoch
 
-    def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
+    # Lightning's two public hooks that run the check (which one acts depends on
+    # check_on_train_epoch_end); gating both keeps to the public API.
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch >= self.first_epoch:
-            super()._run_early_stopping_check(trainer)
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch >= self.first_epoch:
+            super().on_validation_end(trainer, pl_module)
 
 
 class StepTimer(pl.Callback):

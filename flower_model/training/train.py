@@ -77,7 +77,14 @@ def resolve_precision(setting: str, accelerator: str) -> str:
     on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
     if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU. torch has no public query for it, so the
+    private op is isolated here, and tests/test_training.py::test_cpu_bf16_query_matches_the_cpu
+    fails loudly when it goes away or disagrees with the CPU flags."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def weights_tags(model: ModelConfig) -> dict[str, str]:
