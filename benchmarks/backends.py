@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from flower_model.data.preprocess import images_path
+from flower_model.data.layout import images_path
 from flower_model.evaluation.evaluate import _onnx_predictor, _torch_predictor
 from flower_model.evaluation.latency import measure, thread_info
-from flower_model.export.onnx import load_classifier
+from flower_model.models.classifier import load_classifier
 
 BATCH_SIZES = (1, 32)
 WARMUP = 10

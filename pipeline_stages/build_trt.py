@@ -20,7 +20,7 @@ def run(config: Config, root: Path) -> None:
 
     import numpy as np
 
-    from flower_model.data.preprocess import images_path
+    from flower_model.data.layout import images_path
     from flower_model.errors import FlowerModelError
     from flower_model.export.tensorrt import (
         BUILD_FILE,

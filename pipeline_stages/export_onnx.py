@@ -25,9 +25,10 @@ def run(config: Config, root: Path) -> None:
     import yaml
 
     from flower_model.constants import RESOLVED_CONFIG_NAME
-    from flower_model.data.preprocess import CLASSES_FILE, images_path
-    from flower_model.export.onnx import config_hash, export_model, load_classifier, quantize_int8
+    from flower_model.data.layout import CLASSES_FILE, images_path
+    from flower_model.export.onnx import config_hash, export_model, quantize_int8
     from flower_model.io_utils import load_array, write_json
+    from flower_model.models.classifier import load_classifier
 
     paths, export = config.paths, config.export
     processed, models = root / paths.processed_dir, root / paths.models_dir

@@ -218,7 +218,7 @@ def tiny_onnx(tmp_path_factory, tiny_checkpoint, tiny_processed):
 
     import numpy as np
 
-    from flower_model.data.preprocess import images_path
+    from flower_model.data.layout import images_path
     from flower_model.export.onnx import export_model
 
     config = make_config(preprocess={"image_size": TINY_SIZE})

@@ -53,6 +53,83 @@ def test_stage_matches_its_module(name):
         ), f"{name}: dep {dep} is neither code nor an out"
 
 
+# Shared plumbing every stage loads: it checks config, reports and writes atomically, but
+# computes nothing a stage's outs depend on (dvc.yaml's header says so), so it is not a dep:
+# changing it reruns nothing.
+PLUMBING = {
+    "flower_model/__init__.py",
+    "flower_model/config.py",
+    "flower_model/constants.py",
+    "flower_model/errors.py",
+    "flower_model/io_utils.py",
+    "flower_model/stage.py",
+    "flower_model/dvc_outs.py",
+    "flower_model/fetch.py",
+    "flower_model/naming.py",
+}
+
+
+def _project_imports(path: Path) -> set[str]:
+    """Project modules `path` imports anywhere (function bodies too), as dotted names."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("flower_model"):
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("flower_model")}
+    return found
+
+
+def _module_file(dotted: str) -> Path | None:
+    base = REPO_ROOT.joinpath(*dotted.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None  # a name imported from a module, not a module
+
+
+def _loaded_files(entry: Path) -> set[str]:
+    """Every project file `entry` loads, following imports (and parent packages) statically."""
+    seen, todo = set(), [entry]
+    while todo:
+        path = todo.pop()
+        relative = path.relative_to(REPO_ROOT).as_posix()
+        if relative in seen:
+            continue
+        seen.add(relative)
+        for dotted in _project_imports(path):
+            parts = dotted.split(".")
+            for depth in range(1, len(parts) + 1):
+                found = _module_file(".".join(parts[:depth]))
+                if found is not None:
+                    todo.append(found)
+    return seen
+
+
+@pytest.mark.parametrize("name", list(PIPELINE))
+def test_deps_cover_every_project_module_the_stage_loads(name):
+    """Code a stage runs is a dep, so changing it reruns the stage (plumbing aside)."""
+    deps = PIPELINE[name]["deps"]
+    loaded = _loaded_files(REPO_ROOT / "pipeline_stages" / f"{name}.py")
+    uncovered = sorted(
+        path
+        for path in loaded - PLUMBING
+        if not any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
+        and (REPO_ROOT / path).read_text().strip()  # an empty package __init__ computes nothing
+    )
+    assert not uncovered, f"dvc.yaml stage {name} runs {uncovered} but does not list them in deps"
+    code = [dep for dep in deps if dep.startswith(("flower_model", "pipeline_stages"))]
+    stale = [
+        dep
+        for dep in code
+        if not any(path == dep or path.startswith(dep.rstrip("/") + "/") for path in loaded)
+    ]
+    assert not stale, f"dvc.yaml stage {name} lists code deps it never loads: {stale}"
+
+
 HEADLINE_METRICS = 5  # test accuracy and macro-F1, val loss, INT8 delta, latency per image
 
 

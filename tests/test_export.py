@@ -8,16 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
-from flower_model.data.preprocess import images_path
+from flower_model.data.layout import images_path
 from flower_model.errors import FlowerModelError
-from flower_model.export.onnx import (
-    export_model,
-    onnx_probs,
-    quantize_int8,
-    read_metadata,
-    session,
-    torch_probs,
-)
+from flower_model.export.onnx import export_model, quantize_int8, read_metadata, torch_probs
+from flower_model.export.runtime import onnx_probs, session
 from flower_model.export.tensorrt import build_engine, unavailable_reason
 from tests.conftest import CLASS_NAMES as CLASSES
 from tests.conftest import TINY_SIZE, make_config
@@ -88,7 +82,7 @@ def test_int8_variant(tmp_path, exported, val_images, checkpoint):
     assert probs.shape == (len(val_images), len(CLASSES)) and np.allclose(
         probs.sum(1), 1, atol=1e-3
     )
-    from flower_model.export.onnx import load_classifier
+    from flower_model.models.classifier import load_classifier
 
     reference = torch_probs(load_classifier(checkpoint)[0], val_images)
     assert np.abs(probs - reference).max() < 0.2, "INT8 must stay close to fp32"

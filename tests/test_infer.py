@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from flower_model.data.preprocess import images_path
+from flower_model.data.layout import images_path
 from flower_model.serving.infer import OnnxClassifier, classify, expand_paths, run_infer
 from tests.conftest import REPO_ROOT
 

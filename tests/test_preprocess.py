@@ -15,7 +15,8 @@ from PIL import Image
 
 from flower_model.constants import SPLITS
 from flower_model.data.images import ImageDecodeError, decode_image, load_image, resize_image
-from flower_model.data.preprocess import images_path, labels_path, preprocess_dataset
+from flower_model.data.layout import images_path, labels_path
+from flower_model.data.preprocess import preprocess_dataset
 from tests.conftest import make_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flower_model.data.preprocess import images_path
+from flower_model.data.layout import images_path
 from flower_model.serving.infer import OnnxClassifier, classify, expand_paths
 from tests.conftest import REPO_ROOT, TINY_SIZE, free_port, make_config, stop_process, wait_for_http
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from flower_model.config import AugmentConfig, TrainConfig
 from flower_model.constants import SPLITS, UINT8_MAX
-from flower_model.data.preprocess import CLASSES_FILE, images_path, labels_path
+from flower_model.data.layout import CLASSES_FILE, images_path, labels_path
 from flower_model.io_utils import load_array
 
 ASPECT_RANGE = (3 / 4, 4 / 3)  # RandomResizedCrop's usual aspect-ratio range

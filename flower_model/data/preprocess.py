@@ -19,11 +19,10 @@ from tqdm import tqdm
 from flower_model.config import PreprocessConfig
 from flower_model.constants import RESOLVED_CONFIG_NAME, SPLITS
 from flower_model.data.images import ImageDecodeError, decode_image, resize_image
+from flower_model.data.layout import CLASSES_FILE, MANIFEST_FILE, images_path, labels_path
 from flower_model.errors import FlowerModelError
 from flower_model.io_utils import atomic_dir, csv_text, write_json, write_text
 
-CLASSES_FILE = "classes.json"
-MANIFEST_FILE = "manifest.csv"
 POOL_CHUNK = 16
 DUPLICATE = "duplicate"
 CROSS_CLASS_DUPLICATE = "cross_class_duplicate"
@@ -37,14 +36,6 @@ class Decoded:
     image: np.ndarray | None = None
     reason: str = ""
     detail: str = ""
-
-
-def images_path(processed: Path, split: str) -> Path:
-    return processed / f"{split}_images.npy"
-
-
-def labels_path(processed: Path, split: str) -> Path:
-    return processed / f"{split}_labels.npy"
 
 
 def _seeded_key(seed: int, text: str) -> str:

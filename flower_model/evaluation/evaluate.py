@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from flower_model.config import Config
-from flower_model.data.preprocess import CLASSES_FILE, MANIFEST_FILE, images_path, labels_path
+from flower_model.data.layout import CLASSES_FILE, MANIFEST_FILE, images_path, labels_path
 from flower_model.evaluation import eval_figures
 from flower_model.evaluation.latency import Predictor, measure, thread_info
 from flower_model.evaluation.metrics import mcnemar, summarise
-from flower_model.export.onnx import ExportWrapper, compare, load_classifier, session
+from flower_model.export.runtime import compare, session
 from flower_model.export.tensorrt import BUILD_FILE, PLAN_FILE
 from flower_model.io_utils import csv_text, load_array, read_json, write_json, write_text
+from flower_model.models.classifier import load_classifier
 
 REFERENCE = "onnx_fp32"  # the shipped model: its numbers are the headline test metrics
 QUANTIZED = "onnx_int8"
@@ -47,7 +48,7 @@ def headline(detail: dict, latency: dict, train_report: dict) -> dict:
 def _torch_predictor(checkpoint: Path) -> Predictor:
     import torch
 
-    wrapper = ExportWrapper(load_classifier(checkpoint)[0]).eval()
+    wrapper, _ = load_classifier(checkpoint)
 
     def predict(images: np.ndarray) -> np.ndarray:
         with torch.no_grad():

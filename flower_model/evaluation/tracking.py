@@ -91,7 +91,7 @@ def registration(config: Config, root: Path) -> str | None:
 
 def test_data_digest(processed: Path) -> str:
     """sha256 of the test split's arrays: versions are ranked only against the same test data."""
-    from flower_model.data.preprocess import images_path, labels_path
+    from flower_model.data.layout import images_path, labels_path
 
     digest = hashlib.sha256()
     for path in (images_path(processed, "test"), labels_path(processed, "test")):

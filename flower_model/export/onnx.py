@@ -1,8 +1,8 @@
 """Self-contained ONNX export: uint8 NHWC RGB in, `logits` and `probs` out, with a parity gate.
 
-The graph carries its own preprocessing (cast, scale, normalise, NHWC->NCHW) and softmax, so a
-client needs only the decoded, resized photo. Class names, image size, normalisation, git SHA and
-config hash ride along as metadata properties.
+The graph (`ExportWrapper`, models/classifier.py) carries its own preprocessing (cast, scale,
+normalise, NHWC->NCHW) and softmax, so a client needs only the decoded, resized photo. Class
+names, image size, normalisation, git SHA and config hash ride along as metadata properties.
 """
 
 import hashlib
@@ -12,81 +12,27 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from torch import Tensor, nn
 
 from flower_model.config import ExportConfig
 from flower_model.errors import FlowerModelError
-from flower_model.io_utils import atomic_path, load_checkpoint
-from flower_model.training.module import FlowerClassifier, normalise
+from flower_model.export.runtime import INPUT_NAME, OUTPUT_NAMES, compare, onnx_probs
+from flower_model.io_utils import atomic_path
+from flower_model.models.classifier import ExportWrapper, load_classifier
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("logits", "probs")
 BATCH_AXIS = "batch"
 EXAMPLE_BATCH = 2
-
-
-class ExportWrapper(nn.Module):
-    """uint8 [N, H, W, 3] RGB -> (logits, probs): the contract of the shipped model."""
-
-    def __init__(self, module: FlowerClassifier):
-        super().__init__()
-        self.net = module.net
-        self.register_buffer("mean", module.mean.clone())
-        self.register_buffer("std", module.std.clone())
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.net(
-            normalise(images.permute(0, 3, 1, 2), self.mean, self.std, channels_last=False)
-        )
-        return logits, torch.softmax(logits, dim=1)
-
-
-def load_classifier(checkpoint: Path) -> tuple[FlowerClassifier, dict]:
-    state = load_checkpoint(checkpoint, weights_only=True)
-    module = FlowerClassifier(**state["hyper_parameters"])
-    module.load_state_dict(state["state_dict"])
-    return module.eval(), state
 
 
 def config_hash(resolved: dict) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
 
 
-def session(model_path: Path, threads: int = 0):
-    """An ONNX Runtime CPU session with full graph optimisation and no spinning."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-
-
-def torch_probs(module: FlowerClassifier, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    wrapper = ExportWrapper(module).eval()
+def torch_probs(wrapper: ExportWrapper, images: np.ndarray, batch: int = 64) -> np.ndarray:
     outputs = []
     with torch.no_grad():
         for start in range(0, len(images), batch):
             outputs.append(wrapper(torch.from_numpy(np.array(images[start : start + batch])))[1])
     return torch.cat(outputs).numpy()
-
-
-def onnx_probs(model_path: Path, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    runner = session(model_path)
-    outputs = [
-        runner.run(["probs"], {INPUT_NAME: np.ascontiguousarray(images[start : start + batch])})[0]
-        for start in range(0, len(images), batch)
-    ]
-    return np.concatenate(outputs)
-
-
-def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    return {
-        "max_abs_diff": float(np.abs(reference - candidate).max()),
-        "top1_agreement": float((reference.argmax(1) == candidate.argmax(1)).mean()),
-        "images": int(len(reference)),
-    }
 
 
 def export_model(
@@ -97,7 +43,7 @@ def export_model(
     metadata: dict[str, str],
 ) -> dict:
     """Export, check, gate on parity; write `output` only when everything passes."""
-    module, _ = load_classifier(checkpoint)
+    wrapper, _ = load_classifier(checkpoint)
     size = parity_images.shape[1]
     example = torch.zeros((EXAMPLE_BATCH, size, size, 3), dtype=torch.uint8)
     with atomic_path(output) as tmp:
@@ -107,7 +53,7 @@ def export_model(
             else {"dynamic_axes": {name: {0: BATCH_AXIS} for name in (INPUT_NAME, *OUTPUT_NAMES)}}
         )
         torch.onnx.export(
-            ExportWrapper(module).eval(),
+            wrapper,
             (example,),
             str(tmp),
             input_names=[INPUT_NAME],
@@ -122,7 +68,7 @@ def export_model(
             entry.key, entry.value = key, value
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(tmp))
-        parity = compare(torch_probs(module, parity_images), onnx_probs(tmp, parity_images))
+        parity = compare(torch_probs(wrapper, parity_images), onnx_probs(tmp, parity_images))
         if (
             parity["max_abs_diff"] > config.parity_atol
             or parity["top1_agreement"] < config.parity_min_top1_agreement

@@ -13,7 +13,7 @@ import numpy as np
 
 from flower_model.config import TrtConfig
 from flower_model.errors import FlowerModelError
-from flower_model.export.onnx import INPUT_NAME, compare, onnx_probs
+from flower_model.export.runtime import INPUT_NAME, compare, onnx_probs
 from flower_model.io_utils import atomic_path
 
 PLAN_FILE = "model.plan"

@@ -15,19 +15,13 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from flower_model.config import ModelConfig, TrainConfig
 from flower_model.data.datamodule import train_crop_size
 from flower_model.models import registry
+from flower_model.models.classifier import normalise, pixel_tensor
 
 ONE_CYCLE_DIV_FACTOR = 25.0  # start lr = peak / 25 (PyTorch's default)
 ONE_CYCLE_FINAL_DIV = 1e4  # end lr = start / 1e4 (PyTorch's default)
 # OneCycleLR divides by each phase's length minus one step, so it needs 2+ steps of warm-up and
 # of decay; shorter schedules (smoke runs, warmup_epochs=0) use warm-up + cosine instead.
 ONE_CYCLE_MIN_PHASE_STEPS = 2
-
-
-def normalise(images: Tensor, mean: Tensor, std: Tensor, channels_last: bool) -> Tensor:
-    """uint8 (or float 0..255) NCHW -> (x - mean) / std float NCHW, mean and std in pixel units
-    (`model.input_mean`/`input_std`): the arithmetic of the ONNX graph too."""
-    floats = (images.float() - mean) / std
-    return floats.contiguous(memory_format=torch.channels_last) if channels_last else floats
 
 
 class FlowerClassifier(pl.LightningModule):
@@ -41,12 +35,8 @@ class FlowerClassifier(pl.LightningModule):
         self.net = registry.create_model(self.model_config, num_classes)
         if self.train_config.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.register_buffer(
-            "mean", torch.tensor(self.model_config.input_mean).view(1, -1, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "std", torch.tensor(self.model_config.input_std).view(1, -1, 1, 1), persistent=False
-        )
+        self.register_buffer("mean", pixel_tensor(self.model_config.input_mean), persistent=False)
+        self.register_buffer("std", pixel_tensor(self.model_config.input_std), persistent=False)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.train_config.label_smoothing)
         self.metrics = nn.ModuleDict(
             {

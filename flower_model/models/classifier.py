@@ -1,0 +1,68 @@
+"""The trained network as it ships: uint8 NHWC RGB in, (logits, probs) out, built from a
+checkpoint without Lightning.
+
+export_onnx and evaluate only need the network and its input scaling. Building the whole
+LightningModule for that imported Lightning and torchmetrics in both stages (~4-5 s each on 2
+cores, measured with `python -X importtime`), which is most of what separates the try-it preset
+from its time goal.
+"""
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from flower_model.config import ModelConfig
+from flower_model.io_utils import load_checkpoint
+from flower_model.models import registry
+
+NET_PREFIX = "net."  # FlowerClassifier keeps the network as `self.net`
+
+
+def normalise(images: Tensor, mean: Tensor, std: Tensor, channels_last: bool) -> Tensor:
+    """uint8 (or float 0..255) NCHW -> (x - mean) / std float NCHW, mean and std in pixel units
+    (`model.input_mean`/`input_std`): the arithmetic of the ONNX graph too."""
+    floats = (images.float() - mean) / std
+    return floats.contiguous(memory_format=torch.channels_last) if channels_last else floats
+
+
+def pixel_tensor(values: list[float]) -> Tensor:
+    """Per-channel values (mean or std) shaped to broadcast over NCHW batches."""
+    return torch.tensor(values).view(1, -1, 1, 1)
+
+
+class ExportWrapper(nn.Module):
+    """uint8 [N, H, W, 3] RGB -> (logits, probs): the contract of the shipped model."""
+
+    def __init__(self, net: nn.Module, mean: Tensor, std: Tensor):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clone())
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.net(
+            normalise(images.permute(0, 3, 1, 2), self.mean, self.std, channels_last=False)
+        )
+        return logits, torch.softmax(logits, dim=1)
+
+
+def load_classifier(checkpoint: Path) -> tuple[ExportWrapper, dict]:
+    """(the shipped model in eval mode, the checkpoint's contents) of a training checkpoint."""
+    state = load_checkpoint(checkpoint, weights_only=True)
+    hyper = state["hyper_parameters"]
+    config = ModelConfig(**hyper["model"])
+    # The checkpoint holds every weight: skip loading the ImageNet ones only to overwrite them.
+    net = registry.create_model(
+        config.model_copy(update={"pretrained": False}), len(hyper["class_names"])
+    )
+    weights = {
+        key[len(NET_PREFIX) :]: value
+        for key, value in state["state_dict"].items()
+        if key.startswith(NET_PREFIX)
+    }
+    net.load_state_dict(weights)
+    if hyper["train"].get("channels_last"):
+        net = net.to(memory_format=torch.channels_last)  # as it trained
+    wrapper = ExportWrapper(net, pixel_tensor(config.input_mean), pixel_tensor(config.input_std))
+    return wrapper.eval(), state
