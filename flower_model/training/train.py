@@ -16,21 +16,15 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from flower_model.config import Config, ConfigError, ModelConfig, compose_raw, flatten, validate
 from flower_model.constants import RESOLVED_CONFIG_NAME
-from flower_model.data.datamodule import FlowerDataModule, first_full_size_epoch
+from flower_model.data.datamodule import FlowerDataModule
 from flower_model.evaluation.figures import training_curves
-from flower_model.io_utils import atomic_path, load_checkpoint, write_json, write_text
+from flower_model.io_utils import write_json, write_text
 from flower_model.naming import run_name
-from flower_model.training.callbacks import (
-    EPOCHS_FILE,
-    DvcPlotsLogger,
-    EarlyStoppingFrom,
-    EpochLines,
-    StepTimer,
-)
+from flower_model.training.callbacks import EPOCHS_FILE, DvcPlotsLogger, EpochLines, StepTimer
+from flower_model.training.checkpoints import checkpoint_callbacks, ship_best
 from flower_model.training.module import FlowerClassifier
 from flower_model.training.resume import CHECKPOINT_DIR, LAST, load_resume_state
 from flower_model.training.tracking import (
@@ -97,28 +91,6 @@ def weights_tags(model: ModelConfig) -> dict[str, str]:
     return tags
 
 
-def _relative_paths(value, root: Path):
-    """Checkpoint callback states hold absolute paths; make them relative to the project root."""
-    if isinstance(value, str) and value.startswith(str(root)):
-        return str(Path(value).relative_to(root))
-    if isinstance(value, dict):
-        return {
-            _relative_paths(key, root): _relative_paths(item, root) for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [_relative_paths(item, root) for item in value]
-    return value
-
-
-class LatestCheckpoint(ModelCheckpoint):
-    """last.ckpt after every epoch. Lightning's `save_last` only writes when a top-k file is
-    written, but `resume=last` needs the latest state, improved or not."""
-
-    @property
-    def state_key(self) -> str:
-        return "latest_checkpoint"  # distinct from the periodic callback's key (same settings)
-
-
 def _baseline_name(config: Config, root: Path) -> str:
     try:
         return run_name(config, baseline=validate(compose_raw(root)))
@@ -126,82 +98,30 @@ def _baseline_name(config: Config, root: Path) -> str:
         return run_name(config)
 
 
-def _callbacks(
-    config: Config, checkpoints: Path, image_size: int
-) -> tuple[ModelCheckpoint, list[pl.Callback]]:
-    train = config.train
-    metric = train.checkpoint.monitor
-    metric_name = metric.replace("/", "_")
-    best = ModelCheckpoint(
-        dirpath=checkpoints,
-        filename=f"best-epoch{{epoch:03d}}-step{{step:06d}}-{metric_name}{{{metric}:.4f}}",
-        monitor=metric,
-        mode=train.checkpoint.mode,
-        save_top_k=1,
-        auto_insert_metric_name=False,
-    )
-    last = LatestCheckpoint(
-        dirpath=checkpoints, filename=LAST, save_top_k=1, enable_version_counter=False
-    )
-    periodic = ModelCheckpoint(
-        dirpath=checkpoints,
-        filename="periodic-epoch{epoch:03d}-step{step:06d}",
-        every_n_epochs=train.checkpoint.every_n_epochs,
-        save_top_k=-1,
-        auto_insert_metric_name=False,
-    )
-    callbacks: list[pl.Callback] = [
-        best,
-        last,
-        periodic,
-    ]  # no LearningRateMonitor: the module logs `lr` itself (MLflow had it twice)
-    if train.early_stopping.enabled:
-        callbacks.append(
-            EarlyStoppingFrom(
-                first_full_size_epoch(train.max_epochs, image_size, train.augment),
-                monitor=metric,
-                patience=train.early_stopping.patience,
-                mode=train.checkpoint.mode,
-            )
-        )
-    return best, callbacks
-
-
-def train_model(
-    config: Config, root: Path, resolved: dict, extra_callbacks: tuple = ()
-) -> dict | None:
-    """Fit, validate the best checkpoint, write the outs; return the report (rank zero)."""
-    require_tracking_server(config.mlflow)
-    quiet_lightning_notices()
-    paths = config.paths
-    models = root / paths.models_dir
-    checkpoints = models / CHECKPOINT_DIR
-    resume, resumed_state = load_resume_state(config, root)
-    if resume is None and checkpoints.exists():
-        shutil.rmtree(checkpoints)  # a fresh run must not pick up another run's "best"
-
-    pl.seed_everything(config.train.seed, workers=True)
-    datamodule = FlowerDataModule(root / paths.processed_dir, config.train)
+def _data_and_model(config: Config, root: Path) -> tuple[FlowerDataModule, FlowerClassifier]:
+    datamodule = FlowerDataModule(root / config.paths.processed_dir, config.train)
     world = config.trainer.devices * config.trainer.num_nodes
     module = FlowerClassifier(
         model=config.model.model_dump(mode="json"),
         train=config.train.model_dump(mode="json"),
         class_names=datamodule.class_names,
-        steps_per_epoch=datamodule.steps_per_epoch(world),
+        steps_per_epoch=datamodule.steps_per_epoch(world),  # per process: the schedule's length
     )
     if config.train.compile and torch.cuda.is_available():
         module.net = torch.compile(module.net)
+    return datamodule, module
 
+
+def _start_tracking(
+    config: Config, root: Path, resume: Path | None, resumed_state: dict | None, resolved: dict
+) -> tuple[TolerantMLFlowLogger, dict]:
+    """The MLflow run (the resumed one, or a new one with params, tags and the data as input),
+    and what every event and out names: run name and id, git state, data version."""
     sha, dirty = git_state()
-    data = data_version(root, paths.processed_dir)
+    data = data_version(root, config.paths.processed_dir)
     name = _baseline_name(config, root)
-    tags = {
-        "git_sha": sha,
-        "git_dirty": str(dirty).lower(),
-        "resumed": str(resume is not None).lower(),
-    }
-    tags.update(data)
-    tags["seed"] = str(config.train.seed)
+    tags = {"git_sha": sha, "git_dirty": str(dirty).lower()}
+    tags.update(resumed=str(resume is not None).lower(), **data, seed=str(config.train.seed))
     experiment = os.environ.get(DVC_EXPERIMENT_VARIABLE)
     if experiment:
         tags[EXPERIMENT_TAG] = experiment  # `dvc exp show` name of this run
@@ -219,72 +139,58 @@ def train_model(
         synchronous=True,
     )
     run_id = mlflow_logger.run_id
-    context = {
-        "run_id": run_id,
-        "seed": config.train.seed,
-        "data_version": data["data_sha256"],
-        "git_sha": sha,
-    }
     if resumed_state:
         for key, value in tags.items():
             mlflow_logger.experiment.set_tag(run_id, key, value)  # resumed=true on the same run
     else:
         mlflow_logger.log_hyperparams(flatten(resolved))
         mlflow_logger.guarded(
-            "log_inputs", record_inputs, mlflow_logger, data, config.data.name, paths.processed_dir
+            "log_inputs",
+            record_inputs,
+            mlflow_logger,
+            data,
+            config.data.name,
+            config.paths.processed_dir,
         )
-    module.run_info = {
-        "resolved_config": resolved,
-        "git_sha": sha,
-        "mlflow_run_id": run_id,
-        "data_version": data,
+    context = {"run_id": run_id, "seed": config.train.seed, "data_version": data["data_sha256"]}
+    run = {
+        "name": name,
+        "sha": sha,
+        "dirty": dirty,
+        "data": data,
+        "context": {**context, "git_sha": sha},
     }
+    return mlflow_logger, run
 
-    plots_dir = root / paths.plots_dir / "train"
-    plots_logger = DvcPlotsLogger(
-        plots_dir, resume_step=resumed_state["global_step"] if resumed_state else None
-    )
-    best, callbacks = _callbacks(config, checkpoints, datamodule.image_size())
-    timer = StepTimer()
-    loggers: list = [mlflow_logger, plots_logger]
-    on_terminal = sys.stdout.isatty()  # the Rich bar there; one line per epoch in a log
-    if not on_terminal:
-        first_epoch = resumed_state["epoch"] + 1 if resumed_state else 0
-        loggers.append(EpochLines(config.train.max_epochs, first_epoch))
-    trainer_config = config.trainer
+
+def _trainer(config: Config, loggers: list, callbacks: list, checkpoints: Path) -> pl.Trainer:
+    """`Trainer(**trainer config, ...)`: the trainer group's keys are Trainer arguments as they
+    are, except `precision: auto`, resolved for this hardware."""
+    settings = config.trainer.model_dump()
+    settings["precision"] = resolve_precision(settings["precision"], settings["accelerator"])
     limit = config.train.limit_train_batches
-    trainer = pl.Trainer(
-        accelerator=trainer_config.accelerator,
-        devices=trainer_config.devices,
-        strategy=trainer_config.strategy,
-        num_nodes=trainer_config.num_nodes,
-        precision=resolve_precision(trainer_config.precision, trainer_config.accelerator),
-        deterministic=trainer_config.deterministic,
+    return pl.Trainer(
+        **settings,
         max_epochs=config.train.max_epochs,
         # Lightning prints a notice for an explicit 1.0, which is its default: pass None then.
         limit_train_batches=None if limit == 1.0 else limit,
-        log_every_n_steps=trainer_config.log_every_n_steps,
         logger=loggers,
-        callbacks=[*callbacks, timer, *extra_callbacks],
+        callbacks=callbacks,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # EpochSampler shards itself, keyed by (seed, epoch)
         enable_model_summary=False,
-        enable_progress_bar=on_terminal,
+        enable_progress_bar=sys.stdout.isatty(),  # the Rich bar there; EpochLines in a log
         default_root_dir=checkpoints,
     )
-    log_event(
-        "train_start",
-        run_name=name,
-        resume=str(resume) if resume else None,
-        device=str(trainer.strategy.root_device),
-        precision=str(trainer.precision),
-        **context,
-    )
+
+
+def _fit(trainer, module, datamodule, resume: Path | None, root: Path, context: dict) -> float:
+    """trainer.fit; a failure is logged with where to resume from, then re-raised. Seconds."""
     started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     except BaseException as error:
-        last = checkpoints / f"{LAST}.ckpt"
+        last = Path(trainer.default_root_dir) / f"{LAST}.ckpt"
         log_event(
             "train_failed",
             error_type=type(error).__name__,
@@ -295,17 +201,13 @@ def train_model(
             **context,
         )
         raise
-    fit_seconds = time.perf_counter() - started
-    plots_logger.frozen = True
-    best_path = Path(best.best_model_path)
-    # The test split is evaluate's: it scores the shipped ONNX model, one number per quantity.
-    val = trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
-    if not trainer.is_global_zero:
-        return None
+    return time.perf_counter() - started
 
-    best_state = load_checkpoint(best_path, weights_only=False)
-    with atomic_path(models / MODEL_CHECKPOINT) as tmp:
-        torch.save(_relative_paths(best_state, root.resolve()), tmp)
+
+def _write_outs(config, root, trainer, best, val: dict, run: dict, resume) -> tuple[dict, dict]:
+    """models/model.ckpt, reports/train.json, models/train_run.json; (report, best state)."""
+    paths, models = config.paths, root / config.paths.models_dir
+    best_state = ship_best(Path(best.best_model_path), models / MODEL_CHECKPOINT, root)
     report = {
         "best": {key: round(float(value), 6) for key, value in sorted(val.items())},
         "epochs": trainer.current_epoch,
@@ -315,11 +217,11 @@ def train_model(
     write_json(
         models / TRAIN_RUN,
         {
-            "mlflow_run_id": run_id,
-            "run_name": name,
-            "git_sha": sha,
-            "git_dirty": dirty,
-            **data,
+            "mlflow_run_id": run["context"]["run_id"],
+            "run_name": run["name"],
+            "git_sha": run["sha"],
+            "git_dirty": run["dirty"],
+            **run["data"],
             "monitor": config.train.checkpoint.monitor,
             "best_score": round(float(best.best_model_score), 6),
             "best_epoch": best_state["epoch"],
@@ -328,18 +230,76 @@ def train_model(
             "resumed": resume is not None,
         },
     )
-    plots_logger.save()
-    training_curves(plots_dir / EPOCHS_FILE, plots_dir / CURVE_FILE)
-    timing = {**timer.summary(), "fit_seconds": fit_seconds}
-    client, guarded = mlflow_logger.experiment, mlflow_logger.guarded
+    return report, best_state
+
+
+def _finish_tracking(mlflow_logger, timing: dict, config_file: Path, curve: Path) -> None:
+    """Timing metrics and the config and curve artifacts; then the run ends (once)."""
+    client, guarded, run_id = mlflow_logger.experiment, mlflow_logger.guarded, mlflow_logger.run_id
     for key, value in timing.items():
         guarded("log_metric", client.log_metric, run_id, f"time/{key}", float(value))
+    guarded("log_artifact", client.log_artifact, run_id, str(config_file))
+    guarded("log_artifact", client.log_artifact, run_id, str(curve), artifact_path="plots")
+    mlflow_logger.end()
+
+
+def train_model(
+    config: Config, root: Path, resolved: dict, extra_callbacks: tuple = ()
+) -> dict | None:
+    """Fit, validate the best checkpoint, write the outs; return the report (rank zero)."""
+    require_tracking_server(config.mlflow)
+    quiet_lightning_notices()
+    models = root / config.paths.models_dir
+    checkpoints = models / CHECKPOINT_DIR
+    resume, resumed_state = load_resume_state(config, root)
+    if resume is None and checkpoints.exists():
+        shutil.rmtree(checkpoints)  # a fresh run must not pick up another run's "best"
+
+    pl.seed_everything(config.train.seed, workers=True)
+    datamodule, module = _data_and_model(config, root)
+    mlflow_logger, run = _start_tracking(config, root, resume, resumed_state, resolved)
+    context = run["context"]
+    module.run_info = {
+        "resolved_config": resolved,
+        "git_sha": run["sha"],
+        "mlflow_run_id": context["run_id"],
+        "data_version": run["data"],
+    }
+
+    plots_dir = root / config.paths.plots_dir / "train"
+    plots_logger = DvcPlotsLogger(
+        plots_dir, resume_step=resumed_state["global_step"] if resumed_state else None
+    )
+    loggers: list = [mlflow_logger, plots_logger]
+    if not sys.stdout.isatty():  # a log: one line per epoch instead of the Rich bar
+        first_epoch = resumed_state["epoch"] + 1 if resumed_state else 0
+        loggers.append(EpochLines(config.train.max_epochs, first_epoch))
+    best, callbacks = checkpoint_callbacks(config, checkpoints, datamodule.image_size())
+    timer = StepTimer()
+    trainer = _trainer(config, loggers, [*callbacks, timer, *extra_callbacks], checkpoints)
+    log_event(
+        "train_start",
+        run_name=run["name"],
+        resume=str(resume) if resume else None,
+        device=str(trainer.strategy.root_device),
+        precision=str(trainer.precision),
+        **context,
+    )
+    fit_seconds = _fit(trainer, module, datamodule, resume, root, context)
+    plots_logger.frozen = True
+    # The test split is evaluate's: it scores the shipped ONNX model, one number per quantity.
+    best_path = Path(best.best_model_path)
+    val = trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
+    if not trainer.is_global_zero:
+        return None
+
+    report, best_state = _write_outs(config, root, trainer, best, val, run, resume)
+    plots_logger.save()
+    training_curves(plots_dir / EPOCHS_FILE, plots_dir / CURVE_FILE)
     config_file = models / RESOLVED_CONFIG_NAME
     write_text(config_file, yaml.safe_dump(resolved, sort_keys=False))
-    guarded("log_artifact", client.log_artifact, run_id, str(config_file))
-    curve = str(plots_dir / CURVE_FILE)
-    guarded("log_artifact", client.log_artifact, run_id, curve, artifact_path="plots")
-    mlflow_logger.end()
+    timing = {**timer.summary(), "fit_seconds": fit_seconds}
+    _finish_tracking(mlflow_logger, timing, config_file, plots_dir / CURVE_FILE)
     if mlflow_logger.lost:
         log_event("mlflow_lost", reason=mlflow_logger.lost, **context)
     log_event("train_done", **timing, **report["best"], **context)
