@@ -4,26 +4,23 @@ Stages: `flower-model <stage> [hydra overrides...] [--dry-run]`. Without overrid
 params.yaml (what DVC tracks); with overrides it composes configs/ + overrides and says so.
 """
 
-import importlib
 import sys
 from pathlib import Path
 
 from flower_model.errors import FlowerModelError
-from flower_model.stage import (
+from flower_model.pipeline import stages
+from flower_model.pipeline.stage import (
     EXIT_ERROR,
     fire_command,
     require_flag_without_value,
     stage_command,
 )
 
-STAGE_NAMES = ("download", "preprocess", "train", "export_onnx", "build_trt", "evaluate")
-
 
 def _stage(name: str):
     def command(*overrides: str, dry_run: bool = False, show_config: bool = False) -> None:
-        # Imported on use: `flower-model compose` should not pay for torch.
-        module = importlib.import_module(f"pipeline_stages.{name}")
-        stage_command(module.STAGE)(*overrides, dry_run=dry_run, show_config=show_config)
+        # The stage table loads the stage's module on use: `flower-model compose` pays no torch.
+        stage_command(stages.stage(name))(*overrides, dry_run=dry_run, show_config=show_config)
 
     command.__name__ = name
     command.__doc__ = (
@@ -34,7 +31,7 @@ def _stage(name: str):
 
 def compose(*overrides: str, check: bool = False) -> None:
     """Write params.yaml from configs/ (`--check`: only compare, exit 1 when they differ)."""
-    from flower_model.compose import check_params, write_params
+    from flower_model.pipeline.compose import check_params, write_params
 
     require_flag_without_value("--check", check)
     root = Path.cwd()
@@ -84,7 +81,7 @@ def infer(
 
 def _pull_with_dvc(target: Path) -> None:
     """Fetch a missing model with `dvc pull`; exit with a clear message if that fails."""
-    from flower_model.fetch import pull_outs
+    from flower_model.pipeline.fetch import pull_outs
 
     reason = pull_outs([target], Path.cwd())
     if reason is not None:
@@ -187,7 +184,7 @@ def multirun(
     """Sweep as DVC experiments: `multirun train.lr=0.001,0.003 model=a,b [--jobs N]
     [--launcher local|slurm]` (Slurm resources: the `slurm.*` keys, e.g. slurm.gpus_per_node=0)."""
     from flower_model.errors import FlowerModelError
-    from flower_model.multirun import run_multirun
+    from flower_model.pipeline.multirun import run_multirun
 
     root = Path.cwd()
     combinations: list = []
@@ -210,20 +207,20 @@ def multirun(
 
 def pull(*targets: str, remote: str | None = None) -> None:
     """`dvc pull` with a hint when the remote is down or refuses: `pull [TARGETS] [--remote R]`."""
-    from flower_model.fetch import transfer
+    from flower_model.pipeline.fetch import transfer
 
     sys.exit(transfer("pull", [str(item) for item in targets], remote, Path.cwd()))
 
 
 def push(*targets: str, remote: str | None = None) -> None:
     """`dvc push` with a hint when the remote is down or refuses: `push [TARGETS] [--remote R]`."""
-    from flower_model.fetch import transfer
+    from flower_model.pipeline.fetch import transfer
 
     sys.exit(transfer("push", [str(item) for item in targets], remote, Path.cwd()))
 
 
 def _commands() -> dict:
-    commands = {name: _stage(name) for name in STAGE_NAMES}
+    commands = {name: _stage(name) for name in stages.NAMES}
     commands["compose"] = compose
     commands["infer"] = infer
     commands["serve"] = serve

@@ -1,1 +1,1 @@
-"""One module per DVC stage: load + validate config, call the flower_model library, write outs."""
+"""The files dvc.yaml runs, one per stage; each is a shim into flower_model.pipeline.stages."""

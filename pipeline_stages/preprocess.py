@@ -1,59 +1,6 @@
-"""Stage preprocess: decode, clean, deduplicate, resize and split the photos into uint8 arrays."""
+"""DVC runs this for stage preprocess; the stage is flower_model/pipeline/stages/preprocess.py."""
 
-from pathlib import Path
-
-from flower_model.config import Config
-from flower_model.stage import Stage, stage_main
-
-
-def inputs(config: Config) -> list[Path]:
-    return [config.paths.raw_dir / config.data.name]
-
-
-def outputs(config: Config) -> list[Path]:
-    paths = config.paths
-    return [
-        paths.processed_dir,
-        paths.reports_dir / "data.json",
-        paths.reports_dir / "dropped.csv",
-        paths.plots_dir / "data" / "class_distribution.csv",
-    ]
-
-
-def run(config: Config, root: Path) -> None:
-    from flower_model.data.preprocess import preprocess_dataset
-
-    paths = config.paths
-    preprocess_dataset(
-        dataset=root / paths.raw_dir / config.data.name,
-        processed=root / paths.processed_dir,
-        reports=root / paths.reports_dir,
-        plots=root / paths.plots_dir,
-        config=config.preprocess,
-        resolved=STAGE.resolved(config),
-    )
-
-
-STAGE = Stage(
-    name="preprocess",
-    sections=(
-        "data.name",
-        "paths.raw_dir",
-        "paths.processed_dir",
-        "paths.reports_dir",
-        "paths.plots_dir",
-        "preprocess",
-    ),
-    run=run,
-    inputs=inputs,
-    outputs=outputs,
-    modules=("numpy", "PIL", "tqdm"),
-)
-
-
-def main() -> None:
-    stage_main(STAGE)
-
+from flower_model.pipeline.stages.preprocess import main
 
 if __name__ == "__main__":
     main()

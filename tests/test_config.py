@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from flower_model.compose import check_params, compose_params, write_params
 from flower_model.config import ConfigError, compose_raw, flatten, load_config, validate
 from flower_model.naming import MODEL_SHORT_NAMES, SHORT_NAMES, run_name
+from flower_model.pipeline.compose import check_params, compose_params, write_params
 from tests.conftest import REPO_ROOT, make_config
 from tests.helpers.cli import run_in_process
 

@@ -1,8 +1,9 @@
 """A stage that fails under `dvc repro` leaves the previous outs usable (issue 16).
 
-DVC deletes a stage's outs before running it. The stage here is a real `flower_model.stage.Stage`
-run by a real `dvc repro` in a throwaway DVC project (with the project's configs/ and
-params.yaml), so the whole path is exercised: DVC removes, the stage fails, the stage restores.
+DVC deletes a stage's outs before running it. The stage here is a real
+`flower_model.pipeline.stage.Stage` run by a real `dvc repro` in a throwaway DVC project (with the
+project's configs/ and params.yaml), so the whole path is exercised: DVC removes, the stage
+fails, the stage restores.
 """
 
 import json
@@ -21,7 +22,7 @@ DVC = str(Path(sys.executable).with_name("dvc"))
 STEP = """\
 from pathlib import Path
 
-from flower_model.stage import Stage, stage_main
+from flower_model.pipeline.stage import Stage, stage_main
 
 
 def outputs(config):

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flower_model.config import flatten
-from pipeline_stages import build_trt, evaluate, export_onnx
+from flower_model.pipeline.stages import build_trt, evaluate, export_onnx
 from tests.conftest import CLASS_NAMES, TINY_SIZE, make_config
 
 PAGE_WIDTH_PX = 620  # half of `dvc plots diff`'s page: two revisions side by side, none cut off

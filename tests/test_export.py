@@ -92,7 +92,7 @@ def test_trt_skip_path_is_real(tmp_path, tiny_processed):
     # This machine has no TensorRT and no GPU: the stage must say so and write no engine.
     import shutil
 
-    from pipeline_stages import build_trt
+    from flower_model.pipeline.stages import build_trt
 
     assert unavailable_reason() is not None
     project = tmp_path / "p"

@@ -5,9 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flower_model.fetch import pull_outs
-from flower_model.stage import execute
-from pipeline_stages import preprocess
+from flower_model.pipeline.fetch import pull_outs
+from flower_model.pipeline.stage import execute
+from flower_model.pipeline.stages import preprocess
 from tests.conftest import REPO_ROOT
 
 DVC = str(Path(sys.executable).with_name("dvc"))

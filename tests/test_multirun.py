@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flower_model.multirun import (
+from flower_model.pipeline.multirun import (
     Combination,
     MultirunError,
     expand_grid,
@@ -213,7 +213,7 @@ def test_sweep_on_slurm_lands_as_dvc_experiments(toy_project, tmp_path, slurm_cl
 
 
 def test_slurm_launcher_needs_sbatch_and_valid_resources(tmp_path, monkeypatch):
-    from flower_model.slurm_sweep import SlurmSweepError, resources
+    from flower_model.pipeline.slurm_sweep import SlurmSweepError, resources
 
     with pytest.raises(MultirunError, match="--launcher must be one of local, slurm"):
         run_multirun(tmp_path, ["train.lr=0.1"], launcher="cloud")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flower_model.fetch import DENIED_HINT, UNREACHABLE_HINT, pull_outs
+from flower_model.pipeline.fetch import DENIED_HINT, UNREACHABLE_HINT, pull_outs
 from tests.conftest import REPO_ROOT, TINY_SIZE
 
 pytestmark = pytest.mark.slow

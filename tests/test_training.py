@@ -15,9 +15,9 @@ from mlflow.tracking import MlflowClient
 
 from flower_model.config import Config
 from flower_model.errors import FlowerModelError
+from flower_model.pipeline.stages import train as train_stage
 from flower_model.training.module import FlowerClassifier
 from flower_model.training.train import train_model
-from pipeline_stages import train as train_stage
 from tests.conftest import (
     REPO_ROOT,
     TINY_MODEL,
@@ -81,7 +81,7 @@ class StopAfterFirstEpoch(pl.Callback):
 
 
 def _run(root, config: Config, callbacks=()):
-    from flower_model.stage import Stage
+    from flower_model.pipeline.stage import Stage
 
     resolved = Stage("t", ("model", "train", "trainer", "resume"), lambda *_: None).resolved(config)
     return train_model(config, root, resolved, extra_callbacks=callbacks)

@@ -11,7 +11,7 @@ from pathlib import Path
 def run_in_process(cwd: Path, *args: str) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of `flower-model ARGS` run from `cwd`."""
     from flower_model.commands import _commands
-    from flower_model.stage import fire_command
+    from flower_model.pipeline.stage import fire_command
 
     out, err = io.StringIO(), io.StringIO()
     previous = Path.cwd()

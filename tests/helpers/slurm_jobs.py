@@ -18,7 +18,7 @@ def train_in_task(project: str, overrides: list[str]) -> int:
     import submitit
 
     from flower_model.config import load_config
-    from pipeline_stages import train
+    from flower_model.pipeline.stages import train
 
     root = Path(project)
     os.chdir(root)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from flower_model.compose import compose_params
 from flower_model.config import flatten, validate
 from flower_model.errors import FlowerModelError
-from flower_model.fetch import run_dvc
+from flower_model.pipeline.compose import compose_params
+from flower_model.pipeline.fetch import run_dvc
 
 LAUNCHERS = ("local", "slurm")
 QUEUED_NAME = re.compile(r"Queued experiment '([^']+)'")
@@ -199,7 +199,7 @@ def run_multirun(
     if launcher not in LAUNCHERS:
         raise MultirunError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
     if launcher == "slurm":
-        from flower_model.slurm_sweep import require_slurm
+        from flower_model.pipeline.slurm_sweep import require_slurm
 
         require_slurm()
     combinations = plan(root, overrides, check)
@@ -208,7 +208,7 @@ def run_multirun(
     if skipped:
         print(f"{len(skipped)} of {len(combinations)} already have results: skipped", file=out)
     if launcher == "slurm":
-        from flower_model.slurm_sweep import run_on_slurm
+        from flower_model.pipeline.slurm_sweep import run_on_slurm
 
         run_on_slurm(root, combinations, poll_s, out)
         print(table(combinations), file=out)

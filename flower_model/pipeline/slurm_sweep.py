@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from flower_model.errors import FlowerModelError
-from flower_model.fetch import run_dvc
+from flower_model.pipeline.fetch import run_dvc
 
 RAN_NAME = re.compile(r"Ran experiment\(s\): (\S+)")
 JOBS_DIR = Path("multirun")
@@ -30,7 +30,7 @@ SUBMITIT_NAMES = {
     "mem_gb": "mem_gb",
     "partition": "slurm_partition",
 }
-STAGE_ERROR_PREFIX = "error: "  # how flower_model.stage prints a known failure
+STAGE_ERROR_PREFIX = "error: "  # how flower_model.pipeline.stage prints a known failure
 LOG_TAIL_LINES = 20
 
 
@@ -97,7 +97,7 @@ def _outcome(job) -> tuple[str, str | None, str]:
 
 def run_on_slurm(root: Path, combinations: list, poll_s: float, out) -> None:
     """Submit one job per combination that has no result, report progress until all ended."""
-    from flower_model.multirun import progress_line, read_experiments
+    from flower_model.pipeline.multirun import progress_line, read_experiments
 
     folder = root / JOBS_DIR / f"slurm-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     jobs = {}

@@ -1,8 +1,9 @@
 """What every pipeline stage shares: load + validate config, report, dry-run checks, error exits.
 
-A stage module (pipeline_stages/<name>.py) declares a `Stage`: the config sections it reads (the
-same keys as its `params:` in dvc.yaml, a test checks this), its inputs and outputs, the modules it
-needs, and the function that does the work. `execute` runs it the same way from DVC and the CLI.
+A stage module (flower_model/pipeline/stages/<name>.py) declares a `Stage`: the config sections
+it reads (the same keys as its `params:` in dvc.yaml, a test checks this), its inputs and
+outputs, the modules it needs, and the function that does the work. `execute` runs it the same
+way from DVC and the CLI.
 """
 
 import importlib
@@ -15,8 +16,8 @@ import yaml
 
 from flower_model.config import Config, ConfigError, load_config
 from flower_model.constants import PARAMS_FILE
-from flower_model.dvc_outs import restore_previous_outs, running_under_dvc
 from flower_model.errors import FlowerModelError, MissingInputError
+from flower_model.pipeline.dvc_outs import restore_previous_outs, running_under_dvc
 
 EXIT_ERROR = 2
 # Flags that take no value. fire reads `--dry-run X` as dry_run="X", which would swallow an
@@ -71,7 +72,7 @@ def check_ready(stage: Stage, config: Config, root: Path, fetch: bool = False) -
     raise naming what is missing."""
     missing = [path for path in stage.inputs(config) if not (root / path).exists()]
     if missing and fetch:
-        from flower_model.fetch import pull_outs
+        from flower_model.pipeline.fetch import pull_outs
 
         reason = pull_outs(missing, root)
         if reason is None:
@@ -175,5 +176,6 @@ def fire_command(component, name: str, argv: list[str] | None = None) -> None:
 
 
 def stage_main(stage: Stage) -> None:
-    """Entry of `python pipeline_stages/<name>.py [overrides...] [--dry-run]` (what DVC runs)."""
+    """Entry of `python pipeline_stages/<name>.py [overrides...] [--dry-run]` (what DVC runs,
+    through the shim there)."""
     fire_command(stage_command(stage), stage.name)

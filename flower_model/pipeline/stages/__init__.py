@@ -1,0 +1,13 @@
+"""The stage table: one module per dvc.yaml stage, each declaring its `STAGE`. The CLI and the
+`pipeline_stages/<name>.py` shims DVC runs both come here; modules load on use, so running one
+stage never imports another's code."""
+
+import importlib
+
+from flower_model.pipeline.stage import Stage
+
+NAMES = ("download", "preprocess", "train", "export_onnx", "build_trt", "evaluate")  # DAG order
+
+
+def stage(name: str) -> Stage:
+    return importlib.import_module(f"{__name__}.{name}").STAGE

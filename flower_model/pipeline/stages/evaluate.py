@@ -1,0 +1,91 @@
+"""Stage evaluate: every available backend on the test split; metrics, latency, pictures, MLflow."""
+
+from pathlib import Path
+
+from flower_model.config import Config
+from flower_model.pipeline.stage import Stage, stage_main
+
+
+def inputs(config: Config) -> list[Path]:
+    models = config.paths.models_dir
+    return [
+        config.paths.processed_dir,
+        models / "model.ckpt",
+        models / "model.onnx",
+        models / "model.int8.onnx",
+        models / "trt",
+        models / "train_run.json",
+        config.paths.reports_dir / "train.json",
+    ]
+
+
+def outputs(config: Config) -> list[Path]:
+    reports, plots = config.paths.reports_dir, config.paths.plots_dir
+    return [
+        reports / "metrics.json",
+        reports / "evaluation.json",
+        reports / "latency.json",
+        reports / "predictions.csv",
+        plots / "confusion.csv",
+        plots / "per_class_f1.csv",
+        plots / "latency.csv",
+        plots / "confusion.png",
+        plots / "errors.png",
+    ]
+
+
+def run(config: Config, root: Path) -> None:
+    from flower_model.evaluation.evaluate import evaluate
+    from flower_model.evaluation.tracking import (
+        log_evaluation,
+        register_onnx_model,
+        registration,
+    )
+    from flower_model.training.tracking import require_tracking_server
+
+    require_tracking_server(config.mlflow)
+    result = evaluate(config, root)
+    log_evaluation(config, root, result)
+    test = result["metrics"]["test"]
+    reason = registration(config, root)
+    name = config.mlflow.registered_model_name
+    if reason is None:
+        print(
+            f"not registered in {name}: a DVC experiment or uncommitted code/params "
+            "(mlflow.register_model=always registers anyway)"
+        )
+    else:
+        aliases = register_onnx_model(config, root, test["accuracy"])
+        print(f"registered {name} ({reason}): aliases {aliases}")
+    print(
+        f"evaluate: onnx_fp32 test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}"
+    )
+    for name, rows in result["latency"]["backends"].items():
+        shown = ", ".join(
+            f"batch {row['batch_size']} {row['p50_ms_per_image']} ms/image" for row in rows
+        )
+        print(f"  {name:10s} acc {result['detail'][name]['accuracy']:.4f}  p50 {shown}")
+
+
+STAGE = Stage(
+    name="evaluate",
+    sections=(
+        "paths.processed_dir",
+        "paths.models_dir",
+        "paths.reports_dir",
+        "paths.plots_dir",
+        "evaluate",
+    ),
+    run=run,
+    inputs=inputs,
+    outputs=outputs,
+    modules=("torch", "onnxruntime", "matplotlib", "mlflow"),
+)
+
+
+def main() -> None:
+    stage_main(STAGE)
+
+
+if __name__ == "__main__":
+    main()
