@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flower_model.evaluation.figures import plt, save_figure
+from flower_model.figures import plt, save_figure
 
 # 3 columns keep the gallery under 600 px wide, so two revisions fit side by side in
 # `dvc plots diff`'s 1280 px page (6 columns were 1452 px and the last was cut off even alone);

@@ -20,7 +20,7 @@ import yaml
 from flower_model.config import Config, ConfigError, ModelConfig, compose_raw, flatten, validate
 from flower_model.constants import RESOLVED_CONFIG_NAME
 from flower_model.data.datamodule import FlowerDataModule
-from flower_model.evaluation.figures import training_curves
+from flower_model.figures import training_curves
 from flower_model.io_utils import write_json, write_text
 from flower_model.naming import run_name
 from flower_model.training.callbacks import EPOCHS_FILE, DvcPlotsLogger, EpochLines, StepTimer
