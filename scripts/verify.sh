@@ -11,8 +11,9 @@
 #      and started again runs nothing
 #   8. running a combination that already ran restores every stage from DVC's run cache
 #   9. (root, or a Slurm cluster already up) the same sweep command with --launcher slurm on a
-#      local single-node cluster: a combination that runs and one that fails in training, each a
-#      Slurm job; the good one lands in `dvc exp show` and MLflow; started again, nothing submitted
+#      local single-node cluster: two combinations as two Slurm jobs (in sacct), both in
+#      `dvc exp show` and MLflow, started again nothing submitted; a combination that fails in
+#      training is reported with its job id and log, and the command exits non-zero
 # Exits non-zero with a message naming the step and stage that broke. KEEP_VERIFY=1 keeps the
 # scratch clone for a look afterwards.
 set -euo pipefail
@@ -133,34 +134,42 @@ else
     "$root/scripts/slurm_cluster.sh" up >slurm.log 2>&1 || { cat slurm.log; fail 9 "the local Slurm cluster did not start"; }
     slurm_started=1
   fi
-  # Both jobs at once on this machine; the second combination resumes a checkpoint that is not
-  # there, which composition accepts and the train stage refuses.
+  # Two combinations at once on this machine (one CPU each, one epoch), then one that composition
+  # accepts and the train stage refuses (a checkpoint to resume that is not there).
   fits_here="slurm.gpus_per_node=0 slurm.cpus_per_task=1 slurm.mem_gb=8 slurm.timeout_min=20"
-  sweep="train.lr=0.0015 resume=null,models/absent.ckpt $fits_here"
-  status=0
-  flower-model multirun $sweep --launcher slurm --poll_s=2 >slurm1.log 2>&1 || status=$?
+  sweep="train.lr=0.0015,0.0012 train.max_epochs=1 $fits_here"
+  flower-model multirun $sweep --launcher slurm --poll_s=2 >slurm1.log 2>&1 \
+    || { cat slurm1.log; fail 9 "the Slurm sweep failed"; }
   cat slurm1.log
-  [ "$status" != 0 ] || fail 9 "a sweep with a failed combination exited 0"
-  grep -qE "^failed: .*resume=models/absent.ckpt.*: Slurm job [0-9]+: .*no checkpoint at .*; log .+" slurm1.log \
-    || fail 9 "the failed combination was not reported with its Slurm job id and log"
-  name=$(awk '$2 == "success" && $3 == "0.0015" {print $1}' slurm1.log)
-  [ -n "$name" ] || fail 9 "train.lr=0.0015 resume=null did not succeed"
+  names=$(awk '$2 == "success" && ($3 == "0.0015" || $3 == "0.0012") {print $1}' slurm1.log)
+  [ "$(echo "$names" | wc -w)" = 2 ] || fail 9 "expected 2 successful combinations, got: $names"
   jobs=$(grep -oE "submitted Slurm job [0-9]+" slurm1.log | grep -oE "[0-9]+$" | paste -sd, -)
   [ "$(sacct -n -X -P -o JobID -j "$jobs" | wc -l)" = 2 ] || fail 9 "sacct does not list both jobs ($jobs)"
-  dvc exp show --json | grep -q "\"$name\"" || fail 9 "experiment $name is not in dvc exp show"
-  python - "$port" "$name" <<'PY' || fail 9 "no MLflow run tagged dvc_experiment=$name"
+  shown=$(dvc exp show --json)
+  for name in $names; do
+    echo "$shown" | grep -q "\"$name\"" || fail 9 "experiment $name is not in dvc exp show"
+  done
+  python - "$port" $names <<'PY' || fail 9 "an experiment of the sweep has no MLflow run (tag dvc_experiment)"
 import sys
 from mlflow import MlflowClient
 client = MlflowClient(f"http://127.0.0.1:{sys.argv[1]}")
 experiment = client.get_experiment_by_name("flower-model")
-runs = client.search_runs([experiment.experiment_id], f"tags.dvc_experiment = '{sys.argv[2]}'")
-assert runs and runs[0].data.metrics.get("test/accuracy") is not None, runs
-print(f"MLflow run {runs[0].info.run_id} of experiment {sys.argv[2]}: test/accuracy", runs[0].data.metrics["test/accuracy"])
+for name in sys.argv[2:]:
+    runs = client.search_runs([experiment.experiment_id], f"tags.dvc_experiment = '{name}'")
+    assert runs and runs[0].data.metrics.get("test/accuracy") is not None, (name, runs)
+    print(f"MLflow run {runs[0].info.run_id} of experiment {name}: test/accuracy", runs[0].data.metrics["test/accuracy"])
 PY
-  flower-model multirun train.lr=0.0015 resume=null $fits_here --launcher slurm --poll_s=2 >slurm2.log 2>&1 \
+  flower-model multirun $sweep --launcher slurm --poll_s=2 >slurm2.log 2>&1 \
     || { cat slurm2.log; fail 9 "the rerun failed"; }
-  grep -q "1 of 1 already have results: skipped" slurm2.log && ! grep -q "submitted" slurm2.log \
+  grep -q "2 of 2 already have results: skipped" slurm2.log && ! grep -q "submitted" slurm2.log \
     || { cat slurm2.log; fail 9 "a finished Slurm sweep submitted work again"; }
+  status=0
+  flower-model multirun train.max_epochs=1 resume=models/absent.ckpt $fits_here --launcher slurm --poll_s=2 \
+    >slurm3.log 2>&1 || status=$?
+  cat slurm3.log
+  [ "$status" != 0 ] || fail 9 "a sweep with a failed combination exited 0"
+  grep -qE "^failed: .*resume=models/absent.ckpt.*: Slurm job [0-9]+: .*no checkpoint at .*; log .+" slurm3.log \
+    || fail 9 "the failed combination was not reported with its Slurm job id and log"
   if [ "$slurm_started" = 1 ]; then "$root/scripts/slurm_cluster.sh" down >>slurm.log 2>&1 || true; fi
 fi
 
