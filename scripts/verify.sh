@@ -137,7 +137,7 @@ else
   # Two combinations at once on this machine (one CPU each, one epoch), then one that composition
   # accepts and the train stage refuses (a checkpoint to resume that is not there).
   fits_here="slurm.gpus_per_node=0 slurm.cpus_per_task=1 slurm.mem_gb=8 slurm.timeout_min=20"
-  sweep="train.lr=0.0015,0.0012 train.max_epochs=1 $fits_here"
+  sweep="train.lr=0.0015,0.0012 train.max_epochs=1 train.warmup_epochs=0 $fits_here"
   flower-model multirun $sweep --launcher slurm --poll_s=2 >slurm1.log 2>&1 \
     || { cat slurm1.log; fail 9 "the Slurm sweep failed"; }
   cat slurm1.log
@@ -164,7 +164,7 @@ PY
   grep -q "2 of 2 already have results: skipped" slurm2.log && ! grep -q "submitted" slurm2.log \
     || { cat slurm2.log; fail 9 "a finished Slurm sweep submitted work again"; }
   status=0
-  flower-model multirun train.max_epochs=1 resume=models/absent.ckpt $fits_here --launcher slurm --poll_s=2 \
+  flower-model multirun resume=models/absent.ckpt $fits_here --launcher slurm --poll_s=2 \
     >slurm3.log 2>&1 || status=$?
   cat slurm3.log
   [ "$status" != 0 ] || fail 9 "a sweep with a failed combination exited 0"
