@@ -1,6 +1,7 @@
-"""DVC runs this for stage build_trt; the stage is flower_model/pipeline/stages/build_trt.py."""
+"""What DVC runs for stage build_trt (dvc.yaml). The stage itself is
+flower_model/pipeline/stages/build_trt.py, reached through the library's stage table."""
 
-from flower_model.pipeline.stages.build_trt import main
+from flower_model.pipeline.stages import main
 
 if __name__ == "__main__":
-    main()
+    main("build_trt")

@@ -1,6 +1,7 @@
-"""DVC runs this for stage evaluate; the stage is flower_model/pipeline/stages/evaluate.py."""
+"""What DVC runs for stage evaluate (dvc.yaml). The stage itself is
+flower_model/pipeline/stages/evaluate.py, reached through the library's stage table."""
 
-from flower_model.pipeline.stages.evaluate import main
+from flower_model.pipeline.stages import main
 
 if __name__ == "__main__":
-    main()
+    main("evaluate")

@@ -1,6 +1,7 @@
-"""DVC runs this for stage train; the stage is flower_model/pipeline/stages/train.py."""
+"""What DVC runs for stage train (dvc.yaml). The stage itself is
+flower_model/pipeline/stages/train.py, reached through the library's stage table."""
 
-from flower_model.pipeline.stages.train import main
+from flower_model.pipeline.stages import main
 
 if __name__ == "__main__":
-    main()
+    main("train")

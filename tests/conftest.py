@@ -32,13 +32,15 @@ TINY_MODEL = {
 }
 
 
-def tiny_ddp_overrides(tracking_uri: str, devices: int = 2, batch_size: int = 8) -> list[str]:
-    """Stage overrides for a 1-epoch CPU run of the tiny model on `devices` DDP processes
+def tiny_ddp_overrides(
+    tracking_uri: str, devices: int = 2, batch_size: int = 8, accelerator: str = "cpu"
+) -> list[str]:
+    """Stage overrides for a 1-epoch run of the tiny model on `devices` DDP processes
     (`batch_size` per process)."""
     return [
         f"trainer.devices={devices}",
         f"trainer.strategy={'ddp' if devices > 1 else 'auto'}",
-        "trainer.accelerator=cpu",
+        f"trainer.accelerator={accelerator}",
         "train.max_epochs=1",
         "train.warmup_epochs=0",
         f"train.batch_size={batch_size}",

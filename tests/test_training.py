@@ -417,8 +417,7 @@ def test_cpu_bf16_query_matches_the_cpu():
 @run_if(min_gpus=1)
 def test_the_train_stage_on_a_gpu_in_mixed_precision(tmp_path, tiny_processed, mlflow_server):
     """On a CUDA machine, `precision: auto` picks bf16 (or fp16) autocast and the stage trains."""
-    overrides = tiny_ddp_overrides(mlflow_server, devices=1)
-    overrides[overrides.index("trainer.accelerator=cpu")] = "trainer.accelerator=gpu"
+    overrides = tiny_ddp_overrides(mlflow_server, devices=1, accelerator="gpu")
     result = _run_train_stage(tmp_path, tiny_processed, *overrides)
     assert '"device": "cuda' in result.stderr
     assert json.loads((tmp_path / "reports" / "train.json").read_text())["epochs"] == 1

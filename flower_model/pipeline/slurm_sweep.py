@@ -17,6 +17,7 @@ from pathlib import Path
 
 from flower_model.errors import FlowerModelError
 from flower_model.pipeline.fetch import run_dvc
+from flower_model.pipeline.stage import ERROR_PREFIX
 
 RAN_NAME = re.compile(r"Ran experiment\(s\): (\S+)")
 JOBS_DIR = Path("multirun")
@@ -30,7 +31,6 @@ SUBMITIT_NAMES = {
     "mem_gb": "mem_gb",
     "partition": "slurm_partition",
 }
-STAGE_ERROR_PREFIX = "error: "  # how flower_model.pipeline.stage prints a known failure
 LOG_TAIL_LINES = 20
 
 
@@ -87,7 +87,7 @@ def _outcome(job) -> tuple[str, str | None, str]:
         return "failed", None, f"Slurm job {job.job_id} {job.state}: {reason}; log {log}"
     if result["returncode"] != 0:
         # The stage's own one-line error says what to fix; DVC's last line only names the stage.
-        errors = [line for line in result["tail"] if line.startswith(STAGE_ERROR_PREFIX)]
+        errors = [line for line in result["tail"] if line.startswith(ERROR_PREFIX)]
         last = (errors or result["tail"] or [""])[-1]
         code = result["returncode"]
         why = f"Slurm job {job.job_id}: `dvc exp run` exited {code} ({last}); log {log}"

@@ -20,6 +20,7 @@ from flower_model.errors import FlowerModelError, MissingInputError
 from flower_model.pipeline.dvc_outs import restore_previous_outs, running_under_dvc
 
 EXIT_ERROR = 2
+ERROR_PREFIX = "error: "  # how a known failure starts its one line (sweeps look for it)
 # Flags that take no value. fire reads `--dry-run X` as dry_run="X", which would swallow an
 # override written after the flag; `fire_command` pins them to `--flag=True` first.
 BOOLEAN_FLAGS = ("--dry-run", "--dry_run", "--show-config", "--show_config", "--check", "--raw")
@@ -114,7 +115,7 @@ def execute(
             return 0
         stage.run(config, root)
     except (ConfigError, FlowerModelError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
         if restore:
             report_restore(stage, root)
         return EXIT_ERROR

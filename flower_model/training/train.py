@@ -163,7 +163,9 @@ def _start_tracking(
     return mlflow_logger, run
 
 
-def _trainer(config: Config, loggers: list, callbacks: list, checkpoints: Path) -> pl.Trainer:
+def _trainer(
+    config: Config, loggers: list, callbacks: list, checkpoints: Path, on_terminal: bool
+) -> pl.Trainer:
     """`Trainer(**trainer config, ...)`: the trainer group's keys are Trainer arguments as they
     are, except `precision: auto`, resolved for this hardware."""
     settings = config.trainer.model_dump()
@@ -179,7 +181,7 @@ def _trainer(config: Config, loggers: list, callbacks: list, checkpoints: Path) 
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # EpochSampler shards itself, keyed by (seed, epoch)
         enable_model_summary=False,
-        enable_progress_bar=sys.stdout.isatty(),  # the Rich bar there; EpochLines in a log
+        enable_progress_bar=on_terminal,  # the Rich bar there; EpochLines in a log
         default_root_dir=checkpoints,
     )
 
@@ -271,12 +273,14 @@ def train_model(
         plots_dir, resume_step=resumed_state["global_step"] if resumed_state else None
     )
     loggers: list = [mlflow_logger, plots_logger]
-    if not sys.stdout.isatty():  # a log: one line per epoch instead of the Rich bar
+    on_terminal = sys.stdout.isatty()
+    if not on_terminal:  # a log: one line per epoch instead of the Rich bar
         first_epoch = resumed_state["epoch"] + 1 if resumed_state else 0
         loggers.append(EpochLines(config.train.max_epochs, first_epoch))
     best, callbacks = checkpoint_callbacks(config, checkpoints, datamodule.image_size())
     timer = StepTimer()
-    trainer = _trainer(config, loggers, [*callbacks, timer, *extra_callbacks], checkpoints)
+    callbacks = [*callbacks, timer, *extra_callbacks]
+    trainer = _trainer(config, loggers, callbacks, checkpoints, on_terminal)
     log_event(
         "train_start",
         run_name=run["name"],

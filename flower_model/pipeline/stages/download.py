@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from flower_model.config import Config
-from flower_model.pipeline.stage import Stage, stage_main
+from flower_model.pipeline.stage import Stage
 
 
 def outputs(config: Config) -> list[Path]:
@@ -24,11 +24,3 @@ STAGE = Stage(
     outputs=outputs,
     modules=("requests", "tqdm", "fsspec"),
 )
-
-
-def main() -> None:
-    stage_main(STAGE)
-
-
-if __name__ == "__main__":
-    main()

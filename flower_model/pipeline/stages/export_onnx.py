@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from flower_model.config import Config
-from flower_model.pipeline.stage import Stage, stage_main
+from flower_model.pipeline.stage import Stage
 
 
 def inputs(config: Config) -> list[Path]:
@@ -82,11 +82,3 @@ STAGE = Stage(
     outputs=outputs,
     modules=("torch", "onnx", "onnxruntime", "onnxscript"),
 )
-
-
-def main() -> None:
-    stage_main(STAGE)
-
-
-if __name__ == "__main__":
-    main()

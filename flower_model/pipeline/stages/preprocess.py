@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from flower_model.config import Config
-from flower_model.pipeline.stage import Stage, stage_main
+from flower_model.pipeline.stage import Stage
 
 
 def inputs(config: Config) -> list[Path]:
@@ -49,11 +49,3 @@ STAGE = Stage(
     outputs=outputs,
     modules=("numpy", "PIL", "tqdm"),
 )
-
-
-def main() -> None:
-    stage_main(STAGE)
-
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from flower_model.config import Config
-from flower_model.pipeline.stage import Stage, stage_main
+from flower_model.pipeline.stage import Stage
 
 
 def inputs(config: Config) -> list[Path]:
@@ -54,11 +54,3 @@ STAGE = Stage(
     modules=("torch", "torchvision", "lightning", "torchmetrics", "mlflow", "timm"),
     preflight=preflight,
 )
-
-
-def main() -> None:
-    stage_main(STAGE)
-
-
-if __name__ == "__main__":
-    main()
