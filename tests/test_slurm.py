@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, slurm_command, tiny_ddp_overrides
+from tests.conftest import REPO_ROOT, copy_pipeline, slurm_command, tiny_ddp_overrides
 from tests.helpers.slurm_jobs import train_in_task, where_am_i
 
 JOB_TIMEOUT_S = 300  # a tiny job finishes in seconds; this bounds a stuck one
@@ -63,9 +63,9 @@ def test_a_job_runs_through_submitit_and_is_accounted(slurm_cluster, tmp_path):
     assert _sacct_state(job.job_id) == "COMPLETED"
 
 
-# Parity of DDP with one process. EpochSampler gives rank r the items r, r+2, ... of the epoch's
-# one permutation, so 2 ranks x 4 photos make exactly the single process's batches of 8, and DDP's
-# averaged gradient is that batch's gradient. What still differs per rank is random: the
+# Parity of DDP with one process. DistributedSampler gives rank r the items r, r+2, ... of the
+# epoch's one permutation, so 2 ranks x 4 photos make exactly the single process's batches of 8,
+# and DDP's averaged gradient is that batch's gradient. What still differs per rank is random: the
 # augmentation draws (seeded by rank) and dropout, so both are off here, and BatchNorm uses its
 # running statistics (train.freeze_bn_stats, the default recipe) rather than 4-photo batch ones.
 # Left over is float summation order (gloo's all-reduce vs one batch mean): 2.4e-7 on the losses
@@ -86,6 +86,7 @@ def _tiny_project(tiny_processed: Path, project: Path) -> Path:
     shutil.copytree(tiny_processed / "data", project / "data")
     shutil.copytree(REPO_ROOT / "configs", project / "configs")
     shutil.copy(REPO_ROOT / "params.yaml", project / "params.yaml")
+    copy_pipeline(project)
     return project
 
 

@@ -9,15 +9,13 @@ there is one), not per sample in the loader.
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from flower_model.config import AugmentConfig, TrainConfig
 from flower_model.constants import SPLITS, UINT8_MAX
@@ -144,40 +142,6 @@ class FlowerArrays(Dataset):
         return image.contiguous(), self.labels[index]
 
 
-class EpochSampler(Sampler):
-    """Seeded per-epoch permutation, sharded across DDP ranks."""
-
-    def __init__(self, size: int, seed: int, shuffle: bool, drop_last: bool, batch_size: int):
-        self.size, self.seed, self.shuffle = size, seed, shuffle
-        self.drop_last, self.batch_size = drop_last, batch_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this before every epoch
-        self.epoch = epoch
-
-    def _rank_and_world(self) -> tuple[int, int]:
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
-
-    def _indices(self) -> list[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * SEED_STRIDE + self.epoch)
-            order = torch.randperm(self.size, generator=generator).tolist()
-        else:
-            order = list(range(self.size))
-        rank, world = self._rank_and_world()
-        per_rank = self.size // world if self.drop_last else math.ceil(self.size / world)
-        padded = order + order[: per_rank * world - len(order)]  # equal shards for DDP
-        return padded[rank : per_rank * world : world]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._indices())
-
-    def __len__(self) -> int:
-        return len(self._indices())
-
-
 class FlowerDataModule(pl.LightningDataModule):
     def __init__(self, processed: Path, config: TrainConfig):
         super().__init__()
@@ -207,7 +171,20 @@ class FlowerDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         dataset = self.sets[split]
-        sampler = EpochSampler(len(dataset), self.config.seed, shuffle, shuffle, batch_size)
+        # torch's own sharded sampler, also with one process: its order is randperm seeded by
+        # (seed + epoch) whatever the world size, so a DDP run's ranks together see exactly the
+        # single-process batches (tests/test_slurm.py) and a resumed run sees the same order.
+        # Lightning calls its set_epoch before every epoch.
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=world,
+            rank=rank,
+            shuffle=shuffle,
+            seed=self.config.seed * SEED_STRIDE,
+            drop_last=shuffle,
+        )
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -179,7 +179,7 @@ def _trainer(
         logger=loggers,
         callbacks=callbacks,
         num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # EpochSampler shards itself, keyed by (seed, epoch)
+        use_distributed_sampler=False,  # the datamodule builds its DistributedSampler itself
         enable_model_summary=False,
         enable_progress_bar=on_terminal,  # the Rich bar there; EpochLines in a log
         default_root_dir=checkpoints,
