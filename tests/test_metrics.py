@@ -1,4 +1,4 @@
-"""Evaluation maths on hand-checkable inputs."""
+"""Evaluation maths on hand-checkable inputs (torchmetrics underneath, checked by hand)."""
 
 import numpy as np
 
@@ -16,10 +16,17 @@ def test_confusion_and_per_class_scores():
     predictions = np.array([0, 0, 1, 1, 2, 2])
     matrix = confusion_matrix(labels, predictions, 3)
     assert matrix.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
-    scores = per_class_scores(matrix)
+    scores = per_class_scores(labels, predictions, 3)
     assert np.allclose(scores["precision"], [1.0, 0.5, 0.5])
     assert np.allclose(scores["recall"], [2 / 3, 0.5, 1.0])
     assert np.allclose(scores["f1"], [0.8, 0.5, 2 / 3])
+    assert scores["support"].tolist() == [3, 2, 1]
+
+
+def test_a_class_never_predicted_scores_zero_not_nan():
+    scores = per_class_scores(np.array([0, 1, 2]), np.array([0, 1, 1]), 3)
+    assert scores["precision"][2] == 0 and scores["f1"][2] == 0
+    assert np.isfinite(scores["precision"]).all()
 
 
 def test_mcnemar_exact_values():
@@ -42,6 +49,17 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_estimate():
     assert first == bootstrap_interval(labels, predictions, 3, samples=200, seed=5)
     low, high = first["accuracy_ci95"]
     assert low < float((labels == predictions).mean()) < high and high - low < 0.15
+    assert first != bootstrap_interval(labels, predictions, 3, samples=200, seed=6)
+
+
+def test_bootstrap_leaves_the_global_torch_generator_alone():
+    import torch
+
+    torch.manual_seed(3)
+    expected = torch.rand(1)
+    torch.manual_seed(3)
+    bootstrap_interval(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), 2, samples=20, seed=1)
+    assert torch.rand(1) == expected
 
 
 def test_summarise_reports_every_class():
@@ -50,3 +68,5 @@ def test_summarise_reports_every_class():
     assert report["accuracy"] == 0.75
     assert set(report["per_class"]) == {"a", "b", "c"}
     assert report["per_class"]["b"]["recall"] == 0.5
+    assert report["macro_f1"] == round((1 + 2 / 3 + 2 / 3) / 3, 6)
+    assert report["confusion_matrix"] == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]

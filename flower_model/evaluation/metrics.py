@@ -1,57 +1,85 @@
-"""Classification metrics with numpy only: per-class scores, bootstrap intervals, McNemar's test."""
+"""Classification metrics of the evaluated backends: torchmetrics, the same definitions training
+logs (one macro-F1 everywhere), plus McNemar's test, which torchmetrics does not have."""
 
 import math
 
 import numpy as np
+import torch
+from torchmetrics import Metric
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+from torchmetrics.wrappers import BootStrapper
 
 CONFIDENCE = 0.95
+# Multinomial resampling is the textbook bootstrap: each resample has exactly N photos (the
+# Poisson default varies the test-set size).
+BOOTSTRAP_SAMPLING = "multinomial"
+
+
+def _score(metric: Metric, labels: np.ndarray, predictions: np.ndarray) -> torch.Tensor:
+    metric.update(torch.as_tensor(predictions), torch.as_tensor(labels))
+    return metric.compute()
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """Rows are true classes, columns predicted classes."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (labels, predictions), 1)
-    return matrix
+    return _score(MulticlassConfusionMatrix(num_classes), labels, predictions).numpy()
 
 
-def per_class_scores(matrix: np.ndarray) -> dict[str, np.ndarray]:
-    true_positive = np.diag(matrix).astype(float)
-    predicted = matrix.sum(axis=0).astype(float)
-    actual = matrix.sum(axis=1).astype(float)
-    precision = np.divide(
-        true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0
-    )
-    recall = np.divide(true_positive, actual, out=np.zeros_like(true_positive), where=actual > 0)
-    total = precision + recall
-    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+def per_class_scores(
+    labels: np.ndarray, predictions: np.ndarray, num_classes: int
+) -> dict[str, np.ndarray]:
+    """Precision, recall and F1 per class (0 where a class is never predicted), and support."""
+    scores = {
+        name: _score(metric(num_classes, average=None), labels, predictions).numpy()
+        for name, metric in (
+            ("precision", MulticlassPrecision),
+            ("recall", MulticlassRecall),
+            ("f1", MulticlassF1Score),
+        )
+    }
+    scores["support"] = np.bincount(labels, minlength=num_classes).astype(float)
+    return scores
 
 
-def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
-    return float((labels == predictions).mean())
+def accuracy(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
+    return float(_score(MulticlassAccuracy(num_classes, average="micro"), labels, predictions))
 
 
 def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
-    return float(per_class_scores(confusion_matrix(labels, predictions, num_classes))["f1"].mean())
+    return float(_score(MulticlassF1Score(num_classes, average="macro"), labels, predictions))
 
 
 def bootstrap_interval(
     labels: np.ndarray, predictions: np.ndarray, num_classes: int, samples: int, seed: int
 ) -> dict[str, list[float]]:
-    """Percentile 95% intervals of accuracy and macro-F1 over resampled test sets."""
-    generator = np.random.default_rng(seed)
-    count = len(labels)
-    accuracies, f1_scores = np.empty(samples), np.empty(samples)
-    for i in range(samples):
-        picked = generator.integers(0, count, count)
-        accuracies[i] = accuracy(labels[picked], predictions[picked])
-        f1_scores[i] = macro_f1(labels[picked], predictions[picked], num_classes)
-    tail = (1 - CONFIDENCE) / 2 * 100
-    bounds = (tail, 100 - tail)
-    return {
-        "accuracy_ci95": [round(float(value), 6) for value in np.percentile(accuracies, bounds)],
-        "macro_f1_ci95": [round(float(value), 6) for value in np.percentile(f1_scores, bounds)],
-    }
+    """Percentile 95% intervals of accuracy and macro-F1 over resampled test sets (torchmetrics'
+    BootStrapper; it draws from torch's global generator, so that is seeded and restored here)."""
+    tail = (1 - CONFIDENCE) / 2
+    quantiles = torch.tensor([tail, 1 - tail])
+    intervals = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name, metric in (
+            ("accuracy_ci95", MulticlassAccuracy(num_classes, average="micro")),
+            ("macro_f1_ci95", MulticlassF1Score(num_classes, average="macro")),
+        ):
+            bootstrap = BootStrapper(
+                metric,
+                num_bootstraps=samples,
+                mean=False,
+                std=False,
+                quantile=quantiles,
+                sampling_strategy=BOOTSTRAP_SAMPLING,
+            )
+            bounds = _score(bootstrap, labels, predictions)["quantile"]
+            intervals[name] = [round(float(value), 6) for value in bounds]
+    return intervals
 
 
 def mcnemar(labels: np.ndarray, first: np.ndarray, second: np.ndarray) -> dict[str, float]:
@@ -81,11 +109,10 @@ def summarise(
     """Everything reported for one backend."""
     predictions = probs.argmax(axis=1)
     num_classes = len(class_names)
-    matrix = confusion_matrix(labels, predictions, num_classes)
-    scores = per_class_scores(matrix)
+    scores = per_class_scores(labels, predictions, num_classes)
     return {
-        "accuracy": round(accuracy(labels, predictions), 6),
-        "macro_f1": round(float(scores["f1"].mean()), 6),
+        "accuracy": round(accuracy(labels, predictions, num_classes), 6),
+        "macro_f1": round(macro_f1(labels, predictions, num_classes), 6),
         **bootstrap_interval(labels, predictions, num_classes, samples, seed),
         "per_class": {
             name: {
@@ -94,5 +121,5 @@ def summarise(
             }
             for i, name in enumerate(class_names)
         },
-        "confusion_matrix": matrix.tolist(),
+        "confusion_matrix": confusion_matrix(labels, predictions, num_classes).tolist(),
     }
