@@ -104,7 +104,7 @@ experiment=$(dvc exp ls --name-only | head -n 1)
 [ -n "$experiment" ] || fail 6 "no experiment from step 4 in \`dvc exp ls\`"
 dvc plots diff HEAD "$experiment" --html-template "$root/.tools/plots/template.html" \
   -o plots_diff >plots.log 2>&1 || { cat plots.log; fail 6 "dvc plots diff failed"; }
-python -m flower_model.plots_browser plots_diff/index.html --screenshot plots_diff.png \
+python "$root/scripts/plots_browser.py" plots_diff/index.html --screenshot plots_diff.png \
   || fail 6 "plots did not draw offline (evaluate/train plot definitions in dvc.yaml)"
 
 step 7 "flower-model multirun: skips finished combinations, runs the rest, resumes to nothing"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flower_model.plots_browser import check_rendered, find_chromium
+from scripts.plots_browser import check_rendered, find_chromium
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow

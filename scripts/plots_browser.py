@@ -1,6 +1,8 @@
 """Did every plot of a `dvc plots show/diff` page draw? Checked in real headless Chromium, offline.
 
-    python -m flower_model.plots_browser plots_html/index.html [--screenshot shot.png]
+    python scripts/plots_browser.py plots_html/index.html [--screenshot shot.png]
+
+CI tooling (make verify, tests/test_plots_browser.py), not part of the library.
 
 Chromium opens the page from disk with every network request refused (a dead proxy and a
 resolver that resolves nothing), runs its JavaScript, and dumps the DOM. A vega plot counts as
