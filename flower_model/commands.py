@@ -220,7 +220,7 @@ def push(*targets: str, remote: str | None = None) -> None:
 
 
 def _commands() -> dict:
-    commands = {name: _stage(name) for name in stages.NAMES}
+    commands = {name: _stage(name) for name in stages.names()}
     commands["compose"] = compose
     commands["infer"] = infer
     commands["serve"] = serve

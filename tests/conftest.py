@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flower_model.config import Config, compose_raw, validate
 from tests.helpers.photos import write_photo_set
@@ -89,11 +90,21 @@ def mini_tarball(tmp_path_factory, mini_dataset) -> Path:
     return path
 
 
+def copy_pipeline(project: Path, *stages: str) -> None:
+    """The project's dvc.yaml (the declaration stages read their params and outs from) into
+    `project`, with only `stages` when named (and then without the top-level plots)."""
+    pipeline = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+    if stages:
+        pipeline = {"stages": {name: pipeline["stages"][name] for name in stages}}
+    (project / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+
+
 @pytest.fixture
 def project(tmp_path) -> Path:
-    """An empty project root with configs/ and params.yaml, for CLI runs."""
+    """An empty project root with configs/, params.yaml and dvc.yaml, for CLI runs."""
     shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    copy_pipeline(tmp_path)
     return tmp_path
 
 

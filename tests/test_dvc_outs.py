@@ -25,10 +25,6 @@ from pathlib import Path
 from flower_model.pipeline.stage import Stage, stage_main
 
 
-def outputs(config):
-    return [Path("out"), Path("single.txt"), Path("reports/metrics.json")]
-
-
 def run(config, root):
     mode = Path("mode").read_text().strip()
     (root / "out").mkdir()
@@ -42,7 +38,7 @@ def run(config, root):
     (root / "reports" / "metrics.json").write_text('{"score": %d}' % len(mode))
 
 
-stage_main(Stage(name="step", sections=("train.lr",), run=run, outputs=outputs))
+stage_main(Stage(name="step", run=run))  # params and outs: dvc.yaml below
 """
 DVC_YAML = """\
 stages:

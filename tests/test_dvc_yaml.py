@@ -1,4 +1,5 @@
-"""dvc.yaml agrees with the stage modules: same params keys, same outs, one hop to the code."""
+"""dvc.yaml is the pipeline's one declaration: the stage runner reads what DVC reads, paths are
+named once (templated from `paths`), and every stage's deps cover the code it loads."""
 
 import json
 import subprocess
@@ -9,15 +10,22 @@ import pytest
 import yaml
 
 from flower_model.config import flatten
-from flower_model.pipeline import stages
+from flower_model.pipeline import declaration, stages
 from tests.conftest import REPO_ROOT, make_config
 
-PIPELINE = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
-PLOTS = [
-    item
-    for item in yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["plots"]
-    if isinstance(item, dict)  # pictures are plain paths
-]
+TEMPLATED = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+# The file as DVC reads it: ${paths.x} filled from params.yaml (the test below proves the stage
+# runner fills them the same way).
+RESOLVED = yaml.safe_load(
+    declaration.TEMPLATE.sub(
+        lambda match: str(
+            flatten(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()))[match[1]]
+        ),
+        (REPO_ROOT / "dvc.yaml").read_text(),
+    )
+)
+PIPELINE = RESOLVED["stages"]
+PLOTS = [item for item in RESOLVED["plots"] if isinstance(item, dict)]  # pictures: plain paths
 
 
 def _paths(entries: list) -> set[str]:
@@ -25,32 +33,86 @@ def _paths(entries: list) -> set[str]:
 
 
 def test_stages_are_the_documented_dag_in_order():
-    assert list(PIPELINE) == list(stages.NAMES)
-    assert list(PIPELINE)[:2] == ["download", "preprocess"]
+    assert list(PIPELINE) == [
+        "download",
+        "preprocess",
+        "train",
+        "export_onnx",
+        "build_trt",
+        "evaluate",
+    ]
+
+
+def test_every_dvc_stage_has_its_module_and_every_module_its_stage():
+    assert set(PIPELINE) == set(stages.names())
+
+
+@pytest.fixture(scope="module")
+def dvc_index():
+    """DVC's own reading of dvc.yaml, templates filled from params.yaml."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO_ROOT)) as repo:
+        yield {
+            stage.name: (
+                [str(dep.def_path) for dep in stage.deps],
+                [str(out.def_path) for out in stage.outs],
+            )
+            for stage in repo.index.stages
+        }
 
 
 @pytest.mark.parametrize("name", list(PIPELINE))
-def test_stage_matches_its_module(name):
+def test_the_stage_reads_what_dvc_reads_from_dvc_yaml(name, dvc_index):
+    """One declaration: the stage runner's inputs and outs are DVC's, path for path."""
     stage = stages.stage(name)
-    declared = PIPELINE[name]
+    declared = TEMPLATED["stages"][name]
     assert declared["cmd"] == f"python pipeline_stages/{name}.py"
     assert f"pipeline_stages/{name}.py" in declared["deps"]
     assert f"flower_model/pipeline/stages/{name}.py" in declared["deps"]
-    assert declared["params"] == list(stage.sections)
-    outs = set()
-    for kind in ("outs", "metrics", "plots"):
-        outs |= _paths(declared.get(kind, []))
-    assert outs == {str(path) for path in stage.outputs(make_config())}
-    produced = {
-        path
-        for stage in PIPELINE.values()
-        for kind in ("outs", "metrics", "plots")
-        for path in _paths(stage.get(kind, []))
-    }
-    for dep in declared["deps"]:
+    assert stage.sections(REPO_ROOT) == tuple(declared["params"])
+    config = make_config()
+    dvc_deps, dvc_outs = dvc_index[name]
+    inputs = [str(path) for path in stage.inputs(config, REPO_ROOT)]
+    code = ("flower_model/", "pipeline_stages/", "params.yaml")
+    assert inputs == [dep for dep in dvc_deps if not dep.startswith(code)]
+    assert sorted(str(path) for path in stage.outputs(config, REPO_ROOT)) == sorted(dvc_outs)
+    produced = {out for _, outs in dvc_index.values() for out in outs}
+    for dep in dvc_deps:
         assert (
-            dep in produced or (REPO_ROOT / dep).exists()
+            dep in produced or (REPO_ROOT / dep).exists() or dep == "params.yaml"
         ), f"{name}: dep {dep} is neither code nor an out"
+
+
+def test_paths_are_named_once_in_dvc_yaml():
+    """Artifact paths come from `paths` (configs/paths): no literal data/models/reports/plots
+    folder in a stage's deps or outs."""
+    literal = ("data/", "models/", "reports/", "plots/")
+    for name, declared in TEMPLATED["stages"].items():
+        for kind in ("deps", "outs", "metrics", "plots"):
+            for path in _paths(declared.get(kind, [])):
+                assert not path.startswith(literal), f"{name}: {kind} {path} is not templated"
+
+
+def test_a_hand_run_stage_follows_overridden_paths():
+    """`flower-model train paths.models_dir=elsewhere` writes where it says, as DVC would."""
+    config = make_config(["paths.models_dir=elsewhere"])
+    outputs = stages.stage("train").outputs(config, REPO_ROOT)
+    assert Path("elsewhere/model.ckpt") in outputs
+    assert not any(str(path).startswith("models/") for path in outputs)
+
+
+def test_a_missing_or_broken_dvc_yaml_is_a_one_line_error(tmp_path):
+    from flower_model.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no dvc.yaml under .*run flower-model from the project"):
+        declaration.stage("train", tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: [")
+    with pytest.raises(ConfigError, match="is not a DVC pipeline file"):
+        declaration.stage("train", tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {other: {cmd: x}}\n")
+    with pytest.raises(ConfigError, match="stage train is not in"):
+        declaration.stage("train", tmp_path)
 
 
 # Shared plumbing every stage loads: it checks config, reports and writes atomically, but
@@ -65,6 +127,7 @@ PLUMBING = {
     "flower_model/pipeline/__init__.py",
     "flower_model/pipeline/stages/__init__.py",  # the stage table (loads one stage on use)
     "flower_model/pipeline/stage.py",
+    "flower_model/pipeline/declaration.py",  # reads dvc.yaml itself
     "flower_model/pipeline/dvc_outs.py",
     "flower_model/pipeline/fetch.py",
     "flower_model/naming.py",

@@ -8,7 +8,7 @@ from pathlib import Path
 from flower_model.pipeline.fetch import pull_outs
 from flower_model.pipeline.stage import execute
 from flower_model.pipeline.stages import preprocess
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, copy_pipeline
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 
@@ -30,6 +30,7 @@ def _project_with_pushed_photos(tmp_path: Path, mini_dataset: Path) -> Path:
     _run([DVC, "push", "-q"], project)
     shutil.rmtree(project / "data" / "raw" / "flower_photos")
     shutil.rmtree(project / ".dvc" / "cache")
+    copy_pipeline(project, "preprocess")  # the photos are a `dvc add`ed folder here
     return project
 
 
@@ -51,6 +52,7 @@ def test_stage_fetches_missing_inputs_before_running(tmp_path, mini_dataset):
 def test_unfetchable_input_is_a_clear_error(tmp_path, capsys):
     shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    copy_pipeline(tmp_path)
     assert execute(preprocess.STAGE, [], root=tmp_path) == 2
     err = capsys.readouterr().err
     assert "dvc pull" in err and "data/raw/flower_photos" in err

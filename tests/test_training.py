@@ -21,6 +21,7 @@ from flower_model.training.train import train_model
 from tests.conftest import (
     REPO_ROOT,
     TINY_MODEL,
+    copy_pipeline,
     free_port,
     make_config,
     start_mlflow,
@@ -237,6 +238,7 @@ def _run_train_stage(project, tiny_processed, *overrides: str) -> subprocess.Com
 
     _copy_project(tiny_processed, project)
     shutil.copytree(REPO_ROOT / "configs", project / "configs")
+    copy_pipeline(project)
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "pipeline_stages" / "train.py"), *overrides],
         cwd=project,
@@ -273,7 +275,7 @@ def test_console_of_a_logged_run(tmp_path, tiny_processed, mlflow_server):
     assert epochs == [1, 2, 3], result.stdout
     assert sum("View run" in line for line in lines) == 1, result.stdout
     assert lines[0].startswith("== stage train: config from configs/ composed with overrides")
-    assert lines[0].endswith("reads " + ", ".join(train_stage.STAGE.sections)), lines[0]
+    assert lines[0].endswith("reads " + ", ".join(train_stage.STAGE.sections(REPO_ROOT))), lines[0]
     assert not any(line.startswith("   train:") for line in lines), "config values on request only"
     everything = result.stdout + result.stderr
     for noise in (
@@ -378,6 +380,7 @@ def test_resume_checks_the_checkpoint_before_any_work(straight_run, tmp_path, ml
     last = root / "models" / "checkpoints" / "last.ckpt"
     project = _copy_project(root, tmp_path / "project")
     shutil.copytree(REPO_ROOT / "configs", project / "configs")
+    copy_pipeline(project)
     (project / "broken.ckpt").write_bytes(last.read_bytes()[:1000])
     tiny = [f"model.widths={TINY_MODEL['widths']}".replace(" ", ""), "model=small_cnn"]
     cases = {

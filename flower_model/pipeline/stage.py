@@ -1,9 +1,9 @@
 """What every pipeline stage shares: load + validate config, report, dry-run checks, error exits.
 
-A stage module (flower_model/pipeline/stages/<name>.py) declares a `Stage`: the config sections
-it reads (the same keys as its `params:` in dvc.yaml, a test checks this), its inputs and
-outputs, the modules it needs, and the function that does the work. `execute` runs it the same
-way from DVC and the CLI.
+A stage module (flower_model/pipeline/stages/<name>.py) declares a `Stage`: the function that
+does the work, the modules it needs and its preflight checks. What it reads and writes (params
+keys, inputs, outs) is declared once, in dvc.yaml (`declaration`). `execute` runs it the same way
+from DVC and the CLI.
 """
 
 import importlib
@@ -17,6 +17,7 @@ import yaml
 from flower_model.config import Config, ConfigError, load_config
 from flower_model.constants import PARAMS_FILE
 from flower_model.errors import FlowerModelError, MissingInputError
+from flower_model.pipeline import declaration
 from flower_model.pipeline.dvc_outs import restore_previous_outs, running_under_dvc
 
 EXIT_ERROR = 2
@@ -29,20 +30,31 @@ BOOLEAN_FLAGS = ("--dry-run", "--dry_run", "--show-config", "--show_config", "--
 @dataclass(frozen=True)
 class Stage:
     name: str
-    sections: tuple[str, ...]  # config keys read, dotted; equal to the stage's params in dvc.yaml
     run: Callable[[Config, Path], None]
-    inputs: Callable[[Config], list[Path]] = lambda config: []
-    outputs: Callable[[Config], list[Path]] = lambda config: []
     modules: tuple[str, ...] = field(default_factory=tuple)
     # Checks of the config against the filesystem beyond inputs (a `resume=` path, say): run by
     # dry runs too, so a dry run fails wherever the real run would fail before starting.
     preflight: Callable[[Config, Path], None] = lambda config, root: None
 
-    def resolved(self, config: Config) -> dict:
+    def sections(self, root: Path) -> tuple[str, ...]:
+        """Config keys read, dotted: the stage's `params:` in dvc.yaml."""
+        return declaration.stage(self.name, root).params
+
+    def inputs(self, config: Config, root: Path) -> list[Path]:
+        """The deps in dvc.yaml that are data, not code, with this config's paths."""
+        declared = declaration.stage(self.name, root)
+        return [declaration.resolve(path, config) for path in declared.inputs]
+
+    def outputs(self, config: Config, root: Path) -> list[Path]:
+        """The outs, metrics and plots in dvc.yaml, with this config's paths."""
+        declared = declaration.stage(self.name, root)
+        return [declaration.resolve(path, config) for path in declared.outs]
+
+    def resolved(self, config: Config, root: Path) -> dict:
         """The keys this stage reads (dotted, as in dvc.yaml `params:`), as nested plain data."""
         dumped = config.model_dump(mode="json")
         picked: dict = {}
-        for key in self.sections:
+        for key in self.sections(root):
             *parents, leaf = key.split(".")
             source, target = dumped, picked
             for part in parents:
@@ -52,17 +64,22 @@ class Stage:
         return picked
 
 
-def describe(stage: Stage, config: Config, overrides: list[str], show_config: bool = False) -> str:
+def describe(
+    stage: Stage, config: Config, root: Path, overrides: list[str], show_config: bool = False
+) -> str:
     """The stage header: where the config came from, the keys read, the outputs; with
     `show_config`, the resolved values of those keys too (35 lines for train, so on request)."""
     origin = f"configs/ composed with overrides {overrides}" if overrides else str(PARAMS_FILE)
-    lines = [f"== stage {stage.name}: config from {origin}, reads {', '.join(stage.sections)}"]
+    reads = ", ".join(stage.sections(root))
+    lines = [f"== stage {stage.name}: config from {origin}, reads {reads}"]
     if overrides:
         lines.append("   note: overrides differ from params.yaml; DVC will not record this run")
     if show_config:
-        resolved = yaml.safe_dump(stage.resolved(config), sort_keys=False, default_flow_style=None)
+        resolved = yaml.safe_dump(
+            stage.resolved(config, root), sort_keys=False, default_flow_style=None
+        )
         lines += [f"   {line}" for line in resolved.splitlines()]
-    lines.append("   outputs: " + ", ".join(str(path) for path in stage.outputs(config)))
+    lines.append("   outputs: " + ", ".join(str(path) for path in stage.outputs(config, root)))
     if not show_config:
         lines.append(f"   (`flower-model {stage.name} --show-config` prints the values read)")
     return "\n".join(lines)
@@ -71,7 +88,7 @@ def describe(stage: Stage, config: Config, overrides: list[str], show_config: bo
 def check_ready(stage: Stage, config: Config, root: Path, fetch: bool = False) -> None:
     """Inputs present (fetched with `dvc pull` first when `fetch`) and dependencies importable;
     raise naming what is missing."""
-    missing = [path for path in stage.inputs(config) if not (root / path).exists()]
+    missing = [path for path in stage.inputs(config, root) if not (root / path).exists()]
     if missing and fetch:
         from flower_model.pipeline.fetch import pull_outs
 
@@ -107,7 +124,7 @@ def execute(
     restore = running_under_dvc(stage.name) and not dry_run
     try:
         config = load_config(root, overrides)
-        print(describe(stage, config, overrides, show_config), flush=True)
+        print(describe(stage, config, root, overrides, show_config), flush=True)
         check_ready(stage, config, root, fetch=not dry_run)
         stage.preflight(config, root)
         if dry_run:

@@ -1,12 +1,16 @@
-"""The stage table: one module per dvc.yaml stage, each declaring its `STAGE`. The CLI and the
-`pipeline_stages/<name>.py` shims DVC runs both come here; modules load on use, so running one
-stage never imports another's code."""
+"""The stage table: one module per dvc.yaml stage, each declaring its `STAGE` (the code; what it
+reads and writes is declared in dvc.yaml). The CLI and the `pipeline_stages/<name>.py` shims DVC
+runs both come here; modules load on use, so running one stage never imports another's code."""
 
 import importlib
+import pkgutil
 
 from flower_model.pipeline.stage import Stage, stage_main
 
-NAMES = ("download", "preprocess", "train", "export_onnx", "build_trt", "evaluate")  # DAG order
+
+def names() -> list[str]:
+    """The stages the library implements, one module each (dvc.yaml says their order)."""
+    return sorted(info.name for info in pkgutil.iter_modules(__path__))
 
 
 def stage(name: str) -> Stage:

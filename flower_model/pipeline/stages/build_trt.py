@@ -6,15 +6,6 @@ from flower_model.config import Config
 from flower_model.pipeline.stage import Stage
 
 
-def inputs(config: Config) -> list[Path]:
-    models = config.paths.models_dir
-    return [models / "model.onnx", models / "model.int8.onnx", config.paths.processed_dir]
-
-
-def outputs(config: Config) -> list[Path]:
-    return [config.paths.models_dir / "trt"]
-
-
 def run(config: Config, root: Path) -> None:
     import importlib
 
@@ -66,9 +57,6 @@ def run(config: Config, root: Path) -> None:
 
 STAGE = Stage(
     name="build_trt",
-    sections=("paths.processed_dir", "paths.models_dir", "trt"),
     run=run,
-    inputs=inputs,
-    outputs=outputs,
     modules=("onnxruntime",),
 )

@@ -6,11 +6,6 @@ from flower_model.config import Config
 from flower_model.pipeline.stage import Stage
 
 
-def outputs(config: Config) -> list[Path]:
-    raw = config.paths.raw_dir
-    return [raw / config.data.name, raw / "source.json"]
-
-
 def run(config: Config, root: Path) -> None:
     from flower_model.data.download import download_dataset
 
@@ -19,8 +14,6 @@ def run(config: Config, root: Path) -> None:
 
 STAGE = Stage(
     name="download",
-    sections=("data", "paths.raw_dir", "paths.download_cache_dir"),
     run=run,
-    outputs=outputs,
     modules=("requests", "tqdm", "fsspec"),
 )

@@ -6,34 +6,6 @@ from flower_model.config import Config
 from flower_model.pipeline.stage import Stage
 
 
-def inputs(config: Config) -> list[Path]:
-    models = config.paths.models_dir
-    return [
-        config.paths.processed_dir,
-        models / "model.ckpt",
-        models / "model.onnx",
-        models / "model.int8.onnx",
-        models / "trt",
-        models / "train_run.json",
-        config.paths.reports_dir / "train.json",
-    ]
-
-
-def outputs(config: Config) -> list[Path]:
-    reports, plots = config.paths.reports_dir, config.paths.plots_dir
-    return [
-        reports / "metrics.json",
-        reports / "evaluation.json",
-        reports / "latency.json",
-        reports / "predictions.csv",
-        plots / "confusion.csv",
-        plots / "per_class_f1.csv",
-        plots / "latency.csv",
-        plots / "confusion.png",
-        plots / "errors.png",
-    ]
-
-
 def run(config: Config, root: Path) -> None:
     from flower_model.evaluation.evaluate import evaluate
     from flower_model.evaluation.tracking import (
@@ -69,15 +41,6 @@ def run(config: Config, root: Path) -> None:
 
 STAGE = Stage(
     name="evaluate",
-    sections=(
-        "paths.processed_dir",
-        "paths.models_dir",
-        "paths.reports_dir",
-        "paths.plots_dir",
-        "evaluate",
-    ),
     run=run,
-    inputs=inputs,
-    outputs=outputs,
     modules=("torch", "onnxruntime", "matplotlib", "mlflow"),
 )

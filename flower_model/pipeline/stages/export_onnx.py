@@ -7,19 +7,6 @@ from flower_model.config import Config
 from flower_model.pipeline.stage import Stage
 
 
-def inputs(config: Config) -> list[Path]:
-    return [config.paths.models_dir / "model.ckpt", config.paths.processed_dir]
-
-
-def outputs(config: Config) -> list[Path]:
-    models = config.paths.models_dir
-    return [
-        models / "model.onnx",
-        models / "model.int8.onnx",
-        config.paths.reports_dir / "onnx.json",
-    ]
-
-
 def run(config: Config, root: Path) -> None:
     import numpy as np
     import yaml
@@ -76,9 +63,6 @@ def run(config: Config, root: Path) -> None:
 
 STAGE = Stage(
     name="export_onnx",
-    sections=("paths.processed_dir", "paths.models_dir", "paths.reports_dir", "export"),
     run=run,
-    inputs=inputs,
-    outputs=outputs,
     modules=("torch", "onnx", "onnxruntime", "onnxscript"),
 )

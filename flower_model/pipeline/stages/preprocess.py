@@ -6,20 +6,6 @@ from flower_model.config import Config
 from flower_model.pipeline.stage import Stage
 
 
-def inputs(config: Config) -> list[Path]:
-    return [config.paths.raw_dir / config.data.name]
-
-
-def outputs(config: Config) -> list[Path]:
-    paths = config.paths
-    return [
-        paths.processed_dir,
-        paths.reports_dir / "data.json",
-        paths.reports_dir / "dropped.csv",
-        paths.plots_dir / "data" / "class_distribution.csv",
-    ]
-
-
 def run(config: Config, root: Path) -> None:
     from flower_model.data.preprocess import preprocess_dataset
 
@@ -30,22 +16,12 @@ def run(config: Config, root: Path) -> None:
         reports=root / paths.reports_dir,
         plots=root / paths.plots_dir,
         config=config.preprocess,
-        resolved=STAGE.resolved(config),
+        resolved=STAGE.resolved(config, root),
     )
 
 
 STAGE = Stage(
     name="preprocess",
-    sections=(
-        "data.name",
-        "paths.raw_dir",
-        "paths.processed_dir",
-        "paths.reports_dir",
-        "paths.plots_dir",
-        "preprocess",
-    ),
     run=run,
-    inputs=inputs,
-    outputs=outputs,
     modules=("numpy", "PIL", "tqdm"),
 )
