@@ -155,6 +155,31 @@ def _require_every_class(
         )
 
 
+def _write_processed(
+    processed: Path, splits: dict[str, list[Decoded]], classes: list[str], resolved: dict
+) -> None:
+    """The processed folder, swapped in whole: arrays and labels per split, the manifest, the
+    class names and the settings they were made with."""
+    manifest_rows = []
+    with atomic_dir(processed) as staging:
+        for split, items in splits.items():
+            np.save(images_path(staging, split), np.stack([item.image for item in items]))
+            np.save(
+                labels_path(staging, split),
+                np.array([item.label for item in items], dtype=np.int64),
+            )
+            manifest_rows += [
+                [split, index, item.file, classes[item.label], item.label, item.pixel_sha256]
+                for index, item in enumerate(items)
+            ]
+        header = ["split", "index", "file", "class", "label", "pixel_sha256"]
+        (staging / MANIFEST_FILE).write_text(csv_text(header, manifest_rows), encoding="utf-8")
+        write_json(staging / CLASSES_FILE, classes)
+        (staging / RESOLVED_CONFIG_NAME).write_text(
+            yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8"
+        )
+
+
 def preprocess_dataset(
     dataset: Path,
     processed: Path,
@@ -180,24 +205,7 @@ def preprocess_dataset(
             "(preprocess.max_images_per_class) or other split fractions"
         )
 
-    manifest_rows = []
-    with atomic_dir(processed) as staging:
-        for split, items in splits.items():
-            np.save(images_path(staging, split), np.stack([item.image for item in items]))
-            np.save(
-                labels_path(staging, split),
-                np.array([item.label for item in items], dtype=np.int64),
-            )
-            manifest_rows += [
-                [split, index, item.file, classes[item.label], item.label, item.pixel_sha256]
-                for index, item in enumerate(items)
-            ]
-        header = ["split", "index", "file", "class", "label", "pixel_sha256"]
-        (staging / MANIFEST_FILE).write_text(csv_text(header, manifest_rows), encoding="utf-8")
-        write_json(staging / CLASSES_FILE, classes)
-        (staging / RESOLVED_CONFIG_NAME).write_text(
-            yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8"
-        )
+    _write_processed(processed, splits, classes, resolved)
 
     dropped = sorted(failed + duplicates, key=lambda item: item.file)
     reasons = Counter(item.reason for item in dropped)

@@ -103,21 +103,23 @@ def _baseline(
     return {"path": str(path), **mcnemar(labels, ours, theirs)}
 
 
-def evaluate(config: Config, root: Path) -> dict:
-    paths, settings = config.paths, config.evaluate
-    processed, models = root / paths.processed_dir, root / paths.models_dir
-    reports, plots = root / paths.reports_dir, root / paths.plots_dir
-    images = load_array(images_path(processed, "test"))
-    labels = load_array(labels_path(processed, "test"))
-    classes = json.loads((processed / CLASSES_FILE).read_text())
+def _test_split(processed: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """(images, labels, class names, file names) of the test split, in manifest order."""
     files = [
         row["file"]
         for row in csv.DictReader((processed / MANIFEST_FILE).open())
         if row["split"] == "test"
     ]
+    return (
+        load_array(images_path(processed, "test")),
+        load_array(labels_path(processed, "test")),
+        json.loads((processed / CLASSES_FILE).read_text()),
+        files,
+    )
 
-    predictors = backends(models)
-    probs = {name: _predict_all(predict, images) for name, predict in predictors.items()}
+
+def _score(probs: dict[str, np.ndarray], labels: np.ndarray, classes: list[str], settings) -> dict:
+    """Per backend: the summary metrics, agreement with the shipped model and McNemar vs it."""
     reference = probs[REFERENCE].argmax(1)
     metrics: dict = {}
     for name, values in probs.items():
@@ -127,39 +129,17 @@ def evaluate(config: Config, root: Path) -> dict:
         if name != REFERENCE:
             section["mcnemar_vs_onnx_fp32"] = mcnemar(labels, reference, values.argmax(1))
         metrics[name] = section
-    if settings.baseline_predictions is not None:
-        metrics["baseline"] = _baseline(
-            root / settings.baseline_predictions, files, labels, reference, classes
-        )
+    return metrics
 
-    latency = {"threads": thread_info(), "backends": {}}
-    for name, predict in predictors.items():
-        latency["backends"][name] = [
-            measure(predict, images, size, settings.warmup_iterations, settings.timed_iterations)
-            for size in settings.batch_sizes
-        ]
 
-    summary = headline(metrics, latency, read_json(reports / TRAIN_REPORT))
-    write_json(reports / DETAIL_FILE, metrics)
-    write_json(reports / LATENCY_FILE, latency)
-    write_json(reports / METRICS_FILE, summary)
-    prediction_rows = [
-        [file, classes[label]]
-        + [
-            item
-            for name in probs
-            for item in (classes[probs[name][i].argmax()], round(float(probs[name][i].max()), 6))
-        ]
-        for i, (file, label) in enumerate(zip(files, labels))
-    ]
-    header = ["file", "label"] + [
-        item for name in probs for item in (f"{name}_predicted", f"{name}_confidence")
-    ]
-    write_text(reports / "predictions.csv", csv_text(header, prediction_rows))
+def _write_plot_data(
+    plots: Path, classes: list[str], labels: np.ndarray, reference: np.ndarray, detail, latency
+) -> None:
+    """The csv files dvc.yaml's plots draw."""
     confusion_rows = [[classes[label], classes[guess]] for label, guess in zip(labels, reference)]
     write_text(plots / "confusion.csv", csv_text(["actual", "predicted"], confusion_rows))
     # The shipped model's per-class scores; the other backends' agreement is in evaluation.json.
-    per_class = metrics[REFERENCE]["per_class"]
+    per_class = detail[REFERENCE]["per_class"]
     f1_rows = [
         [cls, per_class[cls]["f1"], per_class[cls]["precision"], per_class[cls]["recall"]]
         for cls in classes
@@ -177,6 +157,51 @@ def evaluate(config: Config, root: Path) -> dict:
     ]
     columns = ["run", "backend", "batch_size", "p50_ms_per_image", "p50_ms", "images_per_s"]
     write_text(plots / "latency.csv", csv_text(columns, latency_rows))
+
+
+def _write_predictions(path: Path, files, labels, classes, probs: dict[str, np.ndarray]) -> None:
+    rows = [
+        [file, classes[label]]
+        + [
+            item
+            for name in probs
+            for item in (classes[probs[name][i].argmax()], round(float(probs[name][i].max()), 6))
+        ]
+        for i, (file, label) in enumerate(zip(files, labels))
+    ]
+    header = ["file", "label"] + [
+        item for name in probs for item in (f"{name}_predicted", f"{name}_confidence")
+    ]
+    write_text(path, csv_text(header, rows))
+
+
+def evaluate(config: Config, root: Path) -> dict:
+    paths, settings = config.paths, config.evaluate
+    processed, models = root / paths.processed_dir, root / paths.models_dir
+    reports, plots = root / paths.reports_dir, root / paths.plots_dir
+    images, labels, classes, files = _test_split(processed)
+
+    predictors = backends(models)
+    probs = {name: _predict_all(predict, images) for name, predict in predictors.items()}
+    reference = probs[REFERENCE].argmax(1)
+    detail = _score(probs, labels, classes, settings)
+    if settings.baseline_predictions is not None:
+        detail["baseline"] = _baseline(
+            root / settings.baseline_predictions, files, labels, reference, classes
+        )
+    latency = {"threads": thread_info(), "backends": {}}
+    for name, predict in predictors.items():
+        latency["backends"][name] = [
+            measure(predict, images, size, settings.warmup_iterations, settings.timed_iterations)
+            for size in settings.batch_sizes
+        ]
+
+    summary = headline(detail, latency, read_json(reports / TRAIN_REPORT))
+    write_json(reports / DETAIL_FILE, detail)
+    write_json(reports / LATENCY_FILE, latency)
+    write_json(reports / METRICS_FILE, summary)
+    _write_predictions(reports / "predictions.csv", files, labels, classes, probs)
+    _write_plot_data(plots, classes, labels, reference, detail, latency)
     eval_figures.confusion_figure(labels, reference, classes, plots / "confusion.png")
     eval_figures.errors_gallery(
         images,
@@ -187,4 +212,4 @@ def evaluate(config: Config, root: Path) -> dict:
         settings.gallery_size,
         plots / "errors.png",
     )
-    return {"metrics": summary, "detail": metrics, "latency": latency}
+    return {"metrics": summary, "detail": detail, "latency": latency}

@@ -96,21 +96,10 @@ def _python_source(module: str) -> Path:
     return Path(str(resources.files("flower_model.serving.triton_models") / f"{module}.py"))
 
 
-def write_repository(
-    output: Path,
-    model: Path,
-    config: ServeConfig,
-    flavour: str = "container",
-    engine: str = "onnx",
-) -> list[Path]:
-    """Write the repository atomically; return the config.pbtxt files written, sorted."""
+def _model_metadata(model: Path) -> dict[str, str]:
+    """The exported model's metadata, refused with the fix when the file cannot serve."""
     from flower_model.export.onnx import read_metadata
-    from flower_model.export.tensorrt import PLAN_FILE
 
-    if flavour not in FLAVOURS:
-        raise FlowerModelError(f"--flavour must be one of {FLAVOURS}, got {flavour!r}")
-    if engine not in ENGINES:
-        raise FlowerModelError(f"--backend must be one of {ENGINES}, got {engine!r}")
     if not model.is_file():
         raise FlowerModelError(f"{model} does not exist: run `dvc repro export_onnx` first")
     try:
@@ -120,6 +109,24 @@ def write_repository(
     missing = [key for key in ("class_names", *IMAGE_KEYS) if key not in metadata]
     if missing:
         raise FlowerModelError(unusable_model(model, f"it lacks the metadata {missing}"))
+    return metadata
+
+
+def write_repository(
+    output: Path,
+    model: Path,
+    config: ServeConfig,
+    flavour: str = "container",
+    engine: str = "onnx",
+) -> list[Path]:
+    """Write the repository atomically; return the config.pbtxt files written, sorted."""
+    from flower_model.export.tensorrt import PLAN_FILE
+
+    if flavour not in FLAVOURS:
+        raise FlowerModelError(f"--flavour must be one of {FLAVOURS}, got {flavour!r}")
+    if engine not in ENGINES:
+        raise FlowerModelError(f"--backend must be one of {ENGINES}, got {engine!r}")
+    metadata = _model_metadata(model)
     labels = json.loads(metadata["class_names"])
     size, classes = int(metadata["image_size"]), len(labels)
     shared = {
