@@ -120,7 +120,9 @@ def test_a_missing_or_broken_dvc_yaml_is_a_one_line_error(tmp_path):
 # changing it reruns nothing.
 PLUMBING = {
     "flower_model/__init__.py",
-    "flower_model/config.py",
+    "flower_model/config/__init__.py",
+    "flower_model/config/schema.py",
+    "flower_model/config/loading.py",
     "flower_model/constants.py",
     "flower_model/errors.py",
     "flower_model/io_utils.py",

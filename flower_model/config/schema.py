@@ -1,17 +1,14 @@
-"""The Pydantic schema of configs/, group by group, and the one way stages load their config.
+"""The Pydantic schema of configs/, group by group.
 
 Every class here mirrors one file of configs/ (`extra="forbid"`: a key the schema does not know is
-an error, so a typo never silently falls back to a default). Loading reads params.yaml, the exact
-file DVC hashes; overrides, when given, are composed from configs/ with Hydra instead.
+an error, so a typo never silently falls back to a default).
 """
 
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from flower_model.constants import CONFIG_DIR_NAME, CONFIG_NAME, PARAMS_FILE
 from flower_model.errors import FlowerModelError
 
 Probability = float
@@ -288,72 +285,3 @@ class Config(Section):
     serve: ServeConfig
     slurm: SlurmConfig
     resume: str | None
-
-
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        shown = "(missing)" if item["type"] == "missing" else repr(item.get("input"))
-        if item["type"] == "extra_forbidden":
-            hint = "unknown key: remove it or fix its spelling (see configs/)"
-        else:
-            hint = item["msg"]
-        lines.append(f"  {key} = {shown}: {hint}")
-    return "invalid config:\n" + "\n".join(lines)
-
-
-def validate(raw: dict) -> Config:
-    """Validate a composed config mapping; raise ConfigError naming every bad key."""
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
-
-
-def compose_raw(root: Path, overrides: list[str] | None = None) -> dict:
-    """Compose configs/ with Hydra (the same composition DVC's Hydra mode performs)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    config_dir = (root / CONFIG_DIR_NAME).resolve()
-    if not config_dir.is_dir():
-        raise ConfigError(f"no {CONFIG_DIR_NAME}/ under {root}: run from the project root")
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-            composed = compose(config_name=CONFIG_NAME, overrides=list(overrides or []))
-        return OmegaConf.to_container(composed, resolve=True)
-    except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(f"cannot compose {CONFIG_DIR_NAME}/ with {overrides}: {error}") from None
-
-
-def load_config(root: Path, overrides: list[str] | None = None) -> Config:
-    """The config a stage runs with: params.yaml, or configs/ + overrides when there are any."""
-    if overrides:
-        return validate(compose_raw(root, overrides))
-    params = root / PARAMS_FILE
-    if not params.is_file():
-        raise ConfigError(
-            f"{params} is missing: run `flower-model compose` to write it from configs/"
-        )
-    try:
-        raw = yaml.safe_load(params.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{params} is not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{params} must hold a mapping; run `flower-model compose`")
-    return validate(raw)
-
-
-def flatten(data: dict, prefix: str = "") -> dict[str, object]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values (MLflow params, run names)."""
-    flat: dict[str, object] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
