@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flower_model.config import dvc_yaml as declaration
 from flower_model.config import flatten
-from flower_model.pipeline import declaration, stages
+from flower_model.pipeline import stages
 from tests.conftest import REPO_ROOT, make_config
 
 TEMPLATED = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
@@ -129,7 +130,7 @@ PLUMBING = {
     "flower_model/pipeline/__init__.py",
     "flower_model/pipeline/stages/__init__.py",  # the stage table (loads one stage on use)
     "flower_model/pipeline/stage.py",
-    "flower_model/pipeline/declaration.py",  # reads dvc.yaml itself
+    "flower_model/config/dvc_yaml.py",  # reads dvc.yaml itself
     "flower_model/pipeline/dvc_outs.py",
     "flower_model/pipeline/fetch.py",
     "flower_model/naming.py",

@@ -146,12 +146,13 @@ def _git(folder, *words: str) -> None:
 
 @pytest.fixture
 def committed_project(tmp_path):
-    """A git checkout with code, params, a DVC-written lock and a committed metrics file."""
+    """A git checkout with code, params, a DVC-written lock and a committed metrics file whose
+    path dvc.yaml templates from params, as the project's own does."""
     (tmp_path / "code.py").write_text("x = 1\n")
-    (tmp_path / "params.yaml").write_text("train: {lr: 0.1}\n")
+    (tmp_path / "params.yaml").write_text("train: {lr: 0.1}\npaths: {reports_dir: reports}\n")
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
     (tmp_path / "dvc.yaml").write_text(
-        "stages:\n  s:\n    cmd: x\n    metrics:\n      - reports/metrics.json:\n"
+        "stages:\n  s:\n    cmd: x\n    metrics:\n      - ${paths.reports_dir}/metrics.json:\n"
         "          cache: false\n"
     )
     (tmp_path / "reports").mkdir()

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import yaml
 
-from flower_model.config import Config, ConfigError, load_config
+from flower_model.config import Config, ConfigError
+from flower_model.config import dvc_yaml as declaration
+from flower_model.config import load_config
 from flower_model.constants import PARAMS_FILE
 from flower_model.errors import FlowerModelError, MissingInputError
-from flower_model.pipeline import declaration
 from flower_model.pipeline.dvc_outs import restore_previous_outs, running_under_dvc
 
 EXIT_ERROR = 2

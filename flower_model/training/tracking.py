@@ -12,8 +12,8 @@ import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from flower_model.config import MlflowConfig, ModelConfig
-from flower_model.constants import DVC_LOCK_FILE
+from flower_model.config import ConfigError, MlflowConfig, ModelConfig, dvc_yaml, flatten
+from flower_model.constants import DVC_LOCK_FILE, PARAMS_FILE
 from flower_model.errors import FlowerModelError
 
 UNKNOWN = "unknown"
@@ -29,11 +29,13 @@ def pipeline_written_files(root: Path) -> set[str]:
     outs and metrics in dvc.yaml. They differ from the commit during any `dvc repro`, so they
     do not make a run "dirty" (git_dirty was true on a fresh clone's first `make repro`)."""
     written = {DVC_LOCK_FILE.as_posix()}
-    pipeline = root / "dvc.yaml"
-    if pipeline.is_file():
-        for stage in (yaml.safe_load(pipeline.read_text()) or {}).get("stages", {}).values():
-            for entry in stage.get("outs", []) + stage.get("metrics", []):
-                written.add(next(iter(entry)) if isinstance(entry, dict) else entry)
+    params = root / PARAMS_FILE
+    try:
+        values = flatten(yaml.safe_load(params.read_text()) or {}) if params.is_file() else {}
+        for declared in dvc_yaml.stages(root).values():
+            written |= {dvc_yaml.fill(out, values).as_posix() for out in declared.outs}
+    except ConfigError:  # no or a broken dvc.yaml, or a path params.yaml cannot fill
+        pass
     return written
 
 

@@ -1,6 +1,7 @@
-"""dvc.yaml is the one declaration of the pipeline: stage names and order, the params keys each
-stage reads, its inputs (the deps that are not code) and its outs. The stage runner and the CLI
-read them from here, so adding an out or a params key is one edit in dvc.yaml.
+"""Reading dvc.yaml, the one declaration of the pipeline: stage names and order, the params keys
+each stage reads, its inputs (the deps that are not code) and its outs. The stage runner, the CLI
+and the MLflow git-dirty check read them from here, so adding an out or a params key is one edit
+in dvc.yaml.
 
 Paths in dvc.yaml are templated from `paths` (and `data.name`), e.g.
 `${paths.models_dir}/model.ckpt`: DVC fills them from params.yaml, and `resolve` fills them from
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from flower_model.config import Config, ConfigError, flatten
+from flower_model.config.loading import flatten
+from flower_model.config.schema import Config, ConfigError
 
 DVC_FILE = "dvc.yaml"
 CODE_DEPS = ("flower_model/", "pipeline_stages/")  # deps that are code, not data
@@ -63,7 +65,11 @@ def stage(name: str, root: Path) -> Declared:
 
 def resolve(path: str, config: Config) -> Path:
     """`${paths.models_dir}/model.ckpt` -> models/model.ckpt, with this config's values."""
-    values = flatten(config.model_dump(mode="json"))
+    return fill(path, flatten(config.model_dump(mode="json")))
+
+
+def fill(path: str, values: dict[str, object]) -> Path:
+    """`path` with each `${dotted.key}` replaced from `values` (flattened params)."""
 
     def value(match: re.Match) -> str:
         key = match.group(1)
