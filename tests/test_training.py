@@ -82,9 +82,10 @@ class StopAfterFirstEpoch(pl.Callback):
 
 
 def _run(root, config: Config, callbacks=()):
-    from flower_model.pipeline.stage import Stage
+    from flower_model.pipeline import stages
 
-    resolved = Stage("t", ("model", "train", "trainer", "resume"), lambda *_: None).resolved(config)
+    # The keys the train stage reads, as dvc.yaml declares them (what DVC's run records).
+    resolved = stages.stage("train").resolved(config, REPO_ROOT)
     return train_model(config, root, resolved, extra_callbacks=callbacks)
 
 
