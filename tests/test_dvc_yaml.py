@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flower_model.config import dvc_yaml as declaration
-from flower_model.config import flatten
+from flower_model.config import dvc_yaml, flatten
 from flower_model.pipeline import stages
 from tests.conftest import REPO_ROOT, make_config
 
@@ -18,7 +17,7 @@ TEMPLATED = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
 # The file as DVC reads it: ${paths.x} filled from params.yaml (the test below proves the stage
 # runner fills them the same way).
 RESOLVED = yaml.safe_load(
-    declaration.TEMPLATE.sub(
+    dvc_yaml.TEMPLATE.sub(
         lambda match: str(
             flatten(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()))[match[1]]
         ),
@@ -107,13 +106,13 @@ def test_a_missing_or_broken_dvc_yaml_is_a_one_line_error(tmp_path):
     from flower_model.config import ConfigError
 
     with pytest.raises(ConfigError, match="no dvc.yaml under .*run flower-model from the project"):
-        declaration.stage("train", tmp_path)
+        dvc_yaml.stage("train", tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: [")
     with pytest.raises(ConfigError, match="is not a DVC pipeline file"):
-        declaration.stage("train", tmp_path)
+        dvc_yaml.stage("train", tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {other: {cmd: x}}\n")
     with pytest.raises(ConfigError, match="stage train is not in"):
-        declaration.stage("train", tmp_path)
+        dvc_yaml.stage("train", tmp_path)
 
 
 # Shared plumbing every stage loads: it checks config, reports and writes atomically, but

@@ -2,8 +2,8 @@
 
 A stage module (flower_model/pipeline/stages/<name>.py) declares a `Stage`: the function that
 does the work, the modules it needs and its preflight checks. What it reads and writes (params
-keys, inputs, outs) is declared once, in dvc.yaml (`declaration`). `execute` runs it the same way
-from DVC and the CLI.
+keys, inputs, outs) is declared once, in dvc.yaml (read by `config/dvc_yaml.py`). `execute`
+runs it the same way from DVC and the CLI.
 """
 
 import importlib
@@ -14,9 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from flower_model.config import Config, ConfigError
-from flower_model.config import dvc_yaml as declaration
-from flower_model.config import load_config
+from flower_model.config import Config, ConfigError, dvc_yaml, load_config
 from flower_model.constants import PARAMS_FILE
 from flower_model.errors import FlowerModelError, MissingInputError
 from flower_model.pipeline.dvc_outs import restore_previous_outs, running_under_dvc
@@ -39,17 +37,17 @@ class Stage:
 
     def sections(self, root: Path) -> tuple[str, ...]:
         """Config keys read, dotted: the stage's `params:` in dvc.yaml."""
-        return declaration.stage(self.name, root).params
+        return dvc_yaml.stage(self.name, root).params
 
     def inputs(self, config: Config, root: Path) -> list[Path]:
         """The deps in dvc.yaml that are data, not code, with this config's paths."""
-        declared = declaration.stage(self.name, root)
-        return [declaration.resolve(path, config) for path in declared.inputs]
+        declared = dvc_yaml.stage(self.name, root)
+        return [dvc_yaml.resolve(path, config) for path in declared.inputs]
 
     def outputs(self, config: Config, root: Path) -> list[Path]:
         """The outs, metrics and plots in dvc.yaml, with this config's paths."""
-        declared = declaration.stage(self.name, root)
-        return [declaration.resolve(path, config) for path in declared.outs]
+        declared = dvc_yaml.stage(self.name, root)
+        return [dvc_yaml.resolve(path, config) for path in declared.outs]
 
     def resolved(self, config: Config, root: Path) -> dict:
         """The keys this stage reads (dotted, as in dvc.yaml `params:`), as nested plain data."""
