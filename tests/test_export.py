@@ -10,7 +10,13 @@ import pytest
 
 from flower_model.data.layout import images_path
 from flower_model.errors import FlowerModelError
-from flower_model.export.onnx import export_model, quantize_int8, read_metadata, torch_probs
+from flower_model.export.onnx import (
+    export_model,
+    quantize_int8,
+    read_metadata,
+    spread_sample,
+    torch_probs,
+)
 from flower_model.export.runtime import onnx_probs, session
 from flower_model.export.tensorrt import build_engine, unavailable_reason
 from tests.conftest import CLASS_NAMES as CLASSES
@@ -75,6 +81,7 @@ def test_int8_variant(tmp_path, exported, val_images, checkpoint):
     path, _ = exported
     output = tmp_path / "model.int8.onnx"
     quantize_int8(path, output, val_images)
+    assert [item.name for item in tmp_path.iterdir()] == [output.name], "no scratch file left"
     quantized = onnx.load(str(output))
     assert any(node.op_type == "QuantizeLinear" for node in quantized.graph.node)
     assert read_metadata(output)["class_names"] == read_metadata(path)["class_names"]
@@ -176,3 +183,13 @@ def test_trt_build_path_with_stand_in(tmp_path, exported):
     )
     assert plan == b"stand-in plan bytes" and (tmp_path / "cache").read_bytes() == b"cache"
     assert "tensorrt" not in sys.modules, "the stand-in must not leak into the real import path"
+
+
+def test_calibration_and_parity_samples_cover_every_class():
+    # Split arrays are stored class by class; their first images are a single class.
+    labels = np.repeat(np.arange(5), [40, 60, 45, 50, 55])
+    picked = spread_sample(labels, 20)
+    assert len(picked) == 20 and set(picked) == set(range(5))
+    assert np.array_equal(picked, spread_sample(labels, 20)), "deterministic"
+    assert len(set(spread_sample(np.arange(250), 250))) == 250, "no index twice"
+    assert np.array_equal(spread_sample(labels[:7], 20), labels[:7]), "fewer than asked: all"

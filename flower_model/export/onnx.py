@@ -7,6 +7,7 @@ names, image size, normalisation, git SHA and config hash ride along as metadata
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,20 @@ EXAMPLE_BATCH = 2
 
 def config_hash(resolved: dict) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
+
+
+def spread_sample(images: np.ndarray, count: int) -> np.ndarray:
+    """`count` images evenly spaced over `images` (all when it holds fewer), read into memory.
+
+    The split arrays are stored class by class, so their first images are one or two classes: the
+    INT8 calibration took the first 256 training photos, all daisies, and the parity gate's first
+    256 validation photos held no sunflower or tulip. Evenly spaced picks cover every class in
+    proportion, and stay deterministic.
+    """
+    if count >= len(images):
+        return np.asarray(images)
+    index = np.linspace(0, len(images) - 1, count).round().astype(np.int64)
+    return np.asarray(images[index])
 
 
 def torch_probs(wrapper: ExportWrapper, images: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -115,7 +130,10 @@ def quantize_int8(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with atomic_path(output.with_suffix(".pre.onnx")) as prepared, atomic_path(output) as tmp:
+    # The pre-processed graph is scratch: it lives in a temporary folder beside the output (it
+    # used to be renamed into place and stayed behind as model.int8.pre.onnx, an undeclared out).
+    with tempfile.TemporaryDirectory(dir=output.parent) as scratch, atomic_path(output) as tmp:
+        prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=True)
         # Keep the classifier head and softmax in float: quantised probabilities come in 1/255
         # steps that tie the top classes, and the head is a negligible share of the compute.

@@ -8,12 +8,11 @@ from flower_model.pipeline.stage import Stage
 
 
 def run(config: Config, root: Path) -> None:
-    import numpy as np
     import yaml
 
     from flower_model.constants import RESOLVED_CONFIG_NAME
     from flower_model.data.layout import CLASSES_FILE, images_path
-    from flower_model.export.onnx import config_hash, export_model, quantize_int8
+    from flower_model.export.onnx import config_hash, export_model, quantize_int8, spread_sample
     from flower_model.io_utils import load_array, write_json
     from flower_model.models.classifier import load_classifier
 
@@ -43,10 +42,14 @@ def run(config: Config, root: Path) -> None:
         "mlflow_run_id": state.get("mlflow_run_id", ""),
     }
     report = export_model(
-        checkpoint, models / "model.onnx", export, np.asarray(val[: export.parity_images]), metadata
+        checkpoint,
+        models / "model.onnx",
+        export,
+        spread_sample(val, export.parity_images),
+        metadata,
     )
     train = load_array(images_path(processed, "train"), mmap=True)
-    calibration = np.asarray(train[: export.calibration_images])
+    calibration = spread_sample(train, export.calibration_images)
     quantize_int8(
         models / "model.onnx", models / "model.int8.onnx", calibration, export.int8_reduce_range
     )
