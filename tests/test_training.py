@@ -5,7 +5,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import lightning.pytorch as pl
@@ -28,7 +27,7 @@ from tests.conftest import (
     stop_process,
     tiny_ddp_overrides,
 )
-from tests.helpers.cli import run_in_process
+from tests.helpers.cli import run_in_process, run_stage_script
 from tests.helpers.run_if import run_if
 
 MLFLOW_LOST_BOUND_S = 180  # a tiny run whose server dies must still end within this
@@ -118,6 +117,24 @@ def test_outs_are_written(straight_run):
     epochs = (root / "plots" / "train" / "epochs.csv").read_text().splitlines()
     assert len(epochs) == 1 + 2, "one header and one row per epoch"
     assert str(root) not in (root / "models" / "train_run.json").read_text()
+
+
+def test_weight_averaging_ships_the_average(straight_run, tmp_path, tiny_processed, mlflow_server):
+    root = _copy_project(tiny_processed, tmp_path)
+    _run(root, tiny_config(mlflow_server, ema_decay=0.5))
+    last = torch.load(root / "models" / "checkpoints" / "last.ckpt", weights_only=True)
+    averaged, current = last["state_dict"], last["current_model_state"]
+    moved = [
+        name
+        for name, value in current.items()
+        if value.is_floating_point() and not torch.equal(value, averaged[name])
+    ]
+    assert moved, "the checkpoint's weights are the moving average, not the last step's"
+    shipped = torch.load(root / "models" / "model.ckpt", weights_only=True)
+    assert "current_model_state" in shipped
+    # Without averaging (the straight run) a checkpoint holds the trained weights only.
+    plain = torch.load(straight_run[0] / "models" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "current_model_state" not in plain
 
 
 def test_checkpoint_round_trip(straight_run):
@@ -240,14 +257,7 @@ def _run_train_stage(project, tiny_processed, *overrides: str) -> subprocess.Com
     _copy_project(tiny_processed, project)
     shutil.copytree(REPO_ROOT / "configs", project / "configs")
     copy_pipeline(project)
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "pipeline_stages" / "train.py"), *overrides],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_stage_script(project, "train", *overrides)
     assert "train_done" in result.stderr
     return result
 

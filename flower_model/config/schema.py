@@ -177,6 +177,7 @@ class TrainConfig(Section):
     probe_steps: int = Field(ge=0, le=100000)
     freeze_bn_stats: bool
     probe_lr: float = Field(gt=0, le=10)
+    ema_decay: float = Field(ge=0, lt=1)
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "TrainConfig":

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, WeightAveraging
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from flower_model.io_utils import csv_text, write_text
 
@@ -18,6 +19,16 @@ STEP_KEYS = ("train/loss", "lr")
 EPOCH_KEYS = ("train/epoch_loss", "train/acc", "val/loss", "val/acc", "val/f1")
 STEPS_FILE = "steps.csv"
 EPOCHS_FILE = "epochs.csv"
+
+
+def weight_averaging(ema_decay: float) -> list[pl.Callback]:
+    """Lightning's EMA of the weights, updated after every optimiser step; [] when `ema_decay` is 0.
+
+    Validation, the checkpoints (their `state_dict`) and so export and evaluate all see the average.
+    """
+    if ema_decay == 0:
+        return []
+    return [WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(ema_decay))]
 
 
 class EarlyStoppingFrom(EarlyStopping):

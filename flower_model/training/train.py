@@ -28,6 +28,7 @@ from flower_model.training.callbacks import (
     EpochLines,
     StepTimer,
     quiet_lightning_notices,
+    weight_averaging,
 )
 from flower_model.training.checkpoints import checkpoint_callbacks, ship_best
 from flower_model.training.module import FlowerClassifier
@@ -266,7 +267,8 @@ def train_model(
     plots_logger = loggers[1]
     best, callbacks = checkpoint_callbacks(config, checkpoints, datamodule.image_size())
     timer = StepTimer()
-    callbacks = [*callbacks, timer, *extra_callbacks]
+    averaging = weight_averaging(config.train.ema_decay)
+    callbacks = [*callbacks, timer, *averaging, *extra_callbacks]
     trainer = _trainer(config, loggers, callbacks, checkpoints, on_terminal)
     log_event(
         "train_start",

@@ -5,7 +5,11 @@ console script, without paying ~14 s of interpreter start and torch/Lightning im
 import contextlib
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
+
+STAGE_TIMEOUT_S = 600  # a tiny stage run ends in well under a minute; this only bounds a hang
 
 
 def run_in_process(cwd: Path, *args: str) -> tuple[int, str, str]:
@@ -25,3 +29,21 @@ def run_in_process(cwd: Path, *args: str) -> tuple[int, str, str]:
     finally:
         os.chdir(previous)
     return code, out.getvalue(), err.getvalue()
+
+
+def run_stage_script(
+    cwd: Path, stage: str, *overrides: str, **env: str
+) -> subprocess.CompletedProcess:
+    """`python pipeline_stages/<stage>.py OVERRIDES` of this checkout, run from `cwd` as DVC does
+    (a fresh interpreter, output to pipes, not a terminal); asserts it exited 0."""
+    script = Path(__file__).resolve().parents[2] / "pipeline_stages" / f"{stage}.py"
+    result = subprocess.run(
+        [sys.executable, str(script), *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=STAGE_TIMEOUT_S,
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
