@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from flower_model.config import ConfigError, compose_raw, load_config, validate
 from flower_model.naming import (
@@ -238,3 +239,99 @@ def test_dry_run_checks_the_resume_checkpoint(project, tiny_processed, flag_firs
     assert code == 2, stdout + stderr
     assert "resume='/nonexistent/last.ckpt': no checkpoint" in stderr
     assert "Traceback" not in stderr
+
+
+PRESET = "quick"  # configs/experiment/quick.yaml: the try-it run `make verify` uses
+
+
+def _own_values(group: str, option: str) -> dict:
+    """The keys a group option file sets itself (its `defaults:` list aside)."""
+    values = yaml.safe_load((REPO_ROOT / "configs" / group / f"{option}.yaml").read_text())
+    values.pop("defaults", None)
+    return values
+
+
+def test_the_quick_preset_switches_its_groups_and_nothing_else():
+    """`experiment=quick`, through the stages' own config loading: every group its defaults list
+    overrides holds that option's values (which differ from the default run's), and every other
+    section stays the default's. A preset whose override silently stopped applying fails here."""
+    preset = yaml.safe_load((REPO_ROOT / "configs" / "experiment" / f"{PRESET}.yaml").read_text())
+    switched = {}
+    for entry in preset["defaults"]:
+        ((key, option),) = entry.items()
+        switched[key.removeprefix("override /")] = option
+    assert {"preprocess", "train", "trainer", "export", "evaluate"} <= set(switched)
+    quick = load_config(REPO_ROOT, [f"experiment={PRESET}"]).model_dump(mode="json")
+    default = make_config().model_dump(mode="json")
+    for group, option in switched.items():
+        own = _own_values(group, option)
+        assert own, f"configs/{group}/{option}.yaml sets nothing"
+        for key, value in own.items():
+            assert quick[group][key] == value, f"{group}.{key}: the preset's {option} not applied"
+        assert quick[group] != default[group], f"{group}={option} changes nothing"
+        alone = make_config([f"{group}={option}"]).model_dump(mode="json")
+        assert quick[group] == alone[group], f"{group}: the preset is more than {option}"
+    for section in set(default) - set(switched):
+        assert quick[section] == default[section], f"the preset changed {section}"
+    # What the preset promises in its header and the README: 250 photos, 2 epochs.
+    assert quick["preprocess"]["max_images_per_class"] is not None
+    assert quick["train"]["max_epochs"] < default["train"]["max_epochs"]
+    assert quick["export"]["calibration_images"] < default["export"]["calibration_images"]
+    assert quick["evaluate"]["timed_iterations"] < default["evaluate"]["timed_iterations"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "allow_file_store", "refused"),
+    [
+        ("file:/tmp/flower/mlruns", None, True),
+        ("./mlruns", None, True),  # a plain path is MLflow's file store too
+        ("file:/tmp/flower/mlruns", "true", False),  # MLflow's own opt-out
+        ("sqlite:///mlflow.db", None, False),
+        ("http://127.0.0.1:8080", None, False),
+    ],
+)
+def test_mlflow_file_store_is_a_config_error_naming_sqlite(
+    monkeypatch, uri, allow_file_store, refused
+):
+    from flower_model.training.tracking import check_tracking_uri
+
+    if allow_file_store is None:
+        monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", allow_file_store)
+    config = make_config([f"mlflow.tracking_uri={uri}"])
+    if not refused:
+        check_tracking_uri(config.mlflow)
+        return
+    with pytest.raises(ConfigError) as caught:
+        check_tracking_uri(config.mlflow)
+    message = str(caught.value)
+    assert "\n" not in message and uri in message
+    assert "sqlite:///" in message and "MLFLOW_ALLOW_FILE_STORE=true" in message
+
+
+@pytest.mark.parametrize(("stage", "dry_run"), [("train", False), ("evaluate", True)])
+def test_a_file_store_stops_the_stage_before_any_work(
+    project, tiny_processed, monkeypatch, stage, dry_run
+):
+    """MLflow 3 raised on `file:` with a long traceback once training had started; the stage now
+    exits 2 with one line naming sqlite:/// before it writes anything."""
+    import shutil
+
+    from flower_model.pipeline import stages
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    shutil.copytree(tiny_processed / "data", project / "data")
+    override = f"mlflow.tracking_uri=file:{project / 'mlruns'}"
+    for path in stages.stage(stage).inputs(make_config([override]), project):
+        if not (project / path).exists():  # a dry run checks that inputs exist, nothing more
+            (project / path).parent.mkdir(parents=True, exist_ok=True)
+            (project / path).touch()
+    before = sorted(path for path in project.rglob("*"))
+    words = [override, "--dry-run"] if dry_run else [override]
+    code, stdout, stderr = run_in_process(project, stage, *words)
+    assert code == 2, stdout + stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: mlflow.tracking_uri=file:"), lines
+    assert "sqlite:///" in lines[0]
+    assert sorted(path for path in project.rglob("*")) == before, "nothing written"

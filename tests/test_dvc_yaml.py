@@ -252,3 +252,26 @@ def test_epoch_plots_count_from_one_on_an_integer_axis():
     assert confusion["params"][0] == {"name": "showValues", "bind": {"input": "checkbox"}} | {
         "value": True
     }
+
+
+def test_the_class_distribution_is_drawn_coloured_by_split(tiny_processed):
+    """The class-count plot's template colours bars by the `split` column, and the csv the
+    preprocess stage writes (at the path the plot reads) has that column, with every split for
+    every class, next to the plot's x and y fields."""
+    import csv
+
+    from flower_model.constants import SPLITS
+
+    (definition,) = [item for item in PLOTS if "class_distribution" in item]
+    spec = definition["class_distribution"]
+    template = json.loads((PLOT_TEMPLATES / f"{spec['template']}.json").read_text())
+    color = template["encoding"]["color"]
+    assert color["field"] == "split" and color["type"] == "nominal"
+    assert color["sort"] == list(SPLITS), "legend in pipeline order"
+    ((path, y_field),) = spec["y"].items()
+    rows = list(csv.DictReader((tiny_processed / path).open()))
+    assert rows and {spec["x"], y_field, color["field"]} <= set(rows[0])
+    classes = {row[y_field] for row in rows}
+    pairs = sorted((row[y_field], row["split"]) for row in rows)
+    assert pairs == sorted((name, split) for name in classes for split in SPLITS)
+    assert all(int(row[spec["x"]]) > 0 for row in rows)

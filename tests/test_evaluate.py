@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 
@@ -10,10 +11,13 @@ from mlflow.tracking import MlflowClient
 
 from flower_model.config import flatten
 from flower_model.pipeline.stages import build_trt, evaluate, export_onnx
-from tests.conftest import CLASS_NAMES, TINY_SIZE, make_config
+from tests.conftest import CLASS_NAMES, REPO_ROOT, TINY_SIZE, copy_pipeline, make_config
+from tests.helpers.cli import run_stage_script
 
 PAGE_WIDTH_PX = 620  # half of `dvc plots diff`'s page: two revisions side by side, none cut off
 VAL_LOSS = 1.234567  # the train stage's best val/loss, as reports/train.json gives it
+# A Python warning as `warnings` prints it ("...: FutureWarning: ...") or a logged one ("WARNING").
+WARNING_LINE = re.compile(r"\w+Warning: |\bWARNING\b|^warning: ")
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +219,160 @@ def test_a_second_evaluation_gets_its_own_run(evaluated, mlflow_server, monkeypa
     assert run.data.tags["dvc_experiment"] == "cached-train"
     assert run.data.metrics["test/accuracy"] == result["metrics"]["test"]["accuracy"]
     assert len(client.get_metric_history(run_id, "test/accuracy")) == before
+
+
+def _report_files(root) -> dict:
+    """The evaluation result as log_evaluation takes it, read back from the report files."""
+    return {
+        "metrics": json.loads((root / "reports" / "metrics.json").read_text()),
+        "detail": json.loads((root / "reports" / "evaluation.json").read_text()),
+        "latency": json.loads((root / "reports" / "latency.json").read_text()),
+    }
+
+
+def _restore_tracking_uri():
+    """register_onnx_model sets MLflow's process-wide tracking URI; put the previous one back."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    return lambda: mlflow.set_tracking_uri(previous)
+
+
+def test_evaluation_tracking_works_with_a_sqlite_store(evaluated, tmp_path, monkeypatch):
+    """The README's serverless store, `sqlite:///<path>/mlflow.db`: the scores, files and the
+    registry version with its `best` alias land there like on a server."""
+    from flower_model.evaluation.tracking import log_evaluation, register_onnx_model
+    from flower_model.training.tracking import require_tracking_server
+
+    source, config, _ = evaluated
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment(
+        config.mlflow.experiment_name, artifact_location=(tmp_path / "artifacts").as_uri()
+    )
+    run_id = client.create_run(experiment).info.run_id
+    root = tmp_path / "project"
+    shutil.copytree(source / "data", root / "data")
+    shutil.copytree(source / "reports", root / "reports")
+    shutil.copytree(source / "plots", root / "plots")
+    (root / "models").mkdir()
+    shutil.copy(source / "models" / "model.onnx", root / "models" / "model.onnx")
+    (root / "models" / "train_run.json").write_text(json.dumps({"mlflow_run_id": run_id}))
+    local = config.model_copy(
+        update={"mlflow": config.mlflow.model_copy(update={"tracking_uri": uri})}
+    )
+    result = _report_files(root)
+    require_tracking_server(local.mlflow)  # no server to ask, and a store MLflow accepts
+    assert log_evaluation(local, root, result) == run_id, "logged into the training run"
+    restore = _restore_tracking_uri()
+    try:
+        aliases = register_onnx_model(local, root, result["metrics"]["test"]["accuracy"])
+    finally:
+        restore()
+    run = client.get_run(run_id)
+    assert run.data.metrics["test/accuracy"] == result["metrics"]["test"]["accuracy"]
+    artifacts = {item.path for item in client.list_artifacts(run_id, "evaluation")}
+    assert "evaluation/metrics.json" in artifacts
+    name = local.mlflow.registered_model_name
+    assert str(client.get_model_version_by_alias(name, "best").version) == aliases["best"] == "1"
+
+
+REGISTRY_TEST_MODEL = "flower_classifier_digest_test"  # its own name: other tests register too
+
+
+def _registry_project(folder, tiny_processed, tiny_onnx, run_id: str, altered_test_data: bool):
+    """A project root with the test split (one pixel changed when `altered_test_data`: other
+    test data, so another digest), models/model.onnx and train_run.json naming `run_id`."""
+    import numpy as np
+
+    from flower_model.data.layout import images_path
+
+    shutil.copytree(tiny_processed / "data", folder / "data")
+    if altered_test_data:
+        path = images_path(folder / "data" / "processed", "test")
+        images = np.load(path)
+        images.flat[0] ^= 1
+        np.save(path, images)
+    (folder / "models").mkdir()
+    shutil.copy(tiny_onnx, folder / "models" / "model.onnx")
+    (folder / "models" / "train_run.json").write_text(json.dumps({"mlflow_run_id": run_id}))
+    return folder
+
+
+def test_best_is_chosen_among_versions_scored_on_the_same_test_data(
+    tmp_path, tiny_processed, tiny_onnx, mlflow_server
+):
+    """A version scored higher on other test data (another digest) never becomes `best`, and
+    among same-digest versions the highest accuracy wins, not the newest."""
+    from flower_model.evaluation.tracking import (
+        TEST_DATA_TAG,
+        register_onnx_model,
+        test_data_digest,
+    )
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("flower-model") or client.get_experiment(
+        client.create_experiment("flower-model")
+    )
+    run_id = client.create_run(experiment.experiment_id).info.run_id
+    config = make_config(
+        [
+            f"mlflow.tracking_uri={mlflow_server}",
+            f"mlflow.registered_model_name={REGISTRY_TEST_MODEL}",
+        ]
+    )
+    ours = _registry_project(tmp_path / "ours", tiny_processed, tiny_onnx, run_id, False)
+    other = _registry_project(tmp_path / "other", tiny_processed, tiny_onnx, run_id, True)
+    processed = config.paths.processed_dir
+    digest, other_digest = (test_data_digest(root / processed) for root in (ours, other))
+    assert digest != other_digest
+    # (project, test accuracy, the version `best` must then name: 1-based registration order)
+    registrations = [(other, 0.9, 1), (ours, 0.6, 2), (ours, 0.55, 2)]
+    restore = _restore_tracking_uri()
+    try:
+        for root, accuracy, best in registrations:
+            aliases = register_onnx_model(config, root, accuracy)
+            assert aliases["best"] == str(best), (accuracy, aliases)
+    finally:
+        restore()
+    assert client.get_model_version_by_alias(REGISTRY_TEST_MODEL, "best").version == "2"
+    versions = {
+        item.version: item.tags[TEST_DATA_TAG]
+        for item in client.search_model_versions(f"name='{REGISTRY_TEST_MODEL}'")
+    }
+    assert versions == {"1": other_digest, "2": digest, "3": digest}
+
+
+CONSOLE_TEST_MODEL = "flower_classifier_console_test"
+
+
+def test_console_of_the_evaluate_stage(evaluated, tmp_path, mlflow_server):
+    """What `dvc repro > log` shows for evaluate (output to pipes, not a terminal): MLflow's run
+    links at most once and no Python warning the project causes."""
+    source, _, _ = evaluated
+    for folder in ("data", "models", "reports"):
+        shutil.copytree(source / folder, tmp_path / folder)
+    shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")
+    copy_pipeline(tmp_path)
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("flower-model")
+    run_id = client.create_run(experiment.experiment_id).info.run_id  # a fresh training run
+    (tmp_path / "models" / "train_run.json").write_text(json.dumps({"mlflow_run_id": run_id}))
+    overrides = [
+        f"mlflow.tracking_uri={mlflow_server}",
+        f"preprocess.image_size={TINY_SIZE}",
+        "evaluate.timed_iterations=3",
+        "evaluate.bootstrap_samples=50",
+        "mlflow.register_model=always",  # the registration is what opens a fluent run
+        f"mlflow.registered_model_name={CONSOLE_TEST_MODEL}",  # `latest` of the others stays
+    ]
+    result = run_stage_script(tmp_path, "evaluate", *overrides)
+    everything = result.stdout + result.stderr
+    print(everything)
+    assert everything.count("View run") <= 1, everything
+    assert everything.count("View experiment") <= 1, everything
+    warnings = [line for line in everything.splitlines() if WARNING_LINE.search(line)]
+    assert not warnings, warnings
+    written = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert client.get_run(run_id).data.metrics["test/accuracy"] == written["test"]["accuracy"]

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -90,11 +91,33 @@ def data_version(root: Path, processed_dir: Path) -> dict[str, str]:
     }
 
 
+FILE_STORE_SCHEMES = ("", "file")  # MLflow's filesystem store: a plain path or a file: URI
+
+
+def check_tracking_uri(config: MlflowConfig) -> None:
+    """Refuse MLflow's filesystem store before any work, in one line naming the fix.
+
+    MLflow 3 raises on a path or `file:` URI (the store is in maintenance mode) unless
+    MLFLOW_ALLOW_FILE_STORE=true: a long traceback once the stage had already started."""
+    from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+
+    uri = config.tracking_uri
+    if urllib.parse.urlparse(uri).scheme not in FILE_STORE_SCHEMES or MLFLOW_ALLOW_FILE_STORE.get():
+        return
+    raise ConfigError(
+        f"mlflow.tracking_uri={uri} is MLflow's file store, which MLflow 3 refuses: use "
+        "mlflow.tracking_uri=sqlite:///mlflow.db (no server needed) or an http:// server, "
+        f"or set {MLFLOW_ALLOW_FILE_STORE.name}=true to keep the file store"
+    )
+
+
 def require_tracking_server(config: MlflowConfig) -> None:
-    """Fail before training if an HTTP tracking server does not answer, saying how to start one."""
+    """Fail before any work if the tracking URI is one MLflow refuses (check_tracking_uri) or an
+    HTTP tracking server does not answer, saying how to start one."""
+    check_tracking_uri(config)
     uri = config.tracking_uri
     if not uri.startswith(HTTP_SCHEMES):
-        return  # sqlite:/file: stores need no server
+        return  # a sqlite: store needs no server
     try:
         # A fresh opener reads the proxy settings now (urlopen's global one caches them).
         opener = urllib.request.build_opener()

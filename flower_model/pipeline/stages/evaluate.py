@@ -6,6 +6,12 @@ from flower_model.config import Config
 from flower_model.pipeline.stage import Stage
 
 
+def preflight(config: Config, root: Path) -> None:
+    from flower_model.training.tracking import check_tracking_uri
+
+    check_tracking_uri(config.mlflow)  # a store MLflow accepts, in dry runs too
+
+
 def run(config: Config, root: Path) -> None:
     from flower_model.evaluation.evaluate import evaluate
     from flower_model.evaluation.tracking import (
@@ -43,4 +49,5 @@ STAGE = Stage(
     name="evaluate",
     run=run,
     modules=("torch", "onnxruntime", "matplotlib", "mlflow"),
+    preflight=preflight,
 )

@@ -8,7 +8,9 @@ from flower_model.pipeline.stage import Stage
 
 def preflight(config: Config, root: Path) -> None:
     from flower_model.training.resume import load_resume_state
+    from flower_model.training.tracking import check_tracking_uri
 
+    check_tracking_uri(config.mlflow)  # a store MLflow accepts
     load_resume_state(config, root)  # the checkpoint exists, loads, and fits this model
 
 
