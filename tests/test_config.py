@@ -288,6 +288,7 @@ def test_the_quick_preset_switches_its_groups_and_nothing_else():
         ("file:/tmp/flower/mlruns", "true", False),  # MLflow's own opt-out
         ("sqlite:///mlflow.db", None, False),
         ("http://127.0.0.1:8080", None, False),
+        ("databricks", None, False),  # a bare word MLflow takes as a remote store
     ],
 )
 def test_mlflow_file_store_is_a_config_error_naming_sqlite(

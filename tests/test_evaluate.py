@@ -328,7 +328,7 @@ def test_best_is_chosen_among_versions_scored_on_the_same_test_data(
     digest, other_digest = (test_data_digest(root / processed) for root in (ours, other))
     assert digest != other_digest
     # (project, test accuracy, the version `best` must then name: 1-based registration order)
-    registrations = [(other, 0.9, 1), (ours, 0.6, 2), (ours, 0.55, 2)]
+    registrations = [(other, 0.9, 1), (ours, 0.6, 2), (ours, 0.55, 2), (ours, 0.7, 4)]
     restore = _restore_tracking_uri()
     try:
         for root, accuracy, best in registrations:
@@ -336,12 +336,12 @@ def test_best_is_chosen_among_versions_scored_on_the_same_test_data(
             assert aliases["best"] == str(best), (accuracy, aliases)
     finally:
         restore()
-    assert client.get_model_version_by_alias(REGISTRY_TEST_MODEL, "best").version == "2"
+    assert client.get_model_version_by_alias(REGISTRY_TEST_MODEL, "best").version == "4"
     versions = {
         item.version: item.tags[TEST_DATA_TAG]
         for item in client.search_model_versions(f"name='{REGISTRY_TEST_MODEL}'")
     }
-    assert versions == {"1": other_digest, "2": digest, "3": digest}
+    assert versions == {"1": other_digest, "2": digest, "3": digest, "4": digest}
 
 
 CONSOLE_TEST_MODEL = "flower_classifier_console_test"
@@ -369,7 +369,6 @@ def test_console_of_the_evaluate_stage(evaluated, tmp_path, mlflow_server):
     ]
     result = run_stage_script(tmp_path, "evaluate", *overrides)
     everything = result.stdout + result.stderr
-    print(everything)
     assert everything.count("View run") <= 1, everything
     assert everything.count("View experiment") <= 1, everything
     warnings = [line for line in everything.splitlines() if WARNING_LINE.search(line)]

@@ -130,11 +130,17 @@ def test_weight_averaging_ships_the_average(straight_run, tmp_path, tiny_process
         if value.is_floating_point() and not torch.equal(value, averaged[name])
     ]
     assert moved, "the checkpoint's weights are the moving average, not the last step's"
-    shipped = torch.load(root / "models" / "model.ckpt", weights_only=True)
-    assert "current_model_state" in shipped
-    # Without averaging (the straight run) a checkpoint holds the trained weights only.
+    assert int(last["averaging_state"]["n_averaged"]) == last["global_step"], "every step"
+    # The raw weights are exactly the plain run's (averaging takes no random numbers), so the
+    # average is what `state_dict` (which export and evaluate read) holds.
     plain = torch.load(straight_run[0] / "models" / "checkpoints" / "last.ckpt", weights_only=True)
     assert "current_model_state" not in plain
+    assert all(torch.equal(value, plain["state_dict"][name]) for name, value in current.items())
+    shipped = torch.load(root / "models" / "model.ckpt", weights_only=True)
+    assert "current_model_state" in shipped
+    # Resuming needs the same setting: the optimiser state belongs to the raw weights.
+    with pytest.raises(FlowerModelError, match="train.ema_decay"):
+        _run(root, tiny_config(mlflow_server).model_copy(update={"resume": "last"}))
 
 
 def test_checkpoint_round_trip(straight_run):

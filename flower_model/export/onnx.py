@@ -132,7 +132,10 @@ def quantize_int8(
 
     # The pre-processed graph is scratch: it lives in a temporary folder beside the output (it
     # used to be renamed into place and stayed behind as model.int8.pre.onnx, an undeclared out).
-    with tempfile.TemporaryDirectory(dir=output.parent) as scratch, atomic_path(output) as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix=".quantize.", dir=output.parent) as scratch,
+        atomic_path(output) as tmp,
+    ):
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=True)
         # Keep the classifier head and softmax in float: quantised probabilities come in 1/255

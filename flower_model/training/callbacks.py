@@ -21,14 +21,18 @@ STEPS_FILE = "steps.csv"
 EPOCHS_FILE = "epochs.csv"
 
 
-def weight_averaging(ema_decay: float) -> list[pl.Callback]:
+def weight_averaging(ema_decay: float, on_gpu: bool) -> list[pl.Callback]:
     """Lightning's EMA of the weights, updated after every optimiser step; [] when `ema_decay` is 0.
 
     Validation, the checkpoints (their `state_dict`) and so export and evaluate all see the average.
+    The average lives on the training device: Lightning's default is the module's device when the
+    callback is set up, before the model moves to the GPU, so on a GPU it would copy every weight
+    to the CPU after each step. "cuda" is each DDP rank's own device (Lightning selects it first).
     """
     if ema_decay == 0:
         return []
-    return [WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(ema_decay))]
+    device = "cuda" if on_gpu else None
+    return [WeightAveraging(device=device, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))]
 
 
 class EarlyStoppingFrom(EarlyStopping):

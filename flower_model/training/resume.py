@@ -42,4 +42,12 @@ def load_resume_state(config: Config, root: Path) -> tuple[Path | None, dict | N
             f"resume={config.resume!r}: {path} was trained with other model settings ({changes}); "
             "resume with the same model settings, or train from scratch without resume"
         )
+    averaged = "current_model_state" in state  # Lightning's WeightAveraging saved it
+    if averaged != (config.train.ema_decay > 0):
+        raise FlowerModelError(
+            f"resume={config.resume!r}: {path} was trained "
+            f"{'with' if averaged else 'without'} an EMA of the weights and train.ema_decay is "
+            f"{config.train.ema_decay}; resume with the run's train.ema_decay, or train without "
+            "resume"
+        )
     return path, state

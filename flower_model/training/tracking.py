@@ -92,6 +92,7 @@ def data_version(root: Path, processed_dir: Path) -> dict[str, str]:
 
 
 FILE_STORE_SCHEMES = ("", "file")  # MLflow's filesystem store: a plain path or a file: URI
+REMOTE_NAMES = ("databricks",)  # bare words MLflow takes as a remote store, not a path
 
 
 def check_tracking_uri(config: MlflowConfig) -> None:
@@ -102,7 +103,8 @@ def check_tracking_uri(config: MlflowConfig) -> None:
     from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
 
     uri = config.tracking_uri
-    if urllib.parse.urlparse(uri).scheme not in FILE_STORE_SCHEMES or MLFLOW_ALLOW_FILE_STORE.get():
+    local = urllib.parse.urlparse(uri).scheme in FILE_STORE_SCHEMES and uri not in REMOTE_NAMES
+    if not local or MLFLOW_ALLOW_FILE_STORE.get():
         return
     raise ConfigError(
         f"mlflow.tracking_uri={uri} is MLflow's file store, which MLflow 3 refuses: use "

@@ -59,6 +59,11 @@ def log_event(event: str, **fields) -> None:
     )
 
 
+def on_gpu(accelerator: str) -> bool:
+    """Whether `trainer.accelerator` trains on a GPU (`auto`: when one is visible)."""
+    return accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def resolve_precision(setting: str, accelerator: str) -> str:
     """`auto`: bf16 (or fp16) autocast on a GPU, fp32 on a CPU. On CPUs bf16 autocast lost even
     where the hardware has it: on a Xeon with AVX-512 bf16 and AMX, fine-tuning EfficientNet-Lite0
@@ -67,8 +72,7 @@ def resolve_precision(setting: str, accelerator: str) -> str:
     slower. `trainer.precision=bf16-mixed` still asks for it."""
     if setting != "auto":
         return setting
-    on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
-    if on_gpu:
+    if on_gpu(accelerator):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
 
@@ -267,8 +271,9 @@ def train_model(
     plots_logger = loggers[1]
     best, callbacks = checkpoint_callbacks(config, checkpoints, datamodule.image_size())
     timer = StepTimer()
-    averaging = weight_averaging(config.train.ema_decay)
-    callbacks = [*callbacks, timer, *averaging, *extra_callbacks]
+    averaging = weight_averaging(config.train.ema_decay, on_gpu(config.trainer.accelerator))
+    # The EMA update runs before the timer's batch end, so it counts as step time, not data wait.
+    callbacks = [*callbacks, *averaging, timer, *extra_callbacks]
     trainer = _trainer(config, loggers, callbacks, checkpoints, on_terminal)
     log_event(
         "train_start",
