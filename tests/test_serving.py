@@ -464,6 +464,7 @@ def test_repository_parses_with_triton_protobuf(tmp_path, tiny_onnx, flavour):
     else:
         assert classifier.backend == "python"
         assert [output.name for output in classifier.output] == ["probs", "labels"]
+        assert classifier.parameters["ort_spinning"].string_value == "false"  # serve's default
     # Every file a config names exists.
     for name, model in parsed.items():
         folder = tmp_path / "repo" / name

@@ -259,6 +259,7 @@ class ServeConfig(Section):
     max_batch_size: int = Field(ge=1)
     max_queue_delay_us: int = Field(ge=0)
     instances: int = Field(ge=1)
+    ort_spinning: bool
     max_restarts: int = Field(ge=0)
 
 

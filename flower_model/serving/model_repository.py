@@ -153,7 +153,12 @@ def write_repository(
                     _write_model(staging, name + suffix, text, {source.name: source}, labels)
         else:
             files = {model.name: model}
-            settings = {"engine": engine, "model_file": model.name, **shared}
+            settings = {
+                "engine": engine,
+                "model_file": model.name,
+                "ort_spinning": str(config.ort_spinning).lower(),
+                **shared,
+            }
             if engine == "tensorrt":
                 if not plan.is_file():
                     raise FlowerModelError(

@@ -29,11 +29,13 @@ class TritonPythonModel:
         else:
             from flower_model.serving.infer import OnnxClassifier
 
-            # Idle ORT threads must not busy-wait here: they share the cores with tritonserver,
-            # the other stub and the clients. Measured on 2 AVX2 cores, one run, interleaved:
-            # with spinning, an in-process ORT call beside the idle server took 24 ms p50,
-            # without 13 ms; the served p50 was the same either way.
-            self.classifier = OnnxClassifier(model, spinning=False)
+            # serve.ort_spinning (off by default): ORT's threads busy-wait between operators. On
+            # EfficientNet-Lite0 and 2 AVX-512 cores, served batch-1 p50 was 5.7 ms with it and
+            # 7.4 ms without in one run (benchmarks/serving.py); but spinning threads take the
+            # cores from everything else on a shared box (on 2 AVX2 cores, an in-process ORT call
+            # beside the idle server took 24 ms p50 with it, 13 ms without).
+            spinning = settings.get("ort_spinning", "false") == "true"
+            self.classifier = OnnxClassifier(model, spinning=spinning)
         self.names = np.array([name.encode() for name in self.classifier.class_names], object)
 
     def execute(self, requests: list) -> list:
