@@ -121,11 +121,11 @@ def _start(model: str, ports: dict[str, int], spinning: bool) -> subprocess.Pope
             time.sleep(0.5)
 
 
-def _rows(timings: dict[str, np.ndarray], base: str) -> None:
+def _rows(timings: dict[str, np.ndarray], base: str | None = None) -> None:
     for name, values in timings.items():
         p50, p99 = np.percentile(values, PERCENTILES)
         extra = ""
-        if name != base and base in timings:
+        if base is not None and name != base:
             extra = f"  overhead (paired median) {np.median(values - timings[base]):+7.3f} ms"
         print(f"  {name:30s} p50 {p50:7.3f} ms  p99 {p99:7.3f} ms{extra}")
 
@@ -180,7 +180,7 @@ def main(
         for protocol, url in (("http", http), ("grpc", grpc)):
             raw[f"served {protocol}"] = _remote_call(protocol, url, name, image)
         _rows(_interleaved(raw, requests), "in-process ONNX Runtime")
-        _rows({other_name: _timed(lambda: other.probs(image), requests)}, "")
+        _rows({other_name: _timed(lambda: other.probs(image), requests)})
         print("batch 1 latency, one JPEG file")
 
         def local_file() -> np.ndarray:

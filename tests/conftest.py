@@ -99,6 +99,27 @@ def copy_pipeline(project: Path, *stages: str) -> None:
     (project / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
 
 
+def train_stage_project(project: Path, tiny_processed: Path) -> Path:
+    """`project` with the tiny data, configs/ and dvc.yaml: what `python pipeline_stages/train.py`
+    needs to run there."""
+    shutil.copytree(tiny_processed / "data", project / "data")
+    shutil.copytree(REPO_ROOT / "configs", project / "configs")
+    copy_pipeline(project)
+    return project
+
+
+def tiny_console_overrides(tracking_uri: str, epochs: int) -> list[str]:
+    """Train-stage overrides for the console tests: the tiny model for `epochs` epochs on CPU."""
+    return [
+        f"train.max_epochs={epochs}",
+        "train.batch_size=8",
+        "trainer.accelerator=cpu",
+        f"mlflow.tracking_uri={tracking_uri}",
+        "model=small_cnn",
+        f"model.widths={TINY_MODEL['widths']}".replace(" ", ""),
+    ]
+
+
 @pytest.fixture
 def project(tmp_path) -> Path:
     """An empty project root with configs/, params.yaml and dvc.yaml, for CLI runs."""
@@ -139,6 +160,13 @@ def stop_process(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
 
 
+# MLflow client settings a training run sets for its process; tests that train in-process put
+# them back so later tests see the defaults.
+MLFLOW_REQUEST_VARIABLES = (
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+)
 MLFLOW_START_TIMEOUT_S = 120
 
 

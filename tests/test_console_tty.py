@@ -12,7 +12,6 @@ import os
 import pty
 import re
 import select
-import shutil
 import struct
 import subprocess
 import sys
@@ -20,7 +19,12 @@ import termios
 import time
 from pathlib import Path
 
-from tests.conftest import REPO_ROOT, TINY_MODEL, copy_pipeline, stop_process
+from tests.conftest import (
+    REPO_ROOT,
+    stop_process,
+    tiny_console_overrides,
+    train_stage_project,
+)
 
 TERMINAL_RUN_TIMEOUT_S = 300
 TERMINAL_ROWS, TERMINAL_COLUMNS = 40, 120
@@ -88,18 +92,11 @@ def run_on_terminal(command: list[str], cwd: Path, timeout_s: float) -> tuple[in
 def test_console_of_a_run_on_a_terminal(tmp_path, tiny_processed, mlflow_server):
     """`dvc repro` or `python pipeline_stages/train.py` in a terminal: the Rich bar, drawn and
     redrawn in place, and none of the per-epoch lines meant for logs."""
-    shutil.copytree(tiny_processed / "data", tmp_path / "data")
-    shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")
-    copy_pipeline(tmp_path)
+    train_stage_project(tmp_path, tiny_processed)
     command = [
         sys.executable,
         str(REPO_ROOT / "pipeline_stages" / "train.py"),
-        "train.max_epochs=2",
-        "train.batch_size=8",
-        "trainer.accelerator=cpu",
-        f"mlflow.tracking_uri={mlflow_server}",
-        "model=small_cnn",
-        f"model.widths={TINY_MODEL['widths']}".replace(" ", ""),
+        *tiny_console_overrides(mlflow_server, 2),
     ]
     code, output = run_on_terminal(command, tmp_path, TERMINAL_RUN_TIMEOUT_S)
     text = ANSI_SEQUENCE.sub("", output)

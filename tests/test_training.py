@@ -18,6 +18,7 @@ from flower_model.pipeline.stages import train as train_stage
 from flower_model.training.module import FlowerClassifier
 from flower_model.training.train import train_model
 from tests.conftest import (
+    MLFLOW_REQUEST_VARIABLES,
     REPO_ROOT,
     TINY_MODEL,
     copy_pipeline,
@@ -25,17 +26,14 @@ from tests.conftest import (
     make_config,
     start_mlflow,
     stop_process,
+    tiny_console_overrides,
     tiny_ddp_overrides,
+    train_stage_project,
 )
 from tests.helpers.cli import run_in_process, run_stage_script
 from tests.helpers.run_if import run_if
 
 MLFLOW_LOST_BOUND_S = 180  # a tiny run whose server dies must still end within this
-MLFLOW_REQUEST_VARIABLES = (
-    "MLFLOW_HTTP_REQUEST_TIMEOUT",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-)
 TINY_TRAIN = {
     "batch_size": 8,
     "eval_batch_size": 32,
@@ -258,11 +256,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_processed, ml
 def _run_train_stage(project, tiny_processed, *overrides: str) -> subprocess.CompletedProcess:
     """`python pipeline_stages/train.py OVERRIDES` in a copy of the tiny project, as DVC runs it
     (output to pipes, not a terminal)."""
-    import shutil
-
-    _copy_project(tiny_processed, project)
-    shutil.copytree(REPO_ROOT / "configs", project / "configs")
-    copy_pipeline(project)
+    train_stage_project(project, tiny_processed)
     result = run_stage_script(project, "train", *overrides)
     assert "train_done" in result.stderr
     return result
@@ -277,16 +271,7 @@ EPOCH_LINE = re.compile(
 def test_console_of_a_logged_run(tmp_path, tiny_processed, mlflow_server):
     """What `dvc repro > log` shows: a short header, one line per epoch, MLflow's links once, no
     notice or warning the project causes itself (was: 70 lines, 35 of them config)."""
-    result = _run_train_stage(
-        tmp_path,
-        tiny_processed,
-        "train.max_epochs=3",
-        "train.batch_size=8",
-        "trainer.accelerator=cpu",
-        f"mlflow.tracking_uri={mlflow_server}",
-        "model=small_cnn",
-        f"model.widths={TINY_MODEL['widths']}".replace(" ", ""),
-    )
+    result = _run_train_stage(tmp_path, tiny_processed, *tiny_console_overrides(mlflow_server, 3))
     lines = result.stdout.splitlines()
     epochs = [int(match[1]) for line in lines if (match := EPOCH_LINE.match(line))]
     assert epochs == [1, 2, 3], result.stdout

@@ -15,14 +15,9 @@ from mlflow.tracking import MlflowClient
 from flower_model.pipeline import stages
 from flower_model.training.tracking import content_hash
 from flower_model.training.train import train_model
-from tests.conftest import REPO_ROOT, TINY_MODEL, make_config
+from tests.conftest import MLFLOW_REQUEST_VARIABLES, REPO_ROOT, TINY_MODEL, make_config
 
 EXPERIMENT_NAME = "tidy-tulip"  # what DVC puts in DVC_EXP_NAME for a `dvc exp run`
-MLFLOW_REQUEST_VARIABLES = (  # train sets them for the process; the fixture puts them back
-    "MLFLOW_HTTP_REQUEST_TIMEOUT",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-)
 TINY_TRAIN = {
     "batch_size": 16,
     "eval_batch_size": 32,
