@@ -2,6 +2,8 @@
 
     python benchmarks/serving.py [--model models/model.onnx] [--requests 300] [--photo F.jpg]
                                  [--spinning]   (serve.ort_spinning, on both sides)
+                                 [--threads N]  (serve.ort_threads, on both sides)
+                                 [--instances N]  (serve.instances)
 
 Starts `flower-model serve` (tritonserver on the python-flavour repository) on free loopback
 ports, then prints, side by side from this one run:
@@ -99,9 +101,9 @@ def _remote_call(protocol: str, url: str, model: str, data: np.ndarray):
     return lambda: client.infer(model, [request], outputs=outputs).as_numpy("probs")
 
 
-def _start(model: str, ports: dict[str, int], spinning: bool) -> subprocess.Popen:
+def _start(model: str, ports: dict[str, int], settings: dict[str, object]) -> subprocess.Popen:
     overrides = [f"serve.{name}={port}" for name, port in ports.items()]
-    overrides.append(f"serve.ort_spinning={str(spinning).lower()}")
+    overrides += [f"serve.{name}={str(value).lower()}" for name, value in settings.items()]
     server = subprocess.Popen(
         [sys.executable, "-m", "flower_model.commands", "serve", *overrides, f"--model={model}"],
         stdout=subprocess.DEVNULL,
@@ -121,6 +123,26 @@ def _start(model: str, ports: dict[str, int], spinning: bool) -> subprocess.Pope
             time.sleep(0.5)
 
 
+def _server_counters(metrics_url: str, model: str) -> dict[str, float]:
+    """Triton's cumulative per-model counters (`nv_inference_*`) from the metrics endpoint."""
+    text = urllib.request.build_opener(urllib.request.ProxyHandler({})).open(metrics_url)
+    counters = {}
+    for line in text.read().decode().splitlines():
+        if line.startswith("nv_inference_") and f'model="{model}"' in line:
+            counters[line.split("{")[0].removeprefix("nv_inference_")] = float(line.split()[-1])
+    return counters
+
+
+def _server_split(before: dict[str, float], after: dict[str, float]) -> str:
+    """Where a served request's time went inside tritonserver, mean ms per request."""
+    count = after["request_success"] - before["request_success"]
+    parts = ("queue", "compute_input", "compute_infer", "compute_output")
+    return ", ".join(
+        f"{part} {(after[f'{part}_duration_us'] - before[f'{part}_duration_us']) / count / MS:.3f}"
+        for part in parts
+    )
+
+
 def _rows(timings: dict[str, np.ndarray], base: str | None = None) -> None:
     for name, values in timings.items():
         p50, p99 = np.percentile(values, PERCENTILES)
@@ -128,6 +150,22 @@ def _rows(timings: dict[str, np.ndarray], base: str | None = None) -> None:
         if base is not None and name != base:
             extra = f"  overhead (paired median) {np.median(values - timings[base]):+7.3f} ms"
         print(f"  {name:30s} p50 {p50:7.3f} ms  p99 {p99:7.3f} ms{extra}")
+
+
+def _parallel_sessions(sessions: list, batch: np.ndarray, requests: int) -> float:
+    """images/s of several in-process sessions, one Python thread each (ORT releases the GIL):
+    what `serve.instances` sessions could do without the server around them."""
+
+    def worker(session) -> tuple[int, float]:
+        for _ in range(WARMUP):
+            session.probs(batch)
+        started = time.perf_counter()
+        for _ in range(requests):
+            session.probs(batch)
+        return requests * len(batch), time.perf_counter() - started
+
+    with ThreadPoolExecutor(len(sessions)) as pool:
+        return sum(images / seconds for images, seconds in pool.map(worker, sessions))
 
 
 def _concurrent(call_factory, requests: int) -> tuple[float, np.ndarray]:
@@ -154,32 +192,43 @@ def main(
     requests: int = 300,
     photo: str | None = None,
     spinning: bool = False,
+    threads: int = 0,
+    instances: int = 1,
 ) -> None:
-    # The baseline uses the server's session settings (`--spinning`, serve.ort_spinning), so the
-    # difference to the served figures is the serving path alone; the other setting gets its
-    # own row, timed while the server is idle (on Lite0 and the AVX-512 EPYC host, spinning
-    # 3.8-4.4 ms p50 against 5.4-6.6 ms without).
-    classifier = OnnxClassifier(Path(model), spinning=spinning)
-    other = OnnxClassifier(Path(model), spinning=not spinning)
-    other_name = f"in-process ORT, spinning={not spinning}"
+    # The baseline uses the server's session settings (`--spinning`, `--threads`), so the
+    # difference to the served figures is the serving path alone; ORT's own defaults (spinning,
+    # a thread per core; or no spinning where those are the server's) get their own row, timed
+    # while the server is idle (on Lite0 and the AVX-512 EPYC host, spinning 3.8-4.4 ms p50
+    # against 5.4-6.7 ms without).
+    served = {"ort_spinning": spinning, "ort_threads": threads, "instances": instances}
+    classifier = OnnxClassifier(Path(model), spinning=spinning, threads=threads)
+    other_spinning = not spinning if threads == 0 else True
+    other = OnnxClassifier(Path(model), spinning=other_spinning)
+    other_name = f"in-process ORT, spinning={other_spinning}, threads=0"
     photo_path = Path(photo) if photo else next(Path("data/raw/flower_photos").rglob("*.jpg"))
     settings = (classifier.image_size, classifier.resize_mode, classifier.pad_value)
     image = load_image(photo_path, *settings, classifier.max_pixels)[None]
     encoded = np.array([[photo_path.read_bytes()]], dtype=object)
     ports = {name: _port() for name in ("http_port", "grpc_port", "metrics_port")}
     http, grpc = f"127.0.0.1:{ports['http_port']}", f"127.0.0.1:{ports['grpc_port']}"
+    metrics = f"http://127.0.0.1:{ports['metrics_port']}/metrics"
     name = "flower_classifier"
     print(
         f"host: {cpu_flags()}; model {model}, photo {photo_path.name}, {requests} requests/row, "
-        f"serve.ort_spinning={spinning}"
+        + ", ".join(f"serve.{key}={value}" for key, value in served.items())
     )
-    server = _start(model, ports, spinning)
+    server = _start(model, ports, served)
     try:
         print("batch 1 latency, uint8 arrays")
         raw = {"in-process ONNX Runtime": lambda: classifier.probs(image)}
         for protocol, url in (("http", http), ("grpc", grpc)):
             raw[f"served {protocol}"] = _remote_call(protocol, url, name, image)
+        before = _server_counters(metrics, name)
         _rows(_interleaved(raw, requests), "in-process ONNX Runtime")
+        # compute_infer is the stub's share (IPC + ORT); what the paired overhead has beyond
+        # queue + input + output + (compute_infer - in-process) is the wire and the client.
+        split = _server_split(before, _server_counters(metrics, name))
+        print(f"  inside tritonserver, mean ms per served request: {split}")
         _rows({other_name: _timed(lambda: other.probs(image), requests)})
         print("batch 1 latency, one JPEG file")
 
@@ -203,8 +252,16 @@ def main(
             best = max(best, *rates)
             print(
                 f"  in-process batch {size:3d}             {rates[0]:7.1f} images/s "
-                f"(spinning={not spinning}: {rates[1]:.1f})"
+                f"({other_name}: {rates[1]:.1f})"
             )
+            if instances > 1:  # the bar includes what the server's sessions do side by side
+                sessions = [classifier] + [
+                    OnnxClassifier(Path(model), spinning=spinning, threads=threads)
+                    for _ in range(instances - 1)
+                ]
+                rate = _parallel_sessions(sessions, batch, max(10, requests // size))
+                best = max(best, rate)
+                print(f"  in-process batch {size:3d}, {instances} sessions {rate:7.1f} images/s")
         for protocol, url in (("http", http), ("grpc", grpc)):
             rate, timings = _concurrent(
                 lambda: _remote_call(protocol, url, name, image), requests // 2

@@ -125,3 +125,15 @@ def test_a_damaged_model_is_a_one_line_error(tmp_path, photo_folder, tiny_onnx, 
     assert len(lines) == 1 and lines[0].startswith(f"error: {model} is not a usable"), lines
     assert "dvc repro export_onnx" in lines[0]
     assert not (tmp_path / "repository").exists(), "nothing half-written"
+
+
+def test_session_settings_reach_onnx_runtime_and_keep_the_predictions(tiny_onnx, tiny_processed):
+    """serve.ort_threads / serve.ort_spinning: the settings the stub's session is opened with."""
+    arrays = np.load(images_path(tiny_processed / "data" / "processed", "val"))[:4]
+    default = OnnxClassifier(tiny_onnx)
+    tuned = OnnxClassifier(tiny_onnx, spinning=False, threads=1)
+    options = tuned.session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert default.session.get_session_options().intra_op_num_threads == 0
+    assert np.allclose(tuned.probs(arrays), default.probs(arrays), atol=1e-6)

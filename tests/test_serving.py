@@ -178,6 +178,31 @@ def test_image_model_decodes_like_infer(triton_server, photo_files, tiny_onnx, p
     ]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("wanted", [["probs"], ["labels"]])
+def test_only_the_requested_outputs_come_back(triton_server, photos, tiny_onnx, protocol, wanted):
+    """A request naming outputs gets those (the stub skips the rest); naming none gets both."""
+    module, client = _client(protocol, triton_server[protocol])
+    request = module.InferInput("images", list(photos[:3].shape), "UINT8")
+    request.set_data_from_numpy(photos[:3])
+    outputs = [module.InferRequestedOutput(name) for name in wanted]
+    try:
+        result = client.infer(MODEL, [request], outputs=outputs)
+    finally:
+        client.close()
+    local = OnnxClassifier(tiny_onnx)
+    expected = local.probs(photos[:3])
+    returned = {name: result.as_numpy(name) for name in ("probs", "labels")}
+    assert [name for name, value in returned.items() if value is not None] == wanted
+    if "probs" in wanted:
+        assert np.allclose(returned["probs"], expected, atol=1e-6)
+    else:
+        assert [label[0].decode() for label in returned["labels"]] == [
+            local.class_names[k] for k in expected.argmax(1)
+        ]
+
+
 def _status(error) -> int:
     """The HTTP status of a tritonclient.http error."""
     return int(error.status())
@@ -465,6 +490,7 @@ def test_repository_parses_with_triton_protobuf(tmp_path, tiny_onnx, flavour):
         assert classifier.backend == "python"
         assert [output.name for output in classifier.output] == ["probs", "labels"]
         assert classifier.parameters["ort_spinning"].string_value == "false"  # serve's default
+        assert classifier.parameters["ort_threads"].string_value == str(config.ort_threads)
     # Every file a config names exists.
     for name, model in parsed.items():
         folder = tmp_path / "repo" / name

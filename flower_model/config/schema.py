@@ -260,6 +260,7 @@ class ServeConfig(Section):
     max_queue_delay_us: int = Field(ge=0)
     instances: int = Field(ge=1)
     ort_spinning: bool
+    ort_threads: int = Field(ge=0)
     max_restarts: int = Field(ge=0)
 
 

@@ -57,12 +57,14 @@ def unusable_model(model: Path, reason: str) -> str:
 
 
 class OnnxClassifier:
-    def __init__(self, model: Path, spinning: bool = True):
-        """`spinning=False` stops idle ORT threads from busy-waiting for the next run."""
+    def __init__(self, model: Path, spinning: bool = True, threads: int = 0):
+        """`spinning=False` stops idle ORT threads from busy-waiting for the next run;
+        `threads` caps the threads one run uses (0: ORT's default, one per core)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
         try:
             self.session = ort.InferenceSession(

@@ -157,6 +157,7 @@ def write_repository(
                 "engine": engine,
                 "model_file": model.name,
                 "ort_spinning": str(config.ort_spinning).lower(),
+                "ort_threads": str(config.ort_threads),
                 **shared,
             }
             if engine == "tensorrt":
