@@ -101,6 +101,11 @@ def _remote_call(protocol: str, url: str, model: str, data: np.ndarray):
     return lambda: client.infer(model, [request], outputs=outputs).as_numpy("probs")
 
 
+def _open(url: str, timeout: float = 10):
+    """GET `url` on loopback, ignoring any proxy settings."""
+    return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=timeout)
+
+
 def _start(model: str, ports: dict[str, int], settings: dict[str, object]) -> subprocess.Popen:
     overrides = [f"serve.{name}={port}" for name, port in ports.items()]
     overrides += [f"serve.{name}={str(value).lower()}" for name, value in settings.items()]
@@ -114,7 +119,7 @@ def _start(model: str, ports: dict[str, int], settings: dict[str, object]) -> su
     url = f"http://127.0.0.1:{ports['http_port']}/v2/health/ready"
     while True:
         try:
-            urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=2)
+            _open(url, timeout=2)
             return server
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:
@@ -125,9 +130,8 @@ def _start(model: str, ports: dict[str, int], settings: dict[str, object]) -> su
 
 def _server_counters(metrics_url: str, model: str) -> dict[str, float]:
     """Triton's cumulative per-model counters (`nv_inference_*`) from the metrics endpoint."""
-    text = urllib.request.build_opener(urllib.request.ProxyHandler({})).open(metrics_url)
     counters = {}
-    for line in text.read().decode().splitlines():
+    for line in _open(metrics_url).read().decode().splitlines():
         if line.startswith("nv_inference_") and f'model="{model}"' in line:
             counters[line.split("{")[0].removeprefix("nv_inference_")] = float(line.split()[-1])
     return counters
@@ -202,7 +206,7 @@ def main(
     # against 5.4-6.7 ms without).
     served = {"ort_spinning": spinning, "ort_threads": threads, "instances": instances}
     classifier = OnnxClassifier(Path(model), spinning=spinning, threads=threads)
-    other_spinning = not spinning if threads == 0 else True
+    other_spinning = not (spinning and threads == 0)  # ORT's defaults, unless the server's
     other = OnnxClassifier(Path(model), spinning=other_spinning)
     other_name = f"in-process ORT, spinning={other_spinning}, threads=0"
     photo_path = Path(photo) if photo else next(Path("data/raw/flower_photos").rglob("*.jpg"))
@@ -243,6 +247,10 @@ def main(
         _rows(_interleaved(files, requests), "in-process decode + ORT")
         print("throughput")
         best = 0.0
+        sessions = [classifier] + [
+            OnnxClassifier(Path(model), spinning=spinning, threads=threads)
+            for _ in range(instances - 1)
+        ]
         for size in BATCH_SIZES:
             batch = np.repeat(image, size, axis=0)
             rates = []
@@ -255,10 +263,6 @@ def main(
                 f"({other_name}: {rates[1]:.1f})"
             )
             if instances > 1:  # the bar includes what the server's sessions do side by side
-                sessions = [classifier] + [
-                    OnnxClassifier(Path(model), spinning=spinning, threads=threads)
-                    for _ in range(instances - 1)
-                ]
                 rate = _parallel_sessions(sessions, batch, max(10, requests // size))
                 best = max(best, rate)
                 print(f"  in-process batch {size:3d}, {instances} sessions {rate:7.1f} images/s")

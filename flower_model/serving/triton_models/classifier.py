@@ -46,12 +46,13 @@ class TritonPythonModel:
         # Only the outputs a request asked for are built (Triton asks for all when a client
         # names none): the BYTES `labels` tensor is serialised by this stub and copied back,
         # which a client reading `probs` alone should not pay for.
-        wanted = {name for item in requests for name in item.requested_output_names()}
-        labels = self.names[probs.argmax(axis=1)].reshape(-1, 1) if "labels" in wanted else None
+        requested = [set(item.requested_output_names()) for item in requests]
+        labels = None
+        if any("labels" in names for names in requested):
+            labels = self.names[probs.argmax(axis=1)].reshape(-1, 1)
         responses, start = [], 0
-        for item, batch in zip(requests, batches):
+        for names, batch in zip(requested, batches):
             stop = start + len(batch)
-            names = item.requested_output_names()
             outputs = [pb_utils.Tensor("probs", probs[start:stop])] if "probs" in names else []
             if "labels" in names:
                 outputs.append(pb_utils.Tensor("labels", labels[start:stop]))
