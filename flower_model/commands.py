@@ -1,120 +1,142 @@
-"""The `flower-model` command line (fire): one small function per command.
+"""The `flower-model` command line: one small function per command, run by fire inside the one
+error boundary of `flower_model/cli.py` (flags checked before work, one-line errors).
 
-Stages: `flower-model <stage> [hydra overrides...] [--dry-run]`. Without overrides a stage reads
-params.yaml (what DVC tracks); with overrides it composes configs/ + overrides and says so.
+`flower-model <stage>` runs `pipeline_stages/<stage>.py`, the module DVC runs for that stage.
 """
 
+import importlib
+import pkgutil
 import sys
 from pathlib import Path
 
+import pipeline_stages
+from flower_model.cli import run_cli
 from flower_model.errors import FlowerModelError
-from flower_model.pipeline import stages
-from flower_model.pipeline.stage import (
-    EXIT_ERROR,
-    fire_command,
-    require_flag_without_value,
-    stage_command,
-)
+
+ABOUT = "flower-model: a flower photo classifier whose whole life is one DVC pipeline."
+DEFAULT_MODEL = "models/model.onnx"
 
 
 def _stage(name: str):
-    def command(*overrides: str, dry_run: bool = False, show_config: bool = False) -> None:
-        # The stage table loads the stage's module on use: `flower-model compose` pays no torch.
-        stage_command(stages.stage(name))(*overrides, dry_run=dry_run, show_config=show_config)
+    """`flower-model NAME ...` for stage module pipeline_stages/NAME.py (loaded on use, so a
+    command never imports another stage's code)."""
+    from flower_model.pipeline.stage import module_summary, stage_command
 
-    command.__name__ = name
-    command.__doc__ = (
-        f"Run stage {name}: `flower-model {name} [overrides...] [--dry-run] [--show-config]`."
+    module = importlib.import_module(f"{pipeline_stages.__name__}.{name}")
+    return stage_command(
+        name, module.run, getattr(module, "preflight", None), module_summary(module)
     )
-    return command
+
+
+def stage_names() -> list[str]:
+    """The stages: one module each in pipeline_stages/, in dvc.yaml's order when it is here."""
+    from flower_model.config import ConfigError, dvc_yaml
+
+    names = sorted(info.name for info in pkgutil.iter_modules(pipeline_stages.__path__))
+    try:
+        order = list(dvc_yaml.stages(Path.cwd()))
+    except ConfigError:
+        return names
+    return sorted(names, key=lambda name: order.index(name) if name in order else len(order))
+
+
+def positive_int(flag: str, value: object) -> int:
+    """`value` as an int >= 1, or a one-line error naming the flag."""
+    if isinstance(value, bool) or not str(value).isdigit() or int(str(value)) < 1:
+        raise FlowerModelError(f"{flag} must be a positive whole number, got {value!r}")
+    return int(str(value))
 
 
 def compose(*overrides: str, check: bool = False) -> None:
-    """Write params.yaml from configs/ (`--check`: only compare, exit 1 when they differ)."""
+    """Write params.yaml from configs/ (the committed composition DVC tracks).
+
+    usage: flower-model compose [KEY=VALUE ...] [--check]
+      --check   only compare: exit 1 and print the difference when params.yaml and configs/ differ
+    """
     from flower_model.pipeline.compose import check_params, write_params
 
-    require_flag_without_value("--check", check)
     root = Path.cwd()
-    try:
-        if check:
-            problem = check_params(root)
-            if problem:
-                print(problem, file=sys.stderr)
-                sys.exit(1)
-            print("params.yaml matches configs/")
-            return
-        changed = write_params(root, [str(item) for item in overrides])
-    except FlowerModelError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
+    if check:
+        problem = check_params(root)
+        if problem:
+            print(problem, file=sys.stderr)
+            sys.exit(1)
+        print("params.yaml matches configs/")
+        return
+    changed = write_params(root, [str(item) for item in overrides])
     print("params.yaml " + ("updated from configs/" if changed else "already matches configs/"))
 
 
 def infer(
     *paths: str,
-    model: str = "models/model.onnx",
+    model: str = DEFAULT_MODEL,
     output: str | None = None,
     top_k: int = 3,
     backend: str = "onnx",
 ) -> None:
-    """Classify photos: `infer PATH... [--model F] [--output F.csv|F.json] [--top-k K]`."""
-    model_path = Path(model)
-    if not model_path.is_file():
-        _pull_with_dvc(model_path)
+    """Classify photos (files or folders) with the exported model, in this process.
+
+    usage: flower-model infer PATH... [--model F] [--output F.csv|F.json] [--top-k K]
+                                      [--backend onnx|tensorrt]
+      --model F     the ONNX model (default models/model.onnx; fetched with `dvc pull` if missing)
+      --output F    write the predictions to F (.csv or .json) instead of printing CSV
+      --top-k K     how many classes to list per photo (1 to the number of classes; default 3)
+      --backend B   onnx (ONNX Runtime, default) or tensorrt (a GPU and models/trt/model.plan)
+    Exit code 1 when a photo could not be classified (the others are still written).
+    """
     from flower_model.serving.infer import run_infer
 
-    out = Path(output) if output else None
-    try:
-        classifier = None
-        if backend == "tensorrt":
-            from flower_model.serving.tensorrt_backend import TensorRTClassifier
+    count = positive_int("--top-k", top_k)
+    if backend not in ("onnx", "tensorrt"):
+        raise FlowerModelError(f"--backend must be onnx or tensorrt, got {backend!r}")
+    model_path = Path(str(model))
+    if not model_path.is_file():
+        _pull_with_dvc(model_path)
+    classifier = None
+    if backend == "tensorrt":
+        from flower_model.serving.tensorrt_backend import TensorRTClassifier
 
-            classifier = TensorRTClassifier(model_path)
-        elif backend != "onnx":
-            raise FlowerModelError(f"--backend must be onnx or tensorrt, got {backend!r}")
-        code = run_infer([str(item) for item in paths], model_path, out, int(top_k), classifier)
-    except FlowerModelError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
-    sys.exit(code)
+        classifier = TensorRTClassifier(model_path)
+    out = Path(str(output)) if output else None
+    sys.exit(run_infer([str(item) for item in paths], model_path, out, count, classifier))
 
 
 def _pull_with_dvc(target: Path) -> None:
-    """Fetch a missing model with `dvc pull`; exit with a clear message if that fails."""
+    """Fetch a missing model with `dvc pull`; a one-line error if that fails."""
     from flower_model.pipeline.fetch import pull_outs
 
     reason = pull_outs([target], Path.cwd())
     if reason is not None:
-        print(
-            f"error: {target} does not exist and {reason}. Run `dvc repro` to build it, "
-            "or configure the DVC remote that holds it",
-            file=sys.stderr,
+        raise FlowerModelError(
+            f"{target} does not exist and {reason}. Run `dvc repro` to build it, "
+            "or configure the DVC remote that holds it"
         )
-        sys.exit(EXIT_ERROR)
 
 
 def serve(
     *overrides: str,
-    model: str = "models/model.onnx",
+    model: str = DEFAULT_MODEL,
     backend: str = "onnx",
     repository: str | None = None,
 ) -> None:
-    """Run tritonserver: `serve [overrides...] [--model F] [--backend B] [--repository DIR]`."""
+    """Serve the model on Triton Inference Server (HTTP, gRPC, metrics), supervised.
+
+    usage: flower-model serve [serve.KEY=VALUE ...] [--model F] [--backend onnx|tensorrt]
+                              [--repository DIR]
+      --model F         the ONNX model to serve (default models/model.onnx)
+      --backend B       onnx (default) or tensorrt
+      --repository DIR  serve an existing model repository instead of writing one
+    Ports, instances and threads are the `serve.*` keys (configs/serve/default.yaml).
+    """
     from flower_model.config import load_config
     from flower_model.serving.triton import serve as run_server
 
-    model_path = Path(model)
-    try:
-        config = load_config(Path.cwd(), [str(item) for item in overrides]).serve
-        if repository is None and not model_path.is_file():
-            _pull_with_dvc(model_path)
-        code = run_server(
-            model_path, config, str(backend), Path(repository) if repository else None
-        )
-    except FlowerModelError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
-    sys.exit(code)
+    model_path = Path(str(model))
+    config = load_config(Path.cwd(), [str(item) for item in overrides]).serve
+    if repository is None and not model_path.is_file():
+        _pull_with_dvc(model_path)
+    folder = Path(str(repository)) if repository else None
+    sys.exit(run_server(model_path, config, str(backend), folder))
 
 
 def client(
@@ -127,29 +149,35 @@ def client(
     top_k: int = 3,
     batch: int = 16,
 ) -> None:
-    """Classify photos via Triton: `client PATH... --url HOST:PORT [--protocol grpc] [--raw]`."""
+    """Classify photos through a running Triton server.
+
+    usage: flower-model client PATH... [--url HOST:PORT] [--protocol http|grpc] [--raw]
+                                       [--model-name NAME] [--output F.csv|F.json] [--top-k K]
+                                       [--batch N]
+      --url HOST:PORT    the server (default 127.0.0.1:8000; gRPC listens on 8001)
+      --protocol P       http (default) or grpc
+      --raw              send the encoded files to flower_classifier_image (the server decodes)
+      --model-name NAME  the served model (default flower_classifier)
+      --output F         write the predictions to F (.csv or .json) instead of printing CSV
+      --top-k K          classes listed per photo (default 3)
+      --batch N          photos per request (default 16)
+    """
+    from flower_model.io_utils import write_text
     from flower_model.serving.client import TritonClassifier, classify_remote
     from flower_model.serving.infer import OUTPUT_FORMATS, render
 
-    require_flag_without_value("--raw", raw)
-    suffix = Path(output).suffix.lower() if output else ".csv"
+    suffix = Path(str(output)).suffix.lower() if output else ".csv"
     if suffix not in OUTPUT_FORMATS:
-        print(f"error: --output must end in .csv or .json, got {output}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
+        raise FlowerModelError(f"--output must end in .csv or .json, got {output}")
+    count, size = positive_int("--top-k", top_k), positive_int("--batch", batch)
+    classifier = TritonClassifier(str(url), str(protocol), str(model_name), raw)
     try:
-        classifier = TritonClassifier(str(url), str(protocol), str(model_name), raw)
-        try:
-            results = classify_remote(
-                [str(item) for item in paths], classifier, int(top_k), int(batch)
-            )
-        finally:
-            classifier.close()
-    except FlowerModelError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
+        results = classify_remote([str(item) for item in paths], classifier, count, size)
+    finally:
+        classifier.close()
     text = render(results, suffix)
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        write_text(Path(str(output)), text)
     else:
         sys.stdout.write(text)
     for result in results:
@@ -159,18 +187,26 @@ def client(
 
 
 def triton_repo(
-    output: str, model: str = "models/model.onnx", flavour: str = "container", backend: str = "onnx"
+    output: str,
+    model: str = DEFAULT_MODEL,
+    flavour: str = "container",
+    backend: str = "onnx",
 ) -> None:
-    """Write a Triton model repository: `triton-repo DIR [--flavour container|python]`."""
+    """Write a Triton model repository for NVIDIA's container (or the python flavour).
+
+    usage: flower-model triton-repo DIR [--model F] [--flavour container|python]
+                                        [--backend onnx|tensorrt]
+      --model F     the ONNX model (default models/model.onnx)
+      --flavour F   container (Triton's onnxruntime backend, default) or python (the stub)
+      --backend B   onnx (default) or tensorrt (models/trt/model.plan)
+    """
     from flower_model.config import load_config
     from flower_model.serving.model_repository import write_repository
 
-    try:
-        config = load_config(Path.cwd()).serve
-        written = write_repository(Path(output), Path(model), config, str(flavour), str(backend))
-    except FlowerModelError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
+    config = load_config(Path.cwd()).serve
+    written = write_repository(
+        Path(str(output)), Path(str(model)), config, str(flavour), str(backend)
+    )
     for path in written:
         print(f"wrote {path}")
 
@@ -181,59 +217,84 @@ def multirun(
     poll_s: float = 5.0,
     launcher: str = "local",
 ) -> None:
-    """Sweep as DVC experiments: `multirun train.lr=0.001,0.003 model=a,b [--jobs N]
-    [--launcher local|slurm]` (Slurm resources: the `slurm.*` keys, e.g. slurm.gpus_per_node=0)."""
-    from flower_model.errors import FlowerModelError
+    """Sweep: one DVC experiment per combination, locally or as Slurm jobs.
+
+    usage: flower-model multirun KEY=V1,V2 ... [--jobs N] [--launcher local|slurm] [--poll-s S]
+      --jobs N        experiments run at once (default 1)
+      --launcher L    local (default) or slurm (resources: the `slurm.*` keys)
+      --poll-s S      seconds between status checks (default 5)
+    Combinations that already have results are skipped; run it again to finish a sweep.
+    """
     from flower_model.pipeline.multirun import run_multirun
 
-    root = Path.cwd()
-    combinations: list = []
     words = [str(item) for item in overrides]
     try:
-        combinations = run_multirun(root, words, int(jobs), poll_s, launcher=str(launcher))
-    except FlowerModelError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
+        combinations = run_multirun(
+            Path.cwd(), words, positive_int("--jobs", jobs), float(poll_s), launcher=str(launcher)
+        )
     except KeyboardInterrupt:
-        print(
+        raise FlowerModelError(
             "interrupted: stopped the sweep's queued and running experiments (Slurm jobs "
             "cancelled); run the same command again to finish it (combinations with results "
-            "are skipped)",
-            file=sys.stderr,
-        )
-        sys.exit(EXIT_ERROR)
+            "are skipped)"
+        ) from None
     sys.exit(1 if any(combination.state == "failed" for combination in combinations) else 0)
 
 
 def pull(*targets: str, remote: str | None = None) -> None:
-    """`dvc pull` with a hint when the remote is down or refuses: `pull [TARGETS] [--remote R]`."""
+    """`dvc pull` with a hint when the remote is down or refuses.
+
+    usage: flower-model pull [TARGET ...] [--remote NAME]
+    """
     from flower_model.pipeline.fetch import transfer
 
     sys.exit(transfer("pull", [str(item) for item in targets], remote, Path.cwd()))
 
 
 def push(*targets: str, remote: str | None = None) -> None:
-    """`dvc push` with a hint when the remote is down or refuses: `push [TARGETS] [--remote R]`."""
+    """`dvc push` with a hint when the remote is down or refuses.
+
+    usage: flower-model push [TARGET ...] [--remote NAME]
+    """
     from flower_model.pipeline.fetch import transfer
 
     sys.exit(transfer("push", [str(item) for item in targets], remote, Path.cwd()))
 
 
-def _commands() -> dict:
-    commands = {name: _stage(name) for name in stages.names()}
-    commands["compose"] = compose
-    commands["infer"] = infer
-    commands["serve"] = serve
-    commands["client"] = client
-    commands["triton-repo"] = triton_repo
-    commands["multirun"] = multirun
-    commands["pull"] = pull
-    commands["push"] = push
-    return commands
+def results(*revisions: str, all_params: bool = False) -> None:
+    """Experiments x headline metrics, and only the params that differ, in <= 100 columns.
+
+    usage: flower-model results [REV ...] [--all-params]
+      REV            experiments or commits to show (default: the workspace, HEAD and every
+                     experiment of HEAD, as `dvc exp show` lists them)
+      --all-params   one line per differing param under the table, even when many differ
+    """
+    from flower_model.pipeline.results import print_results
+
+    print_results(Path.cwd(), [str(item) for item in revisions], all_params)
 
 
-def main() -> None:
-    fire_command(_commands(), "flower-model")
+def commands() -> dict:
+    """Every command: the stages first, in pipeline order."""
+    table = {name: _stage(name) for name in stage_names()}
+    table.update(
+        {
+            "compose": compose,
+            "results": results,
+            "infer": infer,
+            "serve": serve,
+            "client": client,
+            "triton-repo": triton_repo,
+            "multirun": multirun,
+            "pull": pull,
+            "push": push,
+        }
+    )
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli("flower-model", commands(), ABOUT, argv)
 
 
 if __name__ == "__main__":

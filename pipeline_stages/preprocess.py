@@ -1,7 +1,24 @@
-"""What DVC runs for stage preprocess (dvc.yaml). The stage itself is
-flower_model/pipeline/stages/preprocess.py, reached through the library's stage table."""
+"""Decode, clean, deduplicate, resize and split the photos into uint8 arrays."""
 
-from flower_model.pipeline.stages import main
+from pathlib import Path
+
+from flower_model.config import Config
+from flower_model.pipeline.stage import stage_main
+
+
+def run(config: Config, root: Path, params: dict) -> None:
+    from flower_model.data.preprocess import preprocess_dataset
+
+    paths = config.paths
+    preprocess_dataset(
+        dataset=root / paths.raw_dir / config.data.name,
+        processed=root / paths.processed_dir,
+        reports=root / paths.reports_dir,
+        plots=root / paths.plots_dir,
+        config=config.preprocess,
+        resolved=params,
+    )
+
 
 if __name__ == "__main__":
-    main("preprocess")
+    stage_main(run)

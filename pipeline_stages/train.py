@@ -1,7 +1,24 @@
-"""What DVC runs for stage train (dvc.yaml). The stage itself is
-flower_model/pipeline/stages/train.py, reached through the library's stage table."""
+"""Fit the configured model on the preprocessed arrays, tracked in MLflow."""
 
-from flower_model.pipeline.stages import main
+from pathlib import Path
+
+from flower_model.config import Config
+from flower_model.pipeline.stage import stage_main
+
+
+def preflight(config: Config, root: Path) -> None:
+    from flower_model.training.resume import load_resume_state
+    from flower_model.training.tracking import check_tracking_uri
+
+    check_tracking_uri(config.mlflow)  # a store MLflow accepts
+    load_resume_state(config, root)  # the checkpoint exists, loads, and fits this model
+
+
+def run(config: Config, root: Path, params: dict) -> None:
+    from flower_model.training.train import train_model
+
+    train_model(config, root, params)
+
 
 if __name__ == "__main__":
-    main("train")
+    stage_main(run, preflight)

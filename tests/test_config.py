@@ -153,7 +153,18 @@ def test_cli_overrides_are_announced(project):
 def test_show_config_prints_the_values_read(project, words):
     result = _cli(project, "download", *words)
     assert result.returncode == 0, result.stderr
-    assert "http_retries: 2" in result.stdout and "dry run" in result.stdout
+    assert "http_retries: 2" in result.stdout
+    assert "dry run" not in result.stdout, "--show-config prints and exits before any check"
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "train"])
+def test_show_config_prints_and_exits_without_running_the_stage(project, stage):
+    """`flower-model evaluate --show-config experiment=quick` used to print the config and then
+    run evaluate (and fail at MLflow); with no inputs at all it now just prints."""
+    code, stdout, stderr = run_in_process(project, stage, "--show-config", "experiment=quick")
+    assert code == 0, stdout + stderr
+    assert f"== stage {stage}" in stdout and "Traceback" not in stderr
+    assert not (project / "models").exists() and not (project / "reports").exists()
 
 
 def test_show_config_takes_no_value(project):
@@ -319,12 +330,12 @@ def test_a_file_store_stops_the_stage_before_any_work(
     exits 2 with one line naming sqlite:/// before it writes anything."""
     import shutil
 
-    from flower_model.pipeline import stages
+    from flower_model.pipeline.stage import inputs
 
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     shutil.copytree(tiny_processed / "data", project / "data")
     override = f"mlflow.tracking_uri=file:{project / 'mlruns'}"
-    for path in stages.stage(stage).inputs(make_config([override]), project):
+    for path in inputs(stage, make_config([override]), project):
         if not (project / path).exists():  # a dry run checks that inputs exist, nothing more
             (project / path).parent.mkdir(parents=True, exist_ok=True)
             (project / path).touch()

@@ -1,7 +1,7 @@
 """A stage that fails under `dvc repro` leaves the previous outs usable (issue 16).
 
 DVC deletes a stage's outs before running it. The stage here is a real
-`flower_model.pipeline.stage.Stage` run by a real `dvc repro` in a throwaway DVC project (with the
+stage module (`stage_main`) run by a real `dvc repro` in a throwaway DVC project (with the
 project's configs/ and params.yaml), so the whole path is exercised: DVC removes, the stage
 fails, the stage restores.
 """
@@ -22,10 +22,10 @@ DVC = str(Path(sys.executable).with_name("dvc"))
 STEP = """\
 from pathlib import Path
 
-from flower_model.pipeline.stage import Stage, stage_main
+from flower_model.pipeline.stage import stage_main
 
 
-def run(config, root):
+def run(config, root, params):
     mode = Path("mode").read_text().strip()
     (root / "out").mkdir()
     (root / "out" / "a.txt").write_text(mode)
@@ -38,7 +38,8 @@ def run(config, root):
     (root / "reports" / "metrics.json").write_text('{"score": %d}' % len(mode))
 
 
-stage_main(Stage(name="step", run=run))  # params and outs: dvc.yaml below
+if __name__ == "__main__":
+    stage_main(run)  # the stage's name is its file name; params and outs: dvc.yaml below
 """
 DVC_YAML = """\
 stages:

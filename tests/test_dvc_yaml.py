@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flower_model.commands import stage_names
 from flower_model.config import dvc_yaml, flatten
-from flower_model.pipeline import stages
+from flower_model.pipeline import stage as stages
 from tests.conftest import REPO_ROOT, make_config
 
 TEMPLATED = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
@@ -44,7 +45,7 @@ def test_stages_are_the_documented_dag_in_order():
 
 
 def test_every_dvc_stage_has_its_module_and_every_module_its_stage():
-    assert set(PIPELINE) == set(stages.names())
+    assert set(PIPELINE) == set(stage_names())
 
 
 @pytest.fixture(scope="module")
@@ -65,18 +66,16 @@ def dvc_index():
 @pytest.mark.parametrize("name", list(PIPELINE))
 def test_the_stage_reads_what_dvc_reads_from_dvc_yaml(name, dvc_index):
     """One declaration: the stage runner's inputs and outs are DVC's, path for path."""
-    stage = stages.stage(name)
     declared = TEMPLATED["stages"][name]
     assert declared["cmd"] == f"python pipeline_stages/{name}.py"
     assert f"pipeline_stages/{name}.py" in declared["deps"]
-    assert f"flower_model/pipeline/stages/{name}.py" in declared["deps"]
-    assert stage.sections(REPO_ROOT) == tuple(declared["params"])
+    assert dvc_yaml.stage(name, REPO_ROOT).params == tuple(declared["params"])
     config = make_config()
     dvc_deps, dvc_outs = dvc_index[name]
-    inputs = [str(path) for path in stage.inputs(config, REPO_ROOT)]
+    inputs = [str(path) for path in stages.inputs(name, config, REPO_ROOT)]
     code = ("flower_model/", "pipeline_stages/", "params.yaml")
     assert inputs == [dep for dep in dvc_deps if not dep.startswith(code)]
-    assert sorted(str(path) for path in stage.outputs(config, REPO_ROOT)) == sorted(dvc_outs)
+    assert sorted(str(path) for path in stages.outputs(name, config, REPO_ROOT)) == sorted(dvc_outs)
     produced = {out for _, outs in dvc_index.values() for out in outs}
     for dep in dvc_deps:
         assert (
@@ -97,7 +96,7 @@ def test_paths_are_named_once_in_dvc_yaml():
 def test_a_hand_run_stage_follows_overridden_paths():
     """`flower-model train paths.models_dir=elsewhere` writes where it says, as DVC would."""
     config = make_config(["paths.models_dir=elsewhere"])
-    outputs = stages.stage("train").outputs(config, REPO_ROOT)
+    outputs = stages.outputs("train", config, REPO_ROOT)
     assert Path("elsewhere/model.ckpt") in outputs
     assert not any(str(path).startswith("models/") for path in outputs)
 
@@ -127,8 +126,9 @@ PLUMBING = {
     "flower_model/errors.py",
     "flower_model/io_utils.py",
     "flower_model/pipeline/__init__.py",
-    "flower_model/pipeline/stages/__init__.py",  # the stage table (loads one stage on use)
+    "flower_model/cli.py",
     "flower_model/pipeline/stage.py",
+    "flower_model/pipeline/stage_help.py",
     "flower_model/config/dvc_yaml.py",  # reads dvc.yaml itself
     "flower_model/pipeline/dvc_outs.py",
     "flower_model/pipeline/fetch.py",
@@ -180,10 +180,7 @@ def _loaded_files(entry: Path) -> set[str]:
 def test_deps_cover_every_project_module_the_stage_loads(name):
     """Code a stage runs is a dep, so changing it reruns the stage (plumbing aside)."""
     deps = PIPELINE[name]["deps"]
-    # The shim reaches its stage module through the table (imported on use), so follow both.
-    loaded = _loaded_files(REPO_ROOT / "pipeline_stages" / f"{name}.py") | _loaded_files(
-        REPO_ROOT / "flower_model" / "pipeline" / "stages" / f"{name}.py"
-    )
+    loaded = _loaded_files(REPO_ROOT / "pipeline_stages" / f"{name}.py")
     uncovered = sorted(
         path
         for path in loaded - PLUMBING

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flower_model.config import flatten
-from flower_model.pipeline.stages import build_trt, evaluate, export_onnx
+from pipeline_stages import build_trt, evaluate, export_onnx
 from tests.conftest import CLASS_NAMES, REPO_ROOT, TINY_SIZE, copy_pipeline, make_config
 from tests.helpers.cli import run_stage_script
 
@@ -44,9 +44,9 @@ def evaluated(tmp_path_factory, tiny_processed, tiny_checkpoint, mlflow_server):
         "mlflow.register_model=always",  # `auto` depends on this checkout's git state
     ]
     config = make_config(overrides, preprocess={"image_size": TINY_SIZE})
-    export_onnx.run(config, root)
-    build_trt.run(config, root)
-    evaluate.run(config, root)
+    export_onnx.run(config, root, {})
+    build_trt.run(config, root, {})
+    evaluate.run(config, root, {})
     return root, config, run.info.run_id
 
 

@@ -99,18 +99,18 @@ def test_trt_skip_path_is_real(tmp_path, tiny_processed):
     # This machine has no TensorRT and no GPU: the stage must say so and write no engine.
     import shutil
 
-    from flower_model.pipeline.stages import build_trt
+    from pipeline_stages import build_trt
 
     assert unavailable_reason() is not None
     project = tmp_path / "p"
     shutil.copytree(tiny_processed / "data", project / "data")
     config = make_config()
-    build_trt.run(config, project)
+    build_trt.run(config, project, {})
     record = json.loads((project / "models" / "trt" / "build.json").read_text())
     assert record["status"] == "skipped" and record["reason"] == unavailable_reason()
     assert not (project / "models" / "trt" / "model.plan").exists()
     with pytest.raises(FlowerModelError, match="trt.required=true"):
-        build_trt.run(make_config(["trt.required=true"]), project)
+        build_trt.run(make_config(["trt.required=true"]), project, {})
 
 
 class StandInTensorRT(types.SimpleNamespace):

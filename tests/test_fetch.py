@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from flower_model.errors import MissingInputError
 from flower_model.pipeline.fetch import pull_outs
 from flower_model.pipeline.stage import execute
-from flower_model.pipeline.stages import preprocess
+from pipeline_stages import preprocess
 from tests.conftest import REPO_ROOT, copy_pipeline
 
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -45,7 +48,7 @@ def test_pull_outs_restores_a_pushed_out(tmp_path, mini_dataset):
 
 def test_stage_fetches_missing_inputs_before_running(tmp_path, mini_dataset):
     project = _project_with_pushed_photos(tmp_path, mini_dataset)
-    assert execute(preprocess.STAGE, [], root=project) == 0
+    execute("preprocess", preprocess.run, [], root=project)
     assert (project / "data" / "processed" / "train_images.npy").is_file()
 
 
@@ -53,6 +56,7 @@ def test_unfetchable_input_is_a_clear_error(tmp_path, capsys):
     shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
     copy_pipeline(tmp_path)
-    assert execute(preprocess.STAGE, [], root=tmp_path) == 2
-    err = capsys.readouterr().err
-    assert "dvc pull" in err and "data/raw/flower_photos" in err
+    with pytest.raises(MissingInputError) as raised:
+        execute("preprocess", preprocess.run, [], root=tmp_path)
+    assert "dvc pull" in str(raised.value) and "data/raw/flower_photos" in str(raised.value)
+    assert "dvc pull" in capsys.readouterr().err  # the pull was tried and its failure said

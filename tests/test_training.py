@@ -12,9 +12,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from flower_model.config import Config
+from flower_model.config import Config, dvc_yaml
 from flower_model.errors import FlowerModelError
-from flower_model.pipeline.stages import train as train_stage
 from flower_model.training.module import FlowerClassifier
 from flower_model.training.train import train_model
 from tests.conftest import (
@@ -79,10 +78,10 @@ class StopAfterFirstEpoch(pl.Callback):
 
 
 def _run(root, config: Config, callbacks=()):
-    from flower_model.pipeline import stages
+    from flower_model.pipeline.stage import reads
 
     # The keys the train stage reads, as dvc.yaml declares them (what DVC's run records).
-    resolved = stages.stage("train").resolved(config, REPO_ROOT)
+    resolved = reads("train", config, REPO_ROOT)
     return train_model(config, root, resolved, extra_callbacks=callbacks)
 
 
@@ -277,7 +276,9 @@ def test_console_of_a_logged_run(tmp_path, tiny_processed, mlflow_server):
     assert epochs == [1, 2, 3], result.stdout
     assert sum("View run" in line for line in lines) == 1, result.stdout
     assert lines[0].startswith("== stage train: config from configs/ composed with overrides")
-    assert lines[0].endswith("reads " + ", ".join(train_stage.STAGE.sections(REPO_ROOT))), lines[0]
+    assert lines[0].endswith(
+        "reads " + ", ".join(dvc_yaml.stage("train", REPO_ROOT).params)
+    ), lines[0]
     assert not any(line.startswith("   train:") for line in lines), "config values on request only"
     everything = result.stdout + result.stderr
     for noise in (

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from flower_model.pipeline import stages
+from flower_model.pipeline.stage import reads
 from flower_model.training.tracking import content_hash
 from flower_model.training.train import train_model
 from tests.conftest import MLFLOW_REQUEST_VARIABLES, REPO_ROOT, TINY_MODEL, make_config
@@ -56,7 +56,7 @@ def experiment_run(tmp_path_factory, tiny_processed, mlflow_server):
         patch.setenv("DVC_EXP_NAME", EXPERIMENT_NAME)
         for name in MLFLOW_REQUEST_VARIABLES:
             patch.setenv(name, os.environ.get(name, ""))
-        train_model(config, root, stages.stage("train").resolved(config, REPO_ROOT))
+        train_model(config, root, reads("train", config, REPO_ROOT))
     run_id = json.loads((root / "models" / "train_run.json").read_text())["mlflow_run_id"]
     return config, lock_md5, MlflowClient(mlflow_server).get_run(run_id)
 

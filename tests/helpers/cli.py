@@ -1,4 +1,4 @@
-"""`flower-model ARGS...` in the test process: the same fire parsing and stage code as the
+"""`flower-model ARGS...` in the test process: the same argument checks and stage code as the
 console script, without paying ~14 s of interpreter start and torch/Lightning imports per call
 (the subprocess form stays in tests/test_config.py, which proves the installed entry point)."""
 
@@ -14,8 +14,7 @@ STAGE_TIMEOUT_S = 600  # a tiny stage run ends in well under a minute; this only
 
 def run_in_process(cwd: Path, *args: str) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of `flower-model ARGS` run from `cwd`."""
-    from flower_model.commands import _commands
-    from flower_model.pipeline.stage import fire_command
+    from flower_model.commands import main
 
     out, err = io.StringIO(), io.StringIO()
     previous = Path.cwd()
@@ -23,7 +22,7 @@ def run_in_process(cwd: Path, *args: str) -> tuple[int, str, str]:
     try:
         os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            fire_command(_commands(), "flower-model", list(args))
+            main(list(args))
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
     finally:

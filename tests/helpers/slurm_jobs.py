@@ -18,9 +18,11 @@ def train_in_task(project: str, overrides: list[str]) -> int:
     import submitit
 
     from flower_model.config import load_config
-    from flower_model.pipeline.stages import train
+    from flower_model.pipeline.stage import reads
+    from pipeline_stages import train
 
     root = Path(project)
     os.chdir(root)
-    train.STAGE.run(load_config(root, overrides), root)
+    config = load_config(root, overrides)
+    train.run(config, root, reads("train", config, root))
     return submitit.JobEnvironment().global_rank

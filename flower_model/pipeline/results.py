@@ -1,0 +1,105 @@
+"""`flower-model results`: DVC's experiments as a table a person can read at 100 columns.
+
+`dvc exp show` lists every param and dependency hash (about 160 columns), so piped or at a normal
+terminal width its cells collapse to `…`. This reads the same data (`dvc exp show --json`, DVC's
+public output) and prints the headline metrics plus, per row, only the params that differ from
+the first row.
+"""
+
+import json
+from pathlib import Path
+
+from flower_model.config import flatten
+from flower_model.errors import FlowerModelError
+from flower_model.pipeline.fetch import run_dvc
+
+METRICS_FILE = "reports/metrics.json"
+# (metrics.json key, column title, format): the headline scalars evaluate writes.
+COLUMNS = (
+    ("test.accuracy", "test acc", "{:.4f}"),
+    ("test.macro_f1", "macro-F1", "{:.4f}"),
+    ("int8.accuracy_delta", "INT8 Δ", "{:+.4f}"),
+    ("latency.p50_ms_per_image", "p50 ms", "{:.2f}"),
+    ("val.loss", "val loss", "{:.4f}"),
+)
+WIDTH = 100
+NAME_WIDTH = 18
+SHORT_REV = 7
+PARAMS_FILE = "params.yaml"
+
+
+def _rows(shown: list[dict]) -> list[tuple[str, dict, dict]]:
+    """(label, flat params, flat metrics) for the workspace, each commit and its experiments."""
+    rows = []
+    for entry in shown:
+        items = [entry]
+        for group in entry.get("experiments") or []:
+            items += group.get("revs") or []
+        for item in items:
+            data = item.get("data") or {}
+            label = item.get("name") or item.get("rev", "?")
+            if label == item.get("rev") and label != "workspace":
+                label = label[:SHORT_REV]
+            params = (data.get("params") or {}).get(PARAMS_FILE, {}).get("data") or {}
+            metrics = (data.get("metrics") or {}).get(METRICS_FILE, {}).get("data") or {}
+            rows.append((label, flatten(params), flatten(metrics)))
+    return rows
+
+
+def _short(key: str) -> str:
+    """`train.augment.scale_min` -> `augment.scale_min`: the last two parts say enough."""
+    return ".".join(key.split(".")[-2:])
+
+
+def _cell(value: object, pattern: str) -> str:
+    return pattern.format(value) if isinstance(value, (int, float)) else "-"
+
+
+def render(rows: list[tuple[str, dict, dict]], all_params: bool = False) -> str:
+    """The table; every line at most WIDTH characters."""
+    if not rows:
+        return "no experiments: run `dvc repro` or `dvc exp run -S KEY=VALUE` first\n"
+    base = rows[0][1]
+    header = f"{'experiment':<{NAME_WIDTH}}" + "".join(f" {title:>9}" for _, title, _ in COLUMNS)
+    room = WIDTH - len(header) - 2
+    lines = [header + "  params unlike row 1", "-" * WIDTH]
+    footnotes = []
+    for label, params, metrics in rows:
+        differ = [
+            f"{_short(key)}={params.get(key)}"
+            for key in sorted(set(params) | set(base))
+            if params.get(key) != base.get(key)
+        ]
+        text = " ".join(differ)
+        if len(text) > room:
+            footnotes.append(f"{label}: {text}")
+            text = text[: room - 1] + "…"
+        cells = "".join(f" {_cell(metrics.get(key), pattern):>9}" for key, _, pattern in COLUMNS)
+        lines.append(f"{label[:NAME_WIDTH]:<{NAME_WIDTH}}{cells}  {text}".rstrip())
+    if footnotes and all_params:
+        lines += ["", "params that differ, in full:"]
+        lines += [note[i : i + WIDTH] for note in footnotes for i in range(0, len(note), WIDTH)]
+    elif footnotes:
+        lines.append("(… = more params differ: `flower-model results --all-params` lists them)")
+    return "\n".join(lines) + "\n"
+
+
+def load_rows(root: Path, revisions: list[str]) -> list[tuple[str, dict, dict]]:
+    """Rows from `dvc exp show --json` (all commits when `revisions` picks some)."""
+    args = ["exp", "show", "--json", *(["--all-commits"] if revisions else [])]
+    result = run_dvc(args, root)
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        raise FlowerModelError(f"`dvc {' '.join(args)}` failed: {lines[-1]}")
+    rows = _rows(json.loads(result.stdout or "[]"))
+    if revisions:
+        rows = [row for row in rows if any(row[0].startswith(rev) for rev in revisions)]
+        if not rows:
+            raise FlowerModelError(
+                f"no experiment or commit named {revisions}; `flower-model results` lists them"
+            )
+    return rows
+
+
+def print_results(root: Path, revisions: list[str], all_params: bool = False) -> None:
+    print(render(load_rows(root, revisions), all_params), end="")
