@@ -47,7 +47,10 @@ def flags_of(function: Callable) -> dict[str, inspect.Parameter]:
         flag_name(name): parameter
         for name, parameter in inspect.signature(function).parameters.items()
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-        or (parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        or (
+            parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            and parameter.default is not inspect.Parameter.empty
+        )
     }
 
 

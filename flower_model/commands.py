@@ -43,7 +43,7 @@ def stage_names() -> list[str]:
 def positive_int(flag: str, value: object) -> int:
     """`value` as an int >= 1, or a one-line error naming the flag."""
     if isinstance(value, bool) or not str(value).isdigit() or int(str(value)) < 1:
-        raise FlowerModelError(f"{flag} must be a positive whole number, got {value!r}")
+        raise FlowerModelError(f"{flag} must be a positive whole number, got {value}")
     return int(str(value))
 
 
@@ -261,17 +261,17 @@ def push(*targets: str, remote: str | None = None) -> None:
     sys.exit(transfer("push", [str(item) for item in targets], remote, Path.cwd()))
 
 
-def results(*revisions: str, all_params: bool = False) -> None:
+def results(*revisions: str) -> None:
     """Experiments x headline metrics, and only the params that differ, in <= 100 columns.
 
-    usage: flower-model results [REV ...] [--all-params]
-      REV            experiments or commits to show (default: the workspace, HEAD and every
-                     experiment of HEAD, as `dvc exp show` lists them)
-      --all-params   one line per differing param under the table, even when many differ
+    usage: flower-model results [REV ...]
+      REV   experiment names or commits to show (default: the workspace, HEAD and HEAD's
+            experiments, as `dvc exp show` lists them; with REVs, every commit is searched)
+    Under each row, indented: the params in which it differs from the first row.
     """
     from flower_model.pipeline.results import print_results
 
-    print_results(Path.cwd(), [str(item) for item in revisions], all_params)
+    print_results(Path.cwd(), [str(item) for item in revisions])
 
 
 def commands() -> dict:

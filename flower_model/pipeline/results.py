@@ -2,11 +2,12 @@
 
 `dvc exp show` lists every param and dependency hash (about 160 columns), so piped or at a normal
 terminal width its cells collapse to `…`. This reads the same data (`dvc exp show --json`, DVC's
-public output) and prints the headline metrics plus, per row, only the params that differ from
-the first row.
+public output) and prints the headline metrics plus, under each row, only the params that differ
+from the first row.
 """
 
 import json
+import textwrap
 from pathlib import Path
 
 from flower_model.config import flatten
@@ -26,6 +27,7 @@ WIDTH = 100
 NAME_WIDTH = 18
 SHORT_REV = 7
 PARAMS_FILE = "params.yaml"
+INDENT = "    "
 
 
 def _rows(shown: list[dict]) -> list[tuple[str, dict, dict]]:
@@ -55,32 +57,26 @@ def _cell(value: object, pattern: str) -> str:
     return pattern.format(value) if isinstance(value, (int, float)) else "-"
 
 
-def render(rows: list[tuple[str, dict, dict]], all_params: bool = False) -> str:
-    """The table; every line at most WIDTH characters."""
+def render(rows: list[tuple[str, dict, dict]]) -> str:
+    """The table; every line at most WIDTH characters. Under each row, indented, the params in
+    which it differs from the first row (wrapped, never cut)."""
     if not rows:
         return "no experiments: run `dvc repro` or `dvc exp run -S KEY=VALUE` first\n"
-    base = rows[0][1]
+    base_label, base, _ = rows[0]
     header = f"{'experiment':<{NAME_WIDTH}}" + "".join(f" {title:>9}" for _, title, _ in COLUMNS)
-    room = WIDTH - len(header) - 2
-    lines = [header + "  params unlike row 1", "-" * WIDTH]
-    footnotes = []
+    lines = [header, "-" * len(header)]
     for label, params, metrics in rows:
         differ = [
             f"{_short(key)}={params.get(key)}"
-            for key in sorted(set(params) | set(base))
+            for key in [*params, *(key for key in base if key not in params)]  # params.yaml order
             if params.get(key) != base.get(key)
         ]
-        text = " ".join(differ)
-        if len(text) > room:
-            footnotes.append(f"{label}: {text}")
-            text = text[: room - 1] + "…"
         cells = "".join(f" {_cell(metrics.get(key), pattern):>9}" for key, _, pattern in COLUMNS)
-        lines.append(f"{label[:NAME_WIDTH]:<{NAME_WIDTH}}{cells}  {text}".rstrip())
-    if footnotes and all_params:
-        lines += ["", "params that differ, in full:"]
-        lines += [note[i : i + WIDTH] for note in footnotes for i in range(0, len(note), WIDTH)]
-    elif footnotes:
-        lines.append("(… = more params differ: `flower-model results --all-params` lists them)")
+        lines.append(f"{label[:NAME_WIDTH]:<{NAME_WIDTH}}{cells}")
+        lines += textwrap.wrap(
+            " ".join(differ), WIDTH, initial_indent=INDENT, subsequent_indent=INDENT
+        )
+    lines.append(f"(indented: the params in which a row differs from {base_label})")
     return "\n".join(lines) + "\n"
 
 
@@ -101,5 +97,5 @@ def load_rows(root: Path, revisions: list[str]) -> list[tuple[str, dict, dict]]:
     return rows
 
 
-def print_results(root: Path, revisions: list[str], all_params: bool = False) -> None:
-    print(render(load_rows(root, revisions), all_params), end="")
+def print_results(root: Path, revisions: list[str]) -> None:
+    print(render(load_rows(root, revisions)), end="")
