@@ -60,3 +60,19 @@ def test_unfetchable_input_is_a_clear_error(tmp_path, capsys):
         execute("preprocess", preprocess.run, [], root=tmp_path)
     assert "dvc pull" in str(raised.value) and "data/raw/flower_photos" in str(raised.value)
     assert "dvc pull" in capsys.readouterr().err  # the pull was tried and its failure said
+
+
+@pytest.mark.parametrize("relative", [True, False], ids=["relative", "absolute"])
+def test_a_remote_folder_that_does_not_exist_is_named_with_the_fix(
+    tmp_path, mini_dataset, relative
+):
+    """A fresh clone's default remote is a folder nobody pushed to: DVC itself only says
+    `Checkout failed for following targets:.`; we name the remote, its folder and the fix."""
+    project = _project_with_pushed_photos(tmp_path, mini_dataset)
+    shutil.rmtree(tmp_path / "remote")
+    if relative:  # DVC stores it relative to .dvc/ (../../remote) and resolves it from there
+        _run([DVC, "remote", "modify", "store", "url", "../remote"], project)
+    reason = pull_outs([Path("data/raw/flower_photos")], project)
+    assert reason.startswith(f"the DVC remote 'store' is the folder {tmp_path / 'remote'}")
+    assert "does not exist" in reason and "dvc remote add -d" in reason
+    assert "following targets" not in reason

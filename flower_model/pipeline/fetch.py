@@ -30,6 +30,7 @@ DENIED_HINT = (
     "the remote refused access: for S3 set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
     "`dvc remote modify --local s3 access_key_id ...`); for a folder remote check its permissions"
 )
+NO_REMOTE = "no DVC remote is configured; add one with `dvc remote add -d NAME URL`"
 UNREACHABLE_HINT = (
     "the remote is not reachable: start it (S3: check `dvc remote list` and the remote's "
     "endpointurl, e.g. `dvc remote modify --local s3 endpointurl http://127.0.0.1:8333`), or use "
@@ -55,6 +56,27 @@ def run_dvc(args: list[str], root: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, env=env)
 
 
+def absent_local_remote(root: Path, remote: str | None) -> str:
+    """Why a pull cannot work when the remote is a local folder that does not exist ('' when that
+    is not the case): DVC itself only says `Checkout failed for following targets:.`."""
+    name = remote or run_dvc(["config", "core.remote"], root).stdout.strip()
+    # `dvc remote list` prints `NAME URL [(default)]` per line.
+    listed = [line.split() for line in run_dvc(["remote", "list"], root).stdout.splitlines()]
+    urls = {words[0]: words[1] for words in listed if len(words) >= 2}
+    url = urls.get(name, "")
+    if not name or "://" in url or not url:
+        return "" if name else NO_REMOTE
+    # DVC resolves a local remote's relative path from the folder of its config file, .dvc/.
+    folder = Path(url) if Path(url).is_absolute() else (root / ".dvc" / url).resolve()
+    if folder.exists():
+        return ""
+    return (
+        f"the DVC remote {name!r} is the folder {folder}, which does not exist (nothing was "
+        "pushed there); set a remote that holds the data with `dvc remote add -d NAME URL` "
+        "(the S3 recipe is in docs/storage.md)"
+    )
+
+
 def pull_outs(targets: list[Path], root: Path, remote: str | None = None) -> str | None:
     """`dvc pull` each target from the remote; return None on success, else why not."""
     print(f"missing {', '.join(map(str, targets))}; trying `dvc pull`", file=sys.stderr, flush=True)
@@ -65,6 +87,9 @@ def pull_outs(targets: list[Path], root: Path, remote: str | None = None) -> str
     except FileNotFoundError as error:
         return f"DVC is not installed ({error})"
     if result.returncode != 0:
+        missing_remote = absent_local_remote(root, remote)
+        if missing_remote:
+            return missing_remote
         output = (result.stdout + result.stderr).splitlines()
         errors = [line for line in output if line.startswith("ERROR")] or output[-3:]
         hint = remote_hint("\n".join(errors))
