@@ -14,9 +14,14 @@ PLOTS_TEMPLATE := $(TOOLS)/plots/template.html
 # DVC's own plot page uses vega 5.20.2; vega-lite 5.2.0 needs vega >= 5.21 as an npm peer.
 VEGA_PACKAGES := vega@5.21.0 vega-lite@5.2.0 vega-embed@6.18.2
 
-.PHONY: setup repro test test-fast lint pytest compose mlflow-server verify plots browser clean-venv
+.PHONY: help setup repro test test-fast lint pytest compose mlflow-server verify plots browser clean-venv
+.DEFAULT_GOAL := help
 
-setup: $(STAMP)
+help: ## list the targets (plain `make` does this)
+	@echo "flower-model: two commands for a fresh machine are \`make repro\` and \`make test\`."
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  make \1|\2/' | column -t -s '|'
+
+setup: $(STAMP) ## create .venv from poetry.lock (redone only when the lock changes)
 
 $(POETRY):
 	$(PYTHON) -m venv $(TOOLS)/poetry
@@ -30,46 +35,46 @@ $(STAMP): poetry.lock pyproject.toml | $(POETRY)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-repro: setup
+repro: setup ## run the whole pipeline (dvc repro), starting MLflow if it is not up
 	scripts/mlflow_server.sh ensure
 	$(BIN)/flower-model compose --check
 	$(BIN)/dvc repro
 
 # The plots template (npm) is needed by the headless-browser test; Chromium itself comes from
 # `make browser` (Debian package, root), which CI runs.
-test: setup $(PLOTS_TEMPLATE)
+test: setup $(PLOTS_TEMPLATE) ## pre-commit checks + the whole test suite
 	$(BIN)/pre-commit run --all-files --show-diff-on-failure
 	$(BIN)/pytest
 
 # The inner loop: no pre-commit, no test marked slow (training, servers, DDP, Slurm).
-test-fast: setup
+test-fast: setup ## the inner loop: tests not marked slow (about a minute)
 	$(BIN)/pytest -m "not slow"
 
-lint: setup
+lint: setup ## pre-commit on every file
 	$(BIN)/pre-commit run --all-files
 
-pytest: setup
+pytest: setup ## the whole test suite without pre-commit
 	$(BIN)/pytest
 
-compose: setup
+compose: setup ## write params.yaml from configs/
 	$(BIN)/flower-model compose
 
-mlflow-server: setup
+mlflow-server: setup ## start the local MLflow server (127.0.0.1:8080) if it is not up
 	scripts/mlflow_server.sh ensure
 
 $(PLOTS_TEMPLATE): scripts/build_plots_template.py | $(STAMP)
 	npm install --silent --no-save --no-package-lock --prefix $(TOOLS)/plots $(VEGA_PACKAGES)
 	$(BIN)/python scripts/build_plots_template.py $(TOOLS)/plots/node_modules $@
 
-plots: setup $(PLOTS_TEMPLATE)
+plots: setup $(PLOTS_TEMPLATE) ## dvc plots show into plots_html/ (renders offline)
 	$(BIN)/dvc plots show --html-template $(PLOTS_TEMPLATE) -o plots_html
 	@echo "open plots_html/index.html (renders offline)"
 
-browser:
+browser: ## install Debian's chromium (root) for the headless plot test
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
-verify: setup $(PLOTS_TEMPLATE)
+verify: setup $(PLOTS_TEMPLATE) ## prove the pipeline reproduces (a scratch clone, the quick preset)
 	scripts/verify.sh
 
-clean-venv:
+clean-venv: ## remove .venv and .tools
 	rm -rf $(VENV) $(TOOLS)
