@@ -156,8 +156,9 @@ def client(
                                        [--batch N]
       --url HOST:PORT    the server (default 127.0.0.1:8000; gRPC listens on 8001)
       --protocol P       http (default) or grpc
-      --raw              send the encoded files to flower_classifier_image (the server decodes)
-      --model-name NAME  the served model (default flower_classifier)
+      --raw              decode here and send uint8 arrays to flower_classifier (default: send
+                         the encoded files to flower_classifier_image, the server decodes)
+      --model-name NAME  the served model family (default flower_classifier)
       --output F         write the predictions to F (.csv or .json) instead of printing CSV
       --top-k K          classes listed per photo (default 3)
       --batch N          photos per request (default 16)
