@@ -119,6 +119,18 @@ def test_a_preset_says_only_what_it_changes():
         assert composed == {**make_config([f"model={base}"]).model.model_dump(), "name": preset}
 
 
+def test_validating_the_config_imports_no_torch():
+    """download and preprocess validate the whole config, model section included: the model name
+    is left to the registry (torch) so that this stays cheap."""
+    code = (
+        "import sys; from pathlib import Path; from flower_model.config import load_config; "
+        "load_config(Path('.'), ['model=small_cnn']); load_config(Path('.')); "
+        "assert 'torch' not in sys.modules, 'validation imported torch'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()
+
+
 def test_params_yaml_matches_configs():
     assert check_params(REPO_ROOT) == ""
 
