@@ -29,7 +29,7 @@ def test_unknown_model_is_refused():
 
 def test_a_name_of_another_family_is_refused_naming_the_fix():
     config = make_config(["model=resnet18", "model.name=efficientnet_lite0"]).model
-    message = "efficientnet_lite0' is a efficientnet_lite model but model.family='torchvision'"
+    message = "efficientnet_lite0' belongs to model.family='efficientnet_lite', not 'torchvision'"
     with pytest.raises(ConfigError, match=message) as error:
         create_model(config, 3)
     assert "\n" not in str(error.value) and "model=efficientnet_lite0" in str(error.value)

@@ -45,13 +45,13 @@ def family_of(name: str) -> type[ModelBase]:
 
 
 def check_model(config: ModelConfig) -> None:
-    """The name is registered, in the family the config declares (a stage's preflight check)."""
+    """The name is registered, in the family the config declares (training checks it first)."""
     family = family_of(config.name)
     if not isinstance(config, family):
         expected = family.model_fields["family"].default
         raise ConfigError(
-            f"model.name={config.name!r} is a {expected} model but model.family={config.family!r};"
-            f" pick its preset (model={config.name}) or set model.family={expected}"
+            f"model.name={config.name!r} belongs to model.family={expected!r}, not "
+            f"{config.family!r}; pick its preset: model={config.name}"
         )
 
 
