@@ -89,6 +89,28 @@ def test_forward_train_and_validation_step(name):
     assert 0.0 <= float(module.metrics["val_acc"].compute()) <= 1.0
 
 
+def test_a_checkpoint_of_the_flat_config_gives_the_same_network(tmp_path):
+    """export_onnx/evaluate load a checkpoint trained before the per-family configs (its `model`
+    holds every family's keys) into the same network."""
+    from flower_model.models.classifier import load_classifier
+
+    torch.manual_seed(0)
+    module = _module("small_cnn").eval()
+    hyper = dict(module.hparams)
+    flat = {"pretrained": False, "freeze_stages": 0, **hyper["model"]}
+    del flat["family"]
+    checkpoint = tmp_path / "old.ckpt"
+    torch.save(
+        {"hyper_parameters": {**hyper, "model": flat}, "state_dict": module.state_dict()},
+        checkpoint,
+    )
+    wrapper, _ = load_classifier(checkpoint)
+    images = torch.randint(0, 256, (2, SIZE, SIZE, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = module(images.permute(0, 3, 1, 2))
+        torch.testing.assert_close(wrapper(images)[0], expected)
+
+
 @pytest.mark.parametrize("name", sorted(MODEL_NAMES))
 def test_onnx_export_matches_torch(name, tmp_path):
     from flower_model.export.onnx import export_model
