@@ -7,6 +7,7 @@ TUNABLE_GROUPS = ("model", "preprocess", "train", "trainer")
 # Chosen short names; a key not listed gets the initials of its last part (`train.augment.foo_bar`
 # -> `fb`), so a new config key needs no edit here. A test keeps the names unique.
 SHORT_NAMES: dict[str, str] = {
+    "model.family": "",  # implied by model.name: never shown on its own
     "model.name": "",
     "model.pretrained": "pre",
     "model.widths": "w",
@@ -100,12 +101,17 @@ def _format(value: object) -> str:
 
 
 def run_name(config: Config, baseline: Config | None = None) -> str:
-    """`cnn-lr0.003-bs64-ep40`, plus `key<value>` for each tunable that differs from `baseline`."""
+    """`cnn-lr0.003-bs64-ep40`, plus `key<value>` for each tunable that differs from `baseline`
+    (or that `baseline`'s model family does not have)."""
     flat = flatten(config.model_dump(mode="json"))
     keys = list(RUN_NAME_KEYS)
     if baseline is not None:
         base = flatten(baseline.model_dump(mode="json"))
-        keys += [key for key in tunable_keys(config) if key not in keys and flat[key] != base[key]]
+        keys += [
+            key
+            for key in tunable_keys(config)
+            if key not in keys and SHORT_NAMES.get(key) != "" and flat[key] != base.get(key)
+        ]
     parts = []
     for key in keys:
         if key == "model.name":

@@ -23,11 +23,13 @@ IMAGES_PER_CLASS = 16
 TINY_SIZE = 32
 # A complete small_cnn model section (the default model is the pretrained EfficientNet-Lite0).
 TINY_MODEL = {
+    "family": "small_cnn",
     "name": "small_cnn",
-    "pretrained": False,
     "widths": [8, 16, 16, 32],
     "blocks": [1, 1, 1, 1],
-    "freeze_stages": 0,
+    "stem_stride": 2,
+    "stem_pool": True,
+    "dropout": 0.2,
     "input_mean": [123.675, 116.28, 103.53],
     "input_std": [58.395, 57.12, 57.375],
 }
@@ -52,10 +54,12 @@ def tiny_ddp_overrides(
 
 
 def make_config(overrides: list[str] | None = None, **sections: dict) -> Config:
-    """The composed default config plus Hydra overrides, with whole-section replacements merged."""
+    """The composed default config plus Hydra overrides, with whole-section replacements merged
+    (a model section of another family replaces the composed one: families share no keys)."""
     raw = compose_raw(REPO_ROOT, overrides or [])
     for name, values in sections.items():
-        raw[name] = {**raw[name], **values}
+        other_family = values.get("family", raw[name].get("family")) != raw[name].get("family")
+        raw[name] = dict(values) if other_family else {**raw[name], **values}
     return validate(raw)
 
 

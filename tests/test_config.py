@@ -70,7 +70,9 @@ def test_cross_field_rules():
         make_config(["preprocess.val_fraction=0.5", "preprocess.test_fraction=0.5"])
     with pytest.raises(ConfigError, match="min_batch <= opt_batch"):
         make_config(["trt.min_batch=8", "trt.opt_batch=4"])
-    with pytest.raises(ConfigError, match="no pretrained weights"):
+    with pytest.raises(ConfigError, match="need one entry per stage each"):
+        make_config(["model=small_cnn", "model.blocks=[1,1]"])
+    with pytest.raises(ConfigError, match="model.pretrained is not a key of this config"):
         make_config(["model=small_cnn", "model.pretrained=true"])
 
 
@@ -81,8 +83,52 @@ def test_hydra_override_of_unknown_key_fails():
 
 def test_group_switch_composes():
     config = make_config(["model=resnet18"])
-    assert config.model.name == "resnet18"
-    assert config.model.widths == []
+    assert config.model.name == "resnet18" and config.model.family == "torchvision"
+    assert not hasattr(config.model, "widths"), "small_cnn's keys belong to small_cnn only"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model=resnet18", "+model.widths=[8]"], "model.widths = [8]: unknown key"),
+        (["model.widths=[8]"], "model.widths is not a key of this config"),
+        (["model.family=vit"], "model.family = 'vit': choose one of ['small_cnn', "),
+        (["~model.family"], "model.family = (missing): choose one of"),
+        (["model=small_cnn", "model.widths=[8,0]"], "model.widths.1 = 0: Input should be greater"),
+        (["model.freeze_stages=8"], "model.freeze_stages = 8: Input should be less"),
+    ],
+)
+def test_model_family_errors_name_the_key(overrides, expected):
+    with pytest.raises(ConfigError) as error:
+        make_config(overrides)
+    assert expected in str(error.value)
+    assert "small_cnn." not in str(error.value) and "efficientnet_lite." not in str(error.value)
+
+
+def test_a_preset_says_only_what_it_changes():
+    """efficientnet_lite1/2 and mobilenet_v3_small inherit their family's preset: the composition
+    equals the base with only `name` changed."""
+    for preset, base in [
+        ("efficientnet_lite1", "efficientnet_lite0"),
+        ("efficientnet_lite2", "efficientnet_lite0"),
+        ("mobilenet_v3_small", "resnet18"),
+    ]:
+        values = yaml.safe_load((REPO_ROOT / "configs" / "model" / f"{preset}.yaml").read_text())
+        assert set(values) == {"defaults", "name"}, f"{preset} repeats its base's keys"
+        composed = make_config([f"model={preset}"]).model.model_dump()
+        assert composed == {**make_config([f"model={base}"]).model.model_dump(), "name": preset}
+
+
+def test_validating_the_config_imports_no_torch():
+    """download and preprocess validate the whole config, model section included: the model name
+    is left to the registry (torch) so that this stays cheap."""
+    code = (
+        "import sys; from pathlib import Path; from flower_model.config import load_config; "
+        "load_config(Path('.'), ['model=small_cnn']); load_config(Path('.')); "
+        "assert 'torch' not in sys.modules, 'validation imported torch'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()
 
 
 def test_params_yaml_matches_configs():
@@ -173,8 +219,13 @@ def test_show_config_takes_no_value(project):
 
 
 def test_every_tunable_has_a_unique_short_name():
-    tunables = tunable_keys(make_config())
-    names = [short_name(key) for key in tunables if key != "model.name"]
+    presets = sorted(path.stem for path in (REPO_ROOT / "configs" / "model").glob("*.yaml"))
+    tunables = list(
+        dict.fromkeys(
+            key for preset in presets for key in tunable_keys(make_config([f"model={preset}"]))
+        )
+    )
+    names = [short_name(key) for key in tunables if key not in ("model.name", "model.family")]
     clashes = {name for name in names if names.count(name) > 1}
     assert not clashes, f"short names {clashes} clash: give one key its own in naming.SHORT_NAMES"
     assert all(names) and not set(SHORT_NAMES) - set(tunables), "a listed key no longer exists"
@@ -194,6 +245,8 @@ def test_run_name():
     name = run_name(changed, baseline=base)
     assert name.startswith(f"{MODEL_SHORT_NAMES['resnet18']}-lr0.001-bs64-ep40")
     assert "s7" in name.split("-")
+    # resnet18's own key (small_cnn has no `pretrained`) shows; its family (implied) does not.
+    assert "pre0" in name.split("-") and "torchvision" not in name
 
 
 def test_config_files_document_every_value():

@@ -4,23 +4,56 @@ import numpy as np
 import pytest
 import torch
 
-from flower_model.config import MODEL_NAMES
-from flower_model.models.registry import available_models, create_model
+from flower_model.config import ConfigError
+from flower_model.models.registry import available_models, create_model, model_config
 from flower_model.training.module import FlowerClassifier
-from tests.conftest import make_config
+from tests.conftest import REPO_ROOT, make_config
 
 CLASSES = ["a", "b", "c"]
 SIZE = 64
+MODEL_NAMES = available_models()
+PRESETS = sorted(path.stem for path in (REPO_ROOT / "configs" / "model").glob("*.yaml"))
 
 
-def test_registry_matches_the_schema():
-    assert available_models() == sorted(MODEL_NAMES)
+def test_every_preset_builds_a_registered_model_and_every_model_has_a_preset():
+    names = {preset: make_config([f"model={preset}"]).model.name for preset in PRESETS}
+    assert sorted(names.values()) == MODEL_NAMES
+    assert all(preset == name for preset, name in names.items()), "a preset is named as its model"
 
 
 def test_unknown_model_is_refused():
     config = make_config().model.model_copy(update={"name": "vgg"})
-    with pytest.raises(KeyError, match="not registered"):
+    with pytest.raises(ConfigError, match=r"model.name='vgg' is not registered; choose from \["):
         create_model(config, 3)
+
+
+def test_a_name_of_another_family_is_refused_naming_the_fix():
+    config = make_config(["model=resnet18", "model.name=efficientnet_lite0"]).model
+    message = "efficientnet_lite0' belongs to model.family='efficientnet_lite', not 'torchvision'"
+    with pytest.raises(ConfigError, match=message) as error:
+        create_model(config, 3)
+    assert "\n" not in str(error.value) and "model=efficientnet_lite0" in str(error.value)
+
+
+def test_a_checkpoint_of_the_flat_config_loads_as_its_family():
+    """Checkpoints written before the per-family configs carry every family's keys, no family."""
+    flat = {
+        "name": "efficientnet_lite1",
+        "pretrained": True,
+        "widths": [],
+        "blocks": [],
+        "stem_stride": 2,
+        "stem_pool": True,
+        "dropout": 0.2,
+        "input_mean": [127.0] * 3,
+        "input_std": [128.0] * 3,
+        "freeze_stages": 2,
+    }
+    config = model_config(flat)
+    assert config.family == "efficientnet_lite" and config.freeze_stages == 2
+    assert model_config(config.model_dump()) == config
+    small = model_config({**flat, "name": "small_cnn", "widths": [8], "blocks": [1]})
+    assert small.family == "small_cnn" and small.widths == [8] and not hasattr(small, "pretrained")
 
 
 def _module(name: str) -> FlowerClassifier:
@@ -54,6 +87,28 @@ def test_forward_train_and_validation_step(name):
     with torch.no_grad():
         module.validation_step((images, labels), 0)
     assert 0.0 <= float(module.metrics["val_acc"].compute()) <= 1.0
+
+
+def test_a_checkpoint_of_the_flat_config_gives_the_same_network(tmp_path):
+    """export_onnx/evaluate load a checkpoint trained before the per-family configs (its `model`
+    holds every family's keys) into the same network."""
+    from flower_model.models.classifier import load_classifier
+
+    torch.manual_seed(0)
+    module = _module("small_cnn").eval()
+    hyper = dict(module.hparams)
+    flat = {"pretrained": False, "freeze_stages": 0, **hyper["model"]}
+    del flat["family"]
+    checkpoint = tmp_path / "old.ckpt"
+    torch.save(
+        {"hyper_parameters": {**hyper, "model": flat}, "state_dict": module.state_dict()},
+        checkpoint,
+    )
+    wrapper, _ = load_classifier(checkpoint)
+    images = torch.randint(0, 256, (2, SIZE, SIZE, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = module(images.permute(0, 3, 1, 2))
+        torch.testing.assert_close(wrapper(images)[0], expected)
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_NAMES))
@@ -168,19 +223,21 @@ def test_missing_weights_package_names_it(monkeypatch):
 
 
 def test_freezing_needs_a_pretrained_model_of_a_freezable_family():
-    from flower_model.config import ConfigError
-
     with pytest.raises(ConfigError, match="would fix random weights"):
         make_config(["model.pretrained=false"])
-    with pytest.raises(ConfigError, match="cannot freeze stages"):
+    # freeze_stages is EfficientNet-Lite's key: other families do not have it.
+    with pytest.raises(ConfigError, match="model.freeze_stages is not a key of this config"):
         make_config(["model=small_cnn", "model.freeze_stages=1"])
+    with pytest.raises(ConfigError, match=r"model.freeze_stages = 1: unknown key"):
+        make_config(["model=resnet18", "+model.freeze_stages=1"])
 
 
 def test_pretrained_small_cnn_is_a_config_error():
-    from flower_model.config import ConfigError
-
-    with pytest.raises(ConfigError, match="model.pretrained=false"):
+    # small_cnn has no pretrained weights, so no `pretrained` key.
+    with pytest.raises(ConfigError, match="model.pretrained is not a key of this config"):
         make_config(["model=small_cnn", "model.pretrained=true"])
+    with pytest.raises(ConfigError, match=r"model.pretrained = True: unknown key"):
+        make_config(["model=small_cnn", "+model.pretrained=true"])
 
 
 def test_pretrained_without_reachable_weights_fails_clearly(tmp_path, monkeypatch):
@@ -255,3 +312,22 @@ def test_freeze_bn_stats_keeps_batchnorm_in_eval_mode_through_lightning(frozen):
     )
     trainer.fit(module, train_dataloaders=loader)
     assert len(seen) == 1 and (seen[0] == 0) == frozen
+
+
+def test_an_unregistered_name_stops_training_before_any_work(project, tiny_processed):
+    """The schema leaves `model.name` to the registry: training checks it first, in one line, and
+    an earlier run's checkpoints stay."""
+    import shutil
+
+    from tests.helpers.cli import run_in_process
+
+    shutil.copytree(tiny_processed / "data", project / "data")
+    earlier = project / "models" / "checkpoints" / "last.ckpt"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier run")
+    before = sorted(project.rglob("*"))
+    code, stdout, stderr = run_in_process(project, "train", "model.name=vgg")
+    assert code == 2, stdout + stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.name='vgg' is not registered; choose from [" in lines[0]
+    assert sorted(project.rglob("*")) == before and earlier.read_bytes() == b"an earlier run"

@@ -1,22 +1,33 @@
 """The one way stages load their config: params.yaml (the exact file DVC hashes), or configs/
 composed with Hydra when overrides are given, validated against the schema."""
 
+import re
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
-from flower_model.config.schema import Config, ConfigError
+from flower_model.config.schema import FAMILY_NAMES, Config, ConfigError
 from flower_model.constants import CONFIG_DIR_NAME, CONFIG_NAME, PARAMS_FILE
+
+# Pydantic's errors for a missing or unknown `model.family`.
+FAMILY_ERRORS = ("union_tag_invalid", "union_tag_not_found")
+UNKNOWN_OVERRIDE = re.compile(r"Could not override '([^']+)'")
 
 
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        # Pydantic puts the model family's tag into the location (`model.torchvision.widths`).
+        loc = [part for part in item["loc"] if part not in FAMILY_NAMES]
+        key = ".".join(str(part) for part in loc) or "<root>"
         shown = "(missing)" if item["type"] == "missing" else repr(item.get("input"))
         if item["type"] == "extra_forbidden":
             hint = "unknown key: remove it or fix its spelling (see configs/)"
+        elif item["type"] in FAMILY_ERRORS:
+            tag = item.get("ctx", {}).get("tag")
+            key, shown = f"{key}.family", "(missing)" if tag is None else repr(tag)
+            hint = f"choose one of {list(FAMILY_NAMES)} (or a preset: model=<configs/model/ name>)"
         else:
             hint = item["msg"]
         lines.append(f"  {key} = {shown}: {hint}")
@@ -46,6 +57,16 @@ def compose_raw(root: Path, overrides: list[str] | None = None) -> dict:
             composed = compose(config_name=CONFIG_NAME, overrides=list(overrides or []))
         return OmegaConf.to_container(composed, resolve=True)
     except (HydraException, OmegaConfBaseException) as error:
+        unknown = UNKNOWN_OVERRIDE.match(str(error))
+        if unknown:  # Hydra's hint (`+key=`) would only meet the schema's "unknown key"
+            key = unknown.group(1)
+            family = (
+                " (each model family has only its own keys)" if key.startswith("model.") else ""
+            )
+            raise ConfigError(
+                f"{key} is not a key of this config{family}; remove the override or fix its "
+                "spelling (see configs/)"
+            ) from None
         raise ConfigError(f"cannot compose {CONFIG_DIR_NAME}/ with {overrides}: {error}") from None
 
 

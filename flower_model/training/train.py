@@ -21,6 +21,7 @@ from flower_model.constants import RESOLVED_CONFIG_NAME
 from flower_model.data.datamodule import FlowerDataModule
 from flower_model.figures import training_curves
 from flower_model.io_utils import write_json, write_text
+from flower_model.models.registry import check_model
 from flower_model.naming import run_name
 from flower_model.training.callbacks import (
     EPOCHS_FILE,
@@ -246,6 +247,7 @@ def train_model(
     config: Config, root: Path, resolved: dict, extra_callbacks: tuple = ()
 ) -> dict | None:
     """Fit, validate the best checkpoint, write the outs; return the report (rank zero)."""
+    check_model(config.model)  # model.name is registered (the schema does not import torch)
     require_tracking_server(config.mlflow)
     quiet_lightning_notices()
     models = root / config.paths.models_dir
