@@ -6,6 +6,7 @@ import sys
 import pytest
 import yaml
 
+from flower_model.commands import stage_names
 from flower_model.config import ConfigError, compose_raw, load_config, validate
 from flower_model.naming import (
     MODEL_SHORT_NAMES,
@@ -271,7 +272,7 @@ def test_config_files_document_every_value():
                 assert "[default:" in line, f"{where} does not state its default"
 
 
-STAGE_COMMANDS = ("download", "preprocess", "train", "export_onnx", "build_trt", "evaluate")
+STAGE_COMMANDS = stage_names()
 
 
 @pytest.mark.parametrize("stage", STAGE_COMMANDS)

@@ -122,9 +122,9 @@ def execute(
         print(describe(name, config, root, overrides, show_config), flush=True)
         if show_config:
             return
-        check_inputs(name, config, root, fetch=not dry_run)
-        if preflight is not None:
+        if preflight is not None:  # config-level checks first: a pull of the inputs is work
             preflight(config, root)
+        check_inputs(name, config, root, fetch=not dry_run)
         if dry_run:
             print(f"dry run: stage {name} config and inputs OK; nothing done")
             return
