@@ -15,3 +15,7 @@ class UnsafeArchiveError(FlowerModelError):
 
 class MissingInputError(FlowerModelError):
     """A stage input is missing: an earlier stage has not run or its outs were not pulled."""
+
+
+class OutputError(FlowerModelError):
+    """An output could not be written (disk full, no permission...); the old file is kept."""
