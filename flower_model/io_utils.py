@@ -36,7 +36,7 @@ def output_error(target: Path, error: OSError) -> OutputError:
     return OutputError(f"cannot write {target} ({reason}); fix that or choose another path")
 
 
-def _about_output(error: OSError, staging: Path | None) -> bool:
+def about_output(error: OSError, staging: Path | None) -> bool:
     """Whether an OSError raised while filling `staging` is about writing it (not an input).
 
     `staging` None: every OSError is (creating the temp file or folder beside the output).
@@ -56,7 +56,7 @@ def _output_errors(target: Path, staging: Path | None = None) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        if not _about_output(error, staging):
+        if not about_output(error, staging):
             raise
         raise output_error(target, error) from error
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from flower_model.data.download import download_dataset, sha256_file
-from flower_model.errors import DownloadError, UnsafeArchiveError
+from flower_model.errors import DownloadError, OutputError, UnsafeArchiveError
 from tests.conftest import make_config
+from tests.helpers.disk import full_disk
 
 ARCHIVE_PATH = "/flowers.tgz"
 
@@ -248,3 +249,32 @@ def test_size_and_count_caps(tmp_path, mini_tarball):
         with pytest.raises(UnsafeArchiveError, match=match):
             download_dataset(config.data, config.paths, tmp_path)
         _assert_no_outs(tmp_path)
+
+
+@pytest.mark.parametrize("folder_entry", [True, False], ids=["folder_entry", "implied_folder"])
+def test_a_file_and_a_folder_of_one_name_is_named_as_such(tmp_path, folder_entry):
+    clash = tarfile.TarInfo("flower_photos/daisy")  # a file...
+    inside = tarfile.TarInfo("flower_photos/daisy/a.jpg")  # ...and a folder of the same name
+    members = [clash, inside]
+    if folder_entry:
+        folder = tarfile.TarInfo("flower_photos/daisy")
+        folder.type = tarfile.DIRTYPE
+        members = [clash, folder]
+    archive = _archive(tmp_path, members)
+    config = _config((str(archive), sha256_file(archive, 4096)))
+    with pytest.raises(UnsafeArchiveError) as error:
+        download_dataset(config.data, config.paths, tmp_path)
+    assert str(error.value) == (
+        f"{archive} holds both a file and a folder named 'flower_photos/daisy'; no extraction "
+        "can keep both: repack the archive or use another source"
+    )
+    _assert_no_outs(tmp_path)
+
+
+def test_full_disk_while_extracting_names_the_output_not_the_archive(tmp_path, mini_tarball):
+    root = tmp_path / "project"
+    with full_disk(root / "data" / "raw") as raw:
+        config = _config((str(mini_tarball), sha256_file(mini_tarball, 4096)))
+        with pytest.raises(OutputError, match=f"^no space left on {raw / 'flower_photos'};"):
+            download_dataset(config.data, config.paths, root)
+        assert sorted(path.name for path in raw.iterdir()) == ["filler"]

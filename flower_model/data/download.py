@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from flower_model.config import ArchiveSource, DataConfig, PathsConfig
 from flower_model.errors import DownloadError, UnsafeArchiveError
-from flower_model.io_utils import FILE_MODE, atomic_dir, write_json
+from flower_model.io_utils import FILE_MODE, about_output, atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 HTTP_SCHEMES = ("http", "https")
@@ -161,6 +161,20 @@ def _check_member(member: tarfile.TarInfo) -> None:
         )
 
 
+def _check_names(archive: Path, members: list[tarfile.TarInfo]) -> None:
+    """Refuse an archive that holds a file and a folder under one name: no extraction keeps both."""
+    names = [PurePosixPath(member.name) for member in members]
+    files = {name for name, member in zip(names, members) if member.isfile()}
+    folders = {name for name, member in zip(names, members) if member.isdir()}
+    folders |= {parent for name in names for parent in name.parents}
+    clashes = sorted(files & folders)
+    if clashes:
+        raise UnsafeArchiveError(
+            f"{archive} holds both a file and a folder named {clashes[0].as_posix()!r}; "
+            "no extraction can keep both: repack the archive or use another source"
+        )
+
+
 def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, destination: Path) -> None:
     target = destination.joinpath(*PurePosixPath(member.name).parts)
     if not target.resolve().is_relative_to(destination):
@@ -201,11 +215,14 @@ def safe_extract(archive: Path, destination: Path, data: DataConfig) -> None:
                 )
             for member in members:
                 _check_member(member)
+            _check_names(archive, members)
             for member in members:
                 _extract_member(tar, member, destination)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         if isinstance(error, UnsafeArchiveError):
             raise
+        if isinstance(error, OSError) and about_output(error, destination):
+            raise  # writing failed (disk full...), not reading: atomic_dir names the output
         reason = " ".join(str(error).split())  # tarfile's message spans lines; keep one
         raise DownloadError(
             f"{archive} is not a readable tar archive ({type(error).__name__}: {reason}); "
