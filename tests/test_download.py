@@ -173,7 +173,7 @@ def test_unsafe_archive_entries_are_refused(tmp_path, name, kind, link):
     member.type = kind
     member.linkname = link
     archive = _archive(tmp_path, [member])
-    config = _config((str(archive), sha256_file(archive, 4096)))
+    config = _config((str(archive), sha256_file(archive)))
     with pytest.raises(UnsafeArchiveError) as error:
         download_dataset(config.data, config.paths, tmp_path)
     assert name in str(error.value)
@@ -219,7 +219,7 @@ def test_links_are_refused_and_nothing_is_written_outside(tmp_path, case):
         inner.type, inner.linkname = tarfile.SYMTYPE, "../daisy/a.jpg"
         members = [tarfile.TarInfo("flower_photos/daisy/a.jpg"), inner]
     archive = _archive(tmp_path, members)
-    config = _config((str(archive), sha256_file(archive, 4096)))
+    config = _config((str(archive), sha256_file(archive)))
     with pytest.raises(UnsafeArchiveError, match="is a link"):
         download_dataset(config.data, config.paths, tmp_path)
     _assert_no_outs(tmp_path)
@@ -232,14 +232,14 @@ def test_unreadable_archive_with_matching_checksum_is_one_clear_error(tmp_path, 
     archive = tmp_path / "flowers.tgz"
     data = mini_tarball.read_bytes()
     archive.write_bytes(b"<html>not an archive</html>" if kind == "not_a_tar" else data[:-2000])
-    config = _config((str(archive), sha256_file(archive, 4096)))
+    config = _config((str(archive), sha256_file(archive)))
     with pytest.raises(DownloadError, match="is not a readable tar archive.*download it again"):
         download_dataset(config.data, config.paths, tmp_path)
     _assert_no_outs(tmp_path)
 
 
 def test_size_and_count_caps(tmp_path, mini_tarball):
-    sha = sha256_file(mini_tarball, 4096)
+    sha = sha256_file(mini_tarball)
     for cap, match in (
         ({"max_archive_members": 5}, "max_archive_members"),
         ({"max_extracted_bytes": 1000}, "max_extracted_bytes"),
@@ -261,7 +261,7 @@ def test_a_file_and_a_folder_of_one_name_is_named_as_such(tmp_path, folder_entry
         folder.type = tarfile.DIRTYPE
         members = [clash, folder]
     archive = _archive(tmp_path, members)
-    config = _config((str(archive), sha256_file(archive, 4096)))
+    config = _config((str(archive), sha256_file(archive)))
     with pytest.raises(UnsafeArchiveError) as error:
         download_dataset(config.data, config.paths, tmp_path)
     assert str(error.value) == (
@@ -274,7 +274,7 @@ def test_a_file_and_a_folder_of_one_name_is_named_as_such(tmp_path, folder_entry
 def test_full_disk_while_extracting_names_the_output_not_the_archive(tmp_path, mini_tarball):
     root = tmp_path / "project"
     with full_disk(root / "data" / "raw") as raw:
-        config = _config((str(mini_tarball), sha256_file(mini_tarball, 4096)))
+        config = _config((str(mini_tarball), sha256_file(mini_tarball)))
         with pytest.raises(OutputError, match=f"^no space left on {raw / 'flower_photos'};"):
             download_dataset(config.data, config.paths, root)
         assert sorted(path.name for path in raw.iterdir()) == ["filler"]

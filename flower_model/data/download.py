@@ -35,12 +35,9 @@ class _RetryableError(Exception):
     """A transient HTTP failure: worth another attempt."""
 
 
-def sha256_file(path: Path, chunk_bytes: int) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with path.open("rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _http_attempt(url: str, part: Path, data: DataConfig) -> None:
@@ -241,7 +238,7 @@ def download_dataset(data: DataConfig, paths: PathsConfig, root: Path) -> Archiv
             failures.append(f"{source.name} ({source.url}): {error}")
             log.warning("source %s unusable: %s", source.name, error)
             continue
-        actual = sha256_file(archive, data.chunk_bytes)
+        actual = sha256_file(archive)
         if actual != source.sha256:
             failures.append(
                 f"{source.name} ({source.url}): sha256 {actual} != expected {source.sha256}"
