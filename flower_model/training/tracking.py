@@ -19,10 +19,10 @@ from flower_model.errors import FlowerModelError
 
 UNKNOWN = "unknown"
 HTTP_SCHEMES = ("http://", "https://")
-HASH_BLOCK = 1 << 20
 PORCELAIN_PATH = 3  # `git status --porcelain` lines: two status letters, a space, the path
 DVC_EXPERIMENT_VARIABLE = "DVC_EXP_NAME"  # set by DVC for the stages of `dvc exp run`
 EXPERIMENT_TAG = "dvc_experiment"  # MLflow tag holding that name
+RESUMED_FROM_TAG = "resumed_from_run_id"  # a resumed run whose MLflow run is gone: the old id
 
 
 def pipeline_written_files(root: Path) -> set[str]:
@@ -66,8 +66,7 @@ def content_hash(folder: Path) -> str:
     for path in sorted(item for item in folder.rglob("*") if item.is_file()):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         with path.open("rb") as handle:
-            while block := handle.read(HASH_BLOCK):
-                digest.update(block)
+            hashlib.file_digest(handle, lambda: digest)  # adds the bytes to the running digest
     return digest.hexdigest()
 
 
@@ -139,6 +138,29 @@ def bound_mlflow_requests(config: MlflowConfig) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(config.request_timeout_s)
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.max_retries)
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(config.retry_backoff_s)
+
+
+def run_to_continue(uri: str, run_id: str | None) -> str | None:
+    """`run_id` if the tracking server at `uri` has that run, else None, said in one line (a
+    resumed run made against another server or a wiped store starts a new run instead)."""
+    if not run_id:
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    try:
+        MlflowClient(uri).get_run(run_id)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        print(
+            f"MLflow run {run_id} is not on {uri}: the resumed training is logged as a new run "
+            f"tagged {RESUMED_FROM_TAG}={run_id}",
+            flush=True,
+        )
+        return None
+    return run_id
 
 
 class TolerantMLFlowLogger(MLFlowLogger):
