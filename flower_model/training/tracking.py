@@ -218,6 +218,7 @@ class TolerantMLFlowLogger(MLFlowLogger):
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"  # MLflow 3 opened new experiments as GenAI
 DIGEST_CHARS = 36  # MLflow's dataset digest column: a DVC md5 ("<32 hex>.dir") fits
+DATASET_FIELDS = ("name", "digest", "source_type", "source", "schema", "profile")
 
 
 def record_inputs(logger: MLFlowLogger, data: dict[str, str], name: str, source: Path) -> None:
@@ -226,20 +227,19 @@ def record_inputs(logger: MLFlowLogger, data: dict[str, str], name: str, source:
     else the content sha256) and source path. MLflow's Datasets column was empty before."""
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
-    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag
 
     client = logger.experiment
     client.set_experiment_tag(logger.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     digest = data["data_dvc_md5"] if data["data_dvc_md5"] != UNKNOWN else data["data_sha256"]
-    dataset = MetaDataset(
+    described = MetaDataset(
         LocalArtifactDatasetSource(source.as_posix()), name=name, digest=digest[:DIGEST_CHARS]
-    )
+    ).to_dict()
+    # The public entity, built from the dataset's public dict. The fluent mlflow.log_input would
+    # do this too, but needs an active fluent run, whose end printed the run links once more.
+    entity = Dataset(**{key: described.get(key) for key in DATASET_FIELDS})
     context = InputTag("mlflow.data.context", "train")
-    # The entity conversion is MLflow's own (mlflow.log_input does the same); the public
-    # mlflow.log_input needs an active fluent run, whose end printed the run links once more.
-    client.log_inputs(
-        logger.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), [context])]
-    )
+    client.log_inputs(logger.run_id, datasets=[DatasetInput(entity, [context])])
 
 
 def weights_tags(model: ModelConfig) -> dict[str, str]:
