@@ -278,3 +278,13 @@ def test_full_disk_while_extracting_names_the_output_not_the_archive(tmp_path, m
         with pytest.raises(OutputError, match=f"^no space left on {raw / 'flower_photos'};"):
             download_dataset(config.data, config.paths, root)
         assert sorted(path.name for path in raw.iterdir()) == ["filler"]
+
+
+def test_full_disk_during_an_http_download_is_one_line(tmp_path, mini_tarball):
+    payload = mini_tarball.read_bytes()
+    root = tmp_path / "project"
+    with full_disk(root / "data" / "cache") as cache, ArchiveServer(payload) as server:
+        config = _config((server.url, _sha(payload)))
+        with pytest.raises(OutputError, match=f"^no space left on {cache}/.*part; free space"):
+            download_dataset(config.data, config.paths, root)
+    _assert_no_outs(root)

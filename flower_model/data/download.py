@@ -20,7 +20,14 @@ from tqdm import tqdm
 
 from flower_model.config import ArchiveSource, DataConfig, PathsConfig
 from flower_model.errors import DownloadError, UnsafeArchiveError
-from flower_model.io_utils import FILE_MODE, about_output, atomic_dir, write_json
+from flower_model.io_utils import (
+    FILE_MODE,
+    about_output,
+    atomic_dir,
+    atomic_path,
+    output_error,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 HTTP_SCHEMES = ("http", "https")
@@ -83,7 +90,12 @@ def _http_attempt(url: str, part: Path, data: DataConfig) -> None:
 
 
 def download_http(url: str, target: Path, data: DataConfig) -> Path:
-    """Stream `url` to `target`, resuming `target`.part across attempts; return `target`."""
+    """Stream `url` to `target`, resuming `target`.part across attempts; return `target`.
+
+    Own code, kept on purpose: fsspec's HTTP filesystem (used here for s3) has no retries and no
+    resume of a partial download into a file (its Range reads serve random access); pooch retries
+    but restarts from byte 0 and is not a dependency; urllib3's Retry covers connecting and 5xx
+    replies but not a connection cut mid-body, the case Range resume exists for."""
     import requests
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +116,11 @@ def download_http(url: str, target: Path, data: DataConfig) -> Path:
             wait *= 2
         except requests.HTTPError as error:
             raise DownloadError(f"{url}: {error}") from None
+        except OSError as error:  # last: requests' own errors are OSErrors too
+            # Writing failed (disk full...): the .part stays, and the next run resumes it.
+            if not about_output(error, part):
+                raise
+            raise output_error(part, error) from None
     raise AssertionError("unreachable: the loop returns or raises")
 
 
@@ -120,8 +137,8 @@ def _fetch(source: ArchiveSource, data: DataConfig, paths: PathsConfig, root: Pa
 
         cached = root / paths.download_cache_dir / f"{source.sha256}.archive"
         if not cached.is_file():
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            fsspec.filesystem("s3").get(source.url, str(cached))
+            with atomic_path(cached) as partial:  # a cut transfer leaves no "cached" archive
+                fsspec.filesystem("s3").get(source.url, str(partial))
         return cached
     if parsed.scheme == "file":
         local = Path(unquote(parsed.path))
