@@ -46,8 +46,10 @@ def load_resume_state(config: Config, root: Path) -> tuple[Path | None, dict | N
             f"resume={config.resume!r}: {path} was trained with other model settings ({changes}); "
             "resume with the same model settings, or train from scratch without resume"
         )
-    averaged = "current_model_state" in state  # Lightning's WeightAveraging saved it
-    if averaged != (config.train.ema_decay > 0):
+    # The run's own config, which train stores in every checkpoint (FlowerClassifier.run_info).
+    recorded = (state.get("resolved_config") or {}).get("train", {}).get("ema_decay")
+    averaged = bool(recorded)
+    if recorded is not None and averaged != (config.train.ema_decay > 0):
         raise FlowerModelError(
             f"resume={config.resume!r}: {path} was trained "
             f"{'with' if averaged else 'without'} an EMA of the weights and train.ema_decay is "
