@@ -288,3 +288,18 @@ def test_full_disk_during_an_http_download_is_one_line(tmp_path, mini_tarball):
         with pytest.raises(OutputError, match=f"^no space left on {cache}/.*part; free space"):
             download_dataset(config.data, config.paths, root)
     _assert_no_outs(root)
+
+
+def test_s3_source_is_fetched_and_cached_whole(tmp_path, mini_tarball, s3_server, monkeypatch):
+    import fsspec
+
+    endpoint, credentials, _ = s3_server
+    for name, value in {**credentials, "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(name, value)
+    url = "s3://flower-model/archives/flowers.tgz"
+    fsspec.filesystem("s3", skip_instance_cache=True).put(str(mini_tarball), url)
+    config = _config((url, sha256_file(mini_tarball)))
+    chosen = download_dataset(config.data, config.paths, tmp_path)
+    assert chosen.url == url and (tmp_path / "data" / "raw" / "flower_photos").is_dir()
+    cached = sorted(path.name for path in (tmp_path / "data" / "cache").iterdir())
+    assert cached == [f"{sha256_file(mini_tarball)}.archive"], "one whole archive, no temp file"
