@@ -1,5 +1,7 @@
 """Errors the CLI reports as one clear message (no traceback): each names the thing and the fix."""
 
+from pathlib import Path
+
 
 class FlowerModelError(Exception):
     """Base class of errors caused by input, config or environment rather than by a bug."""
@@ -18,4 +20,9 @@ class MissingInputError(FlowerModelError):
 
 
 class OutputError(FlowerModelError):
-    """An output could not be written (disk full, no permission...); the old file is kept."""
+    """An output could not be written (disk full, no permission...); the old file is kept.
+
+    `path` is the output, `os_error` the OSError that stopped the write."""
+
+    path: Path
+    os_error: OSError

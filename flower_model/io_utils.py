@@ -31,9 +31,13 @@ def _umask() -> int:
 def output_error(target: Path, error: OSError) -> OutputError:
     """The one-line error for an output that could not be written."""
     if error.errno in NO_SPACE_ERRNOS:
-        return OutputError(f"no space left on {target}; free space or choose another path")
-    reason = error.strerror or str(error)
-    return OutputError(f"cannot write {target} ({reason}); fix that or choose another path")
+        message = f"no space left on {target}; free space or choose another path"
+    else:
+        reason = error.strerror or str(error)
+        message = f"cannot write {target} ({reason}); fix that or choose another path"
+    failed = OutputError(message)
+    failed.path, failed.os_error = target, error
+    return failed
 
 
 def about_output(error: OSError, staging: Path | None) -> bool:
@@ -59,6 +63,11 @@ def _output_errors(target: Path, staging: Path | None = None) -> Iterator[None]:
         if not about_output(error, staging):
             raise
         raise output_error(target, error) from error
+    except OutputError as error:  # a writer inside the temp folder: name the real output
+        inside = staging is not None and staging.absolute() in error.path.absolute().parents
+        if not inside:
+            raise
+        raise output_error(target, error.os_error) from error.os_error
 
 
 @contextmanager

@@ -94,6 +94,11 @@ def test_full_disk_in_a_folder_swap_keeps_the_old_folder(tmp_path):
             atomic_dir(out) as staging,
         ):
             (staging / "big.bin").write_bytes(b"\0" * 1_000_000)
+        with (
+            pytest.raises(OutputError, match=f"^no space left on {out};"),
+            atomic_dir(out) as staging,
+        ):
+            write_json(staging / "nested.json", list(range(100_000)))  # an atomic writer inside
         assert len(list(out.iterdir())) == OLD_FILES
         assert leftovers(disk, "out") == []
 
