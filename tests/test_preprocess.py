@@ -263,3 +263,19 @@ def test_every_skipped_photo_is_in_dropped_csv(mini_dataset, tmp_path):
     assert reasons["loose.jpg"] == "outside_class_folder"
     manifest = (tmp_path / "out" / "processed" / "manifest.csv").read_text(encoding="utf-8")
     assert "rose_" not in manifest and "loose.jpg" not in manifest
+
+
+def test_full_disk_is_one_line_and_keeps_the_old_outputs(mini_dataset, tmp_path):
+    from flower_model.errors import OutputError
+    from tests.helpers.disk import full_disk, leftovers
+
+    with full_disk(tmp_path / "disk", {"processed/manifest.csv": b"old"}) as disk:
+        old = disk / "processed"
+        with pytest.raises(OutputError) as caught:
+            config = make_config(preprocess={"image_size": 32, "num_workers": 0})
+            preprocess_dataset(
+                mini_dataset, old, disk / "reports", disk / "plots", config.preprocess, {}
+            )
+        assert str(caught.value) == f"no space left on {old}; free space or choose another path"
+        assert (old / "manifest.csv").read_text() == "old"
+        assert leftovers(disk, "processed") == []

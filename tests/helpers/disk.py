@@ -25,7 +25,8 @@ def _fill(folder: Path) -> None:
 
 @contextmanager
 def full_disk(mount_point: Path, keep: dict[str, bytes] | None = None) -> Iterator[Path]:
-    """Mount a tmpfs at `mount_point`, write `keep` (name -> bytes) there, then fill it up."""
+    """Mount a tmpfs at `mount_point`, write `keep` (relative path -> bytes) there, then fill it
+    up."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     mount_point.mkdir(parents=True, exist_ok=True)
@@ -38,6 +39,7 @@ def full_disk(mount_point: Path, keep: dict[str, bytes] | None = None) -> Iterat
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         for name, data in (keep or {}).items():
+            (mount_point / name).parent.mkdir(parents=True, exist_ok=True)
             (mount_point / name).write_bytes(data)
         _fill(mount_point)
         yield mount_point
