@@ -13,6 +13,7 @@ from flower_model.data.layout import images_path
 from flower_model.errors import OutputError
 from flower_model.serving.infer import OnnxClassifier, classify, expand_paths, run_infer
 from tests.conftest import REPO_ROOT
+from tests.helpers.cli import run_in_process
 from tests.helpers.disk import full_disk, leftovers
 
 
@@ -154,3 +155,8 @@ def test_full_disk_output_is_one_line_and_leaves_nothing_partial(
         )
         assert (disk / name).read_bytes() == b"old predictions"
         assert leftovers(disk, name) == []  # no .pred.csv.tmp / .pred.json.tmp
+        # As users type it: one line on stderr, no traceback, a non-zero exit.
+        flags = ["--model", str(tiny_onnx), "--output", str(disk / name)]
+        code, _, stderr = run_in_process(tmp_path, "infer", str(photo_folder), *flags)
+        assert code != 0 and stderr.strip().splitlines() == [f"error: {caught.value}"], stderr
+        assert leftovers(disk, name) == []
