@@ -7,7 +7,7 @@ the speed-up of each ONNX variant over torch eager, and test accuracy from repor
 Goals: ONNX Runtime fp32 >= 2.5x torch eager at both batch sizes; INT8 faster again with at most
 1 point of accuracy lost.
 
-It also prints a roofline: the model's multiply-accumulates per image (counted with hooks), the
+It also prints a roofline: the model's multiply-accumulates per image (torch's FLOP counter), the
 GMAC/s each backend reaches, and this CPU's measured fp32 GEMM rate (a large `torch.mm`), so a
 missed speed-up goal can be told apart from one the hardware cannot give.
 """
@@ -31,31 +31,19 @@ GEMM_REPEATS = 10
 SPEEDUP_GOAL = 2.5
 GIGA = 1e9
 MS_PER_S = 1e3
+FLOPS_PER_MAC = 2
 
 
 def model_macs(checkpoint: Path, image_size: int) -> int:
-    """Multiply-accumulates of one image's forward pass: every conv and linear layer, by hooks."""
+    """Multiply-accumulates of one image's forward pass (torch's FlopCounterMode: every conv and
+    matrix product; it counts a multiply-accumulate as two FLOPs)."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     net = load_classifier(checkpoint)[0].net.eval()
-    total = 0
-
-    def count(module, inputs, output) -> None:
-        nonlocal total
-        if isinstance(module, torch.nn.Conv2d):
-            kernel = module.kernel_size[0] * module.kernel_size[1]
-            total += output.numel() * kernel * module.in_channels // module.groups
-        else:
-            total += output.numel() * module.in_features
-
-    kinds = (torch.nn.Conv2d, torch.nn.Linear)
-    layers = [module for module in net.modules() if isinstance(module, kinds)]
-    hooks = [layer.register_forward_hook(count) for layer in layers]
-    with torch.no_grad():
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(torch.zeros(1, 3, image_size, image_size))
-    for hook in hooks:
-        hook.remove()
-    return total
+    return counter.get_total_flops() // FLOPS_PER_MAC
 
 
 def gemm_gmacs() -> float:

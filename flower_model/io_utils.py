@@ -1,6 +1,7 @@
 """Atomic writes: no reader sees a half-written file; a failed run leaves the old one intact."""
 
 import csv
+import errno
 import io
 import json
 import os
@@ -14,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from flower_model.constants import JSON_INDENT
-from flower_model.errors import FlowerModelError
+from flower_model.errors import FlowerModelError, OutputError
 
 FILE_MODE = 0o666
 DIR_MODE = 0o777
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _umask() -> int:
@@ -26,17 +28,67 @@ def _umask() -> int:
     return current
 
 
+def output_error(target: Path, error: OSError) -> OutputError:
+    """The one-line error for an output that could not be written."""
+    if error.errno in NO_SPACE_ERRNOS:
+        message = f"no space left on {target}; free space or choose another path"
+    else:
+        reason = error.strerror or str(error)
+        message = f"cannot write {target} ({reason}); fix that or choose another path"
+    failed = OutputError(message)
+    failed.path, failed.os_error = target, error
+    return failed
+
+
+def about_output(error: OSError, staging: Path | None) -> bool:
+    """Whether an OSError raised while filling `staging` is about writing it (not an input).
+
+    `staging` None: every OSError is (creating the temp file or folder beside the output).
+    """
+    if staging is None or error.errno in NO_SPACE_ERRNOS:
+        return True
+    if error.filename is None:
+        return False
+    failed = Path(os.fsdecode(error.filename)).absolute()
+    staging = staging.absolute()
+    return failed == staging or staging in failed.parents
+
+
+@contextmanager
+def _output_errors(target: Path, staging: Path | None = None) -> Iterator[None]:
+    """Raise OSErrors about writing `target` (through `staging`) as one-line OutputErrors."""
+    try:
+        yield
+    except OSError as error:
+        if not about_output(error, staging):
+            raise
+        raise output_error(target, error) from error
+    except OutputError as error:  # a writer inside the temp folder: name the real output
+        inside = staging is not None and staging.absolute() in error.path.absolute().parents
+        if not inside:
+            raise
+        raise output_error(target, error.os_error) from error.os_error
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temp path beside `target`; rename it onto `target` only if the block succeeds."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
+    """Yield a temp path beside `target`; rename it onto `target` only if the block succeeds.
+
+    On failure the temp file is removed and the old `target` is kept; disk full and other write
+    errors on the temp file raise `OutputError` naming `target`.
+    """
+    with _output_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
+        )
+        os.close(handle)
     tmp_path = Path(tmp_name)
     try:
-        yield tmp_path
-        tmp_path.chmod(FILE_MODE & ~_umask())  # mkstemp makes 0600; give it the usual mode
-        tmp_path.replace(target)
+        with _output_errors(target, tmp_path):
+            yield tmp_path
+            tmp_path.chmod(FILE_MODE & ~_umask())  # mkstemp makes 0600; give it the usual mode
+            tmp_path.replace(target)
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -65,20 +117,26 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     any moment leaves either the old or the new folder whole (`recover_dir`, run first, restores
     the old one after a kill between the two renames).
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(target)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    with _output_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        recover_dir(target)
+        tmp_dir = Path(
+            tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        )
     backup = _backup_of(target)
     try:
-        yield tmp_dir
-        tmp_dir.chmod(DIR_MODE & ~_umask())
-        if target.exists():
-            target.rename(backup)
-        tmp_dir.rename(target)
+        with _output_errors(target, tmp_dir):
+            yield tmp_dir
+            tmp_dir.chmod(DIR_MODE & ~_umask())
+            if target.exists():
+                target.rename(backup)
+            tmp_dir.rename(target)
         shutil.rmtree(backup, ignore_errors=True)
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
+        if backup.is_dir() and not target.exists():
+            backup.rename(target)  # the new folder could not be moved in: the old one comes back
 
 
 def write_text(target: Path, text: str) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from flower_model.data.download import download_dataset, sha256_file
-from flower_model.errors import DownloadError, UnsafeArchiveError
+from flower_model.errors import DownloadError, OutputError, UnsafeArchiveError
 from tests.conftest import make_config
+from tests.helpers.disk import full_disk
 
 ARCHIVE_PATH = "/flowers.tgz"
 
@@ -172,7 +173,7 @@ def test_unsafe_archive_entries_are_refused(tmp_path, name, kind, link):
     member.type = kind
     member.linkname = link
     archive = _archive(tmp_path, [member])
-    config = _config((str(archive), sha256_file(archive, 4096)))
+    config = _config((str(archive), sha256_file(archive)))
     with pytest.raises(UnsafeArchiveError) as error:
         download_dataset(config.data, config.paths, tmp_path)
     assert name in str(error.value)
@@ -218,7 +219,7 @@ def test_links_are_refused_and_nothing_is_written_outside(tmp_path, case):
         inner.type, inner.linkname = tarfile.SYMTYPE, "../daisy/a.jpg"
         members = [tarfile.TarInfo("flower_photos/daisy/a.jpg"), inner]
     archive = _archive(tmp_path, members)
-    config = _config((str(archive), sha256_file(archive, 4096)))
+    config = _config((str(archive), sha256_file(archive)))
     with pytest.raises(UnsafeArchiveError, match="is a link"):
         download_dataset(config.data, config.paths, tmp_path)
     _assert_no_outs(tmp_path)
@@ -231,14 +232,14 @@ def test_unreadable_archive_with_matching_checksum_is_one_clear_error(tmp_path, 
     archive = tmp_path / "flowers.tgz"
     data = mini_tarball.read_bytes()
     archive.write_bytes(b"<html>not an archive</html>" if kind == "not_a_tar" else data[:-2000])
-    config = _config((str(archive), sha256_file(archive, 4096)))
+    config = _config((str(archive), sha256_file(archive)))
     with pytest.raises(DownloadError, match="is not a readable tar archive.*download it again"):
         download_dataset(config.data, config.paths, tmp_path)
     _assert_no_outs(tmp_path)
 
 
 def test_size_and_count_caps(tmp_path, mini_tarball):
-    sha = sha256_file(mini_tarball, 4096)
+    sha = sha256_file(mini_tarball)
     for cap, match in (
         ({"max_archive_members": 5}, "max_archive_members"),
         ({"max_extracted_bytes": 1000}, "max_extracted_bytes"),
@@ -248,3 +249,57 @@ def test_size_and_count_caps(tmp_path, mini_tarball):
         with pytest.raises(UnsafeArchiveError, match=match):
             download_dataset(config.data, config.paths, tmp_path)
         _assert_no_outs(tmp_path)
+
+
+@pytest.mark.parametrize("folder_entry", [True, False], ids=["folder_entry", "implied_folder"])
+def test_a_file_and_a_folder_of_one_name_is_named_as_such(tmp_path, folder_entry):
+    clash = tarfile.TarInfo("flower_photos/daisy")  # a file...
+    inside = tarfile.TarInfo("flower_photos/daisy/a.jpg")  # ...and a folder of the same name
+    members = [clash, inside]
+    if folder_entry:
+        folder = tarfile.TarInfo("flower_photos/daisy")
+        folder.type = tarfile.DIRTYPE
+        members = [clash, folder]
+    archive = _archive(tmp_path, members)
+    config = _config((str(archive), sha256_file(archive)))
+    with pytest.raises(UnsafeArchiveError) as error:
+        download_dataset(config.data, config.paths, tmp_path)
+    assert str(error.value) == (
+        f"{archive} holds both a file and a folder named 'flower_photos/daisy'; no extraction "
+        "can keep both: repack the archive or use another source"
+    )
+    _assert_no_outs(tmp_path)
+
+
+def test_full_disk_while_extracting_names_the_output_not_the_archive(tmp_path, mini_tarball):
+    root = tmp_path / "project"
+    with full_disk(root / "data" / "raw") as raw:
+        config = _config((str(mini_tarball), sha256_file(mini_tarball)))
+        with pytest.raises(OutputError, match=f"^no space left on {raw / 'flower_photos'};"):
+            download_dataset(config.data, config.paths, root)
+        assert sorted(path.name for path in raw.iterdir()) == ["filler"]
+
+
+def test_full_disk_during_an_http_download_is_one_line(tmp_path, mini_tarball):
+    payload = mini_tarball.read_bytes()
+    root = tmp_path / "project"
+    with full_disk(root / "data" / "cache") as cache, ArchiveServer(payload) as server:
+        config = _config((server.url, _sha(payload)))
+        with pytest.raises(OutputError, match=f"^no space left on {cache}/.*part; free space"):
+            download_dataset(config.data, config.paths, root)
+    _assert_no_outs(root)
+
+
+def test_s3_source_is_fetched_and_cached_whole(tmp_path, mini_tarball, s3_server, monkeypatch):
+    import fsspec
+
+    endpoint, credentials, _ = s3_server
+    for name, value in {**credentials, "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(name, value)
+    url = "s3://flower-model/archives/flowers.tgz"
+    fsspec.filesystem("s3", skip_instance_cache=True).put(str(mini_tarball), url)
+    config = _config((url, sha256_file(mini_tarball)))
+    chosen = download_dataset(config.data, config.paths, tmp_path)
+    assert chosen.url == url and (tmp_path / "data" / "raw" / "flower_photos").is_dir()
+    cached = sorted(path.name for path in (tmp_path / "data" / "cache").iterdir())
+    assert cached == [f"{sha256_file(mini_tarball)}.archive"], "one whole archive, no temp file"

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from flower_model.data.layout import images_path
-from flower_model.errors import FlowerModelError
+from flower_model.errors import FlowerModelError, OutputError
 from flower_model.export.onnx import (
     export_model,
     quantize_int8,
@@ -21,6 +21,7 @@ from flower_model.export.runtime import onnx_probs, session
 from flower_model.export.tensorrt import build_engine, unavailable_reason
 from tests.conftest import CLASS_NAMES as CLASSES
 from tests.conftest import TINY_SIZE, make_config
+from tests.helpers.disk import full_disk, leftovers
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +194,18 @@ def test_calibration_and_parity_samples_cover_every_class():
     assert np.array_equal(picked, spread_sample(labels, 20)), "deterministic"
     assert len(set(spread_sample(np.arange(250), 250))) == 250, "no index twice"
     assert np.array_equal(spread_sample(labels[:7], 20), labels[:7]), "fewer than asked: all"
+
+
+def test_full_disk_export_is_one_line_and_keeps_the_old_model(
+    tmp_path, exported, checkpoint, val_images
+):
+    config = make_config().export
+    with full_disk(tmp_path / "disk", {"model.onnx": b"old model"}) as disk:
+        output = disk / "model.onnx"
+        with pytest.raises(OutputError) as caught:
+            export_model(checkpoint, output, config, val_images, {})
+        assert str(caught.value) == f"no space left on {output}; free space or choose another path"
+        with pytest.raises(OutputError, match=f"^no space left on {disk / 'int8.onnx'};"):
+            quantize_int8(exported[0], disk / "int8.onnx", val_images[:4])
+        assert output.read_bytes() == b"old model"
+        assert leftovers(disk, "model.onnx") == []

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 from flower_model.data.layout import images_path
+from flower_model.errors import OutputError
 from flower_model.serving.infer import OnnxClassifier, classify, expand_paths, run_infer
 from tests.conftest import REPO_ROOT
+from tests.helpers.cli import run_in_process
+from tests.helpers.disk import full_disk, leftovers
 
 
 @pytest.fixture
@@ -137,3 +140,23 @@ def test_session_settings_reach_onnx_runtime_and_keep_the_predictions(tiny_onnx,
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert default.session.get_session_options().intra_op_num_threads == 0
     assert np.allclose(tuned.probs(arrays), default.probs(arrays), atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_full_disk_output_is_one_line_and_leaves_nothing_partial(
+    photo_folder, tiny_onnx, tmp_path, suffix
+):
+    name = f"pred{suffix}"
+    with full_disk(tmp_path / "disk", {name: b"old predictions"}) as disk:
+        with pytest.raises(OutputError) as caught:
+            run_infer([str(photo_folder)] * 40, tiny_onnx, disk / name, top_k=3)
+        assert str(caught.value) == (
+            f"no space left on {disk / name}; free space or choose another path"
+        )
+        assert (disk / name).read_bytes() == b"old predictions"
+        assert leftovers(disk, name) == []  # no .pred.csv.tmp / .pred.json.tmp
+        # As users type it: one line on stderr, no traceback, a non-zero exit.
+        flags = ["--model", str(tiny_onnx), "--output", str(disk / name)]
+        code, _, stderr = run_in_process(tmp_path, "infer", str(photo_folder), *flags)
+        assert code != 0 and stderr.strip().splitlines() == [f"error: {caught.value}"], stderr
+        assert leftovers(disk, name) == []

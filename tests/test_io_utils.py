@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from flower_model.io_utils import atomic_dir, recover_dir
+from flower_model.errors import OutputError
+from flower_model.io_utils import atomic_dir, atomic_path, recover_dir, write_json, write_text
+from tests.helpers.disk import _fill, full_disk, leftovers
 
 OLD_FILES = 40
 
@@ -70,3 +72,48 @@ def test_failed_block_keeps_the_old_folder(tmp_path):
         raise RuntimeError("writer failed")
     assert len(list(out.iterdir())) == OLD_FILES
     assert [path.name for path in tmp_path.iterdir()] == ["out"]
+
+
+def test_full_disk_is_one_line_and_keeps_the_old_file(tmp_path):
+    with full_disk(tmp_path / "disk", {"out.json": b"old"}) as disk:
+        target = disk / "out.json"
+        with pytest.raises(OutputError) as caught:
+            write_json(target, {"rows": list(range(100_000))})
+        assert str(caught.value) == f"no space left on {target}; free space or choose another path"
+        assert target.read_bytes() == b"old"
+        assert leftovers(disk, "out.json") == []  # no temp file left
+
+
+def test_full_disk_in_a_folder_swap_keeps_the_old_folder(tmp_path):
+    with full_disk(tmp_path / "disk") as disk:
+        (disk / "filler").unlink()
+        out = _old_folder(disk)
+        _fill(disk)
+        with (
+            pytest.raises(OutputError, match=f"^no space left on {out};"),
+            atomic_dir(out) as staging,
+        ):
+            (staging / "big.bin").write_bytes(b"\0" * 1_000_000)
+        with (
+            pytest.raises(OutputError, match=f"^no space left on {out};"),
+            atomic_dir(out) as staging,
+        ):
+            write_json(staging / "nested.json", list(range(100_000)))  # an atomic writer inside
+        assert len(list(out.iterdir())) == OLD_FILES
+        assert leftovers(disk, "out") == []
+
+
+def test_read_only_output_names_the_path_and_the_reason(tmp_path):
+    target = tmp_path / "out" / "result.txt"
+    with full_disk(tmp_path / "out", {"result.txt": b"old"}):
+        subprocess.run(["mount", "-o", "remount,ro", str(tmp_path / "out")], check=True)
+        with pytest.raises(OutputError) as caught:
+            write_text(target, "new")
+        assert str(caught.value).startswith(f"cannot write {target} (Read-only file system)")
+        assert target.read_bytes() == b"old"
+
+
+def test_an_input_error_inside_the_block_stays_what_it_is(tmp_path):
+    with pytest.raises(FileNotFoundError), atomic_path(tmp_path / "out.txt"):
+        (tmp_path / "missing-input.txt").read_text()
+    assert list(tmp_path.iterdir()) == []

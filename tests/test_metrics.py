@@ -1,6 +1,9 @@
 """Evaluation maths on hand-checkable inputs (torchmetrics underneath, checked by hand)."""
 
+import math
+
 import numpy as np
+import pytest
 
 from flower_model.evaluation.metrics import (
     bootstrap_interval,
@@ -39,6 +42,17 @@ def test_mcnemar_exact_values():
     assert result["p_value"] == round(2 / 2**8, 6) and result["significant_at_0.05"]
     same = mcnemar(labels, first, first)
     assert same["p_value"] == 1.0 and not same["significant_at_0.05"]
+
+
+@pytest.mark.parametrize(("only_first", "only_second"), [(0, 1), (3, 9), (12, 12), (25, 4)])
+def test_mcnemar_equals_the_binomial_tail_sum(only_first, only_second):
+    """Two-sided exact McNemar: twice the smaller binomial(n, 1/2) tail, capped at 1."""
+    labels = np.zeros(only_first + only_second, dtype=int)
+    first = np.r_[np.zeros(only_first, dtype=int), np.ones(only_second, dtype=int)]
+    second = 1 - first
+    discordant, smaller = only_first + only_second, min(only_first, only_second)
+    tail = sum(math.comb(discordant, k) for k in range(smaller + 1)) / 2**discordant
+    assert mcnemar(labels, first, second)["p_value"] == round(min(1.0, 2 * tail), 6)
 
 
 def test_bootstrap_interval_is_seeded_and_brackets_the_estimate():

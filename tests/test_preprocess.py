@@ -3,6 +3,7 @@
 import csv
 import hashlib
 import json
+import os
 import shutil
 import struct
 import zlib
@@ -240,3 +241,41 @@ def test_a_folder_without_class_folders_is_an_error(tmp_path):
     (dataset / "photo.jpg").write_bytes(b"loose file, no class folder")
     with pytest.raises(FlowerModelError, match="has no class folders: it must hold one folder"):
         _run(dataset, tmp_path / "out", image_size=32, num_workers=0)
+
+
+NON_UTF8_NAME = b"rose_\xe9t\xe9.jpg"  # Latin-1 bytes: not valid UTF-8
+
+
+def test_every_skipped_photo_is_in_dropped_csv(mini_dataset, tmp_path):
+    dataset = tmp_path / "flower_photos"
+    shutil.copytree(mini_dataset, dataset)
+    photo = sorted((dataset / "roses").glob("*.jpg"))[0]
+    bad_name = os.fsencode(dataset / "roses") + b"/" + NON_UTF8_NAME
+    Path(os.fsdecode(bad_name)).write_bytes(photo.read_bytes())
+    shutil.copy(photo, dataset / "loose.jpg")  # beside the class folders: no label
+    report = _run(dataset, tmp_path / "out", image_size=32, num_workers=0)
+    assert report["dropped"]["non_utf8_name"] == 1
+    assert report["dropped"]["outside_class_folder"] == 1
+    assert report["files_seen"] == report["kept"] + report["dropped"]["total"]
+    rows = list(csv.DictReader((tmp_path / "out" / "reports" / "dropped.csv").open()))
+    reasons = {row["file"]: row["reason"] for row in rows}
+    assert reasons["roses/rose_\\xe9t\\xe9.jpg"] == "non_utf8_name"
+    assert reasons["loose.jpg"] == "outside_class_folder"
+    manifest = (tmp_path / "out" / "processed" / "manifest.csv").read_text(encoding="utf-8")
+    assert "rose_" not in manifest and "loose.jpg" not in manifest
+
+
+def test_full_disk_is_one_line_and_keeps_the_old_outputs(mini_dataset, tmp_path):
+    from flower_model.errors import OutputError
+    from tests.helpers.disk import full_disk, leftovers
+
+    with full_disk(tmp_path / "disk", {"processed/manifest.csv": b"old"}) as disk:
+        old = disk / "processed"
+        with pytest.raises(OutputError) as caught:
+            config = make_config(preprocess={"image_size": 32, "num_workers": 0})
+            preprocess_dataset(
+                mini_dataset, old, disk / "reports", disk / "plots", config.preprocess, {}
+            )
+        assert str(caught.value) == f"no space left on {old}; free space or choose another path"
+        assert (old / "manifest.csv").read_text() == "old"
+        assert leftovers(disk, "processed") == []

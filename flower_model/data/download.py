@@ -20,7 +20,14 @@ from tqdm import tqdm
 
 from flower_model.config import ArchiveSource, DataConfig, PathsConfig
 from flower_model.errors import DownloadError, UnsafeArchiveError
-from flower_model.io_utils import FILE_MODE, atomic_dir, write_json
+from flower_model.io_utils import (
+    FILE_MODE,
+    about_output,
+    atomic_dir,
+    atomic_path,
+    output_error,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 HTTP_SCHEMES = ("http", "https")
@@ -35,12 +42,9 @@ class _RetryableError(Exception):
     """A transient HTTP failure: worth another attempt."""
 
 
-def sha256_file(path: Path, chunk_bytes: int) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with path.open("rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _http_attempt(url: str, part: Path, data: DataConfig) -> None:
@@ -86,7 +90,12 @@ def _http_attempt(url: str, part: Path, data: DataConfig) -> None:
 
 
 def download_http(url: str, target: Path, data: DataConfig) -> Path:
-    """Stream `url` to `target`, resuming `target`.part across attempts; return `target`."""
+    """Stream `url` to `target`, resuming `target`.part across attempts; return `target`.
+
+    Own code, kept on purpose: fsspec's HTTP filesystem (used here for s3) has no retries and no
+    resume of a partial download into a file (its Range reads serve random access); pooch retries
+    but restarts from byte 0 and is not a dependency; urllib3's Retry covers connecting and 5xx
+    replies but not a connection cut mid-body, the case Range resume exists for."""
     import requests
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +116,11 @@ def download_http(url: str, target: Path, data: DataConfig) -> Path:
             wait *= 2
         except requests.HTTPError as error:
             raise DownloadError(f"{url}: {error}") from None
+        except OSError as error:  # last: requests' own errors are OSErrors too
+            # Writing failed (disk full...): the .part stays, and the next run resumes it.
+            if not about_output(error, part):
+                raise
+            raise output_error(part, error) from None
     raise AssertionError("unreachable: the loop returns or raises")
 
 
@@ -123,8 +137,8 @@ def _fetch(source: ArchiveSource, data: DataConfig, paths: PathsConfig, root: Pa
 
         cached = root / paths.download_cache_dir / f"{source.sha256}.archive"
         if not cached.is_file():
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            fsspec.filesystem("s3").get(source.url, str(cached))
+            with atomic_path(cached) as partial:  # a cut transfer leaves no "cached" archive
+                fsspec.filesystem("s3").get(source.url, str(partial))
         return cached
     if parsed.scheme == "file":
         local = Path(unquote(parsed.path))
@@ -158,6 +172,20 @@ def _check_member(member: tarfile.TarInfo) -> None:
     if not (member.isfile() or member.isdir()):
         raise UnsafeArchiveError(
             f"archive entry {member.name!r} is a device, FIFO or other special file"
+        )
+
+
+def _check_names(archive: Path, members: list[tarfile.TarInfo]) -> None:
+    """Refuse an archive that holds a file and a folder under one name: no extraction keeps both."""
+    names = [PurePosixPath(member.name) for member in members]
+    files = {name for name, member in zip(names, members) if member.isfile()}
+    folders = {name for name, member in zip(names, members) if member.isdir()}
+    folders |= {parent for name in names for parent in name.parents}
+    clashes = sorted(files & folders)
+    if clashes:
+        raise UnsafeArchiveError(
+            f"{archive} holds both a file and a folder named {clashes[0].as_posix()!r}; "
+            "no extraction can keep both: repack the archive or use another source"
         )
 
 
@@ -201,11 +229,14 @@ def safe_extract(archive: Path, destination: Path, data: DataConfig) -> None:
                 )
             for member in members:
                 _check_member(member)
+            _check_names(archive, members)
             for member in members:
                 _extract_member(tar, member, destination)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         if isinstance(error, UnsafeArchiveError):
             raise
+        if isinstance(error, OSError) and about_output(error, destination):
+            raise  # writing failed (disk full...), not reading: atomic_dir names the output
         reason = " ".join(str(error).split())  # tarfile's message spans lines; keep one
         raise DownloadError(
             f"{archive} is not a readable tar archive ({type(error).__name__}: {reason}); "
@@ -224,7 +255,7 @@ def download_dataset(data: DataConfig, paths: PathsConfig, root: Path) -> Archiv
             failures.append(f"{source.name} ({source.url}): {error}")
             log.warning("source %s unusable: %s", source.name, error)
             continue
-        actual = sha256_file(archive, data.chunk_bytes)
+        actual = sha256_file(archive)
         if actual != source.sha256:
             failures.append(
                 f"{source.name} ({source.url}): sha256 {actual} != expected {source.sha256}"

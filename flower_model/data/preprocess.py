@@ -17,7 +17,7 @@ import yaml
 from tqdm import tqdm
 
 from flower_model.config import PreprocessConfig
-from flower_model.constants import RESOLVED_CONFIG_NAME, SPLITS
+from flower_model.constants import IMAGE_SUFFIXES, RESOLVED_CONFIG_NAME, SPLITS
 from flower_model.data.images import ImageDecodeError, decode_image, resize_image
 from flower_model.data.layout import CLASSES_FILE, MANIFEST_FILE, images_path, labels_path
 from flower_model.errors import FlowerModelError
@@ -26,6 +26,9 @@ from flower_model.io_utils import atomic_dir, csv_text, write_json, write_text
 POOL_CHUNK = 16
 DUPLICATE = "duplicate"
 CROSS_CLASS_DUPLICATE = "cross_class_duplicate"
+OUTSIDE_CLASS_FOLDER = "outside_class_folder"
+NON_UTF8_NAME = "non_utf8_name"
+NO_CLASS = -1
 
 
 @dataclass(frozen=True)
@@ -42,17 +45,44 @@ def _seeded_key(seed: int, text: str) -> str:
     return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
 
 
+def printable_name(file: str) -> str:
+    """`file` as UTF-8 text: bytes that are not UTF-8 (kept by os.fsdecode as surrogates) are
+    written as \\xNN escapes, so a report can name the file it could not use."""
+    return file.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _non_utf8(relative: str, label: int) -> Decoded | None:
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        detail = "the file name is not UTF-8 (the manifest could not name it): rename the file"
+        return Decoded(printable_name(relative), label, reason=NON_UTF8_NAME, detail=detail)
+    return None
+
+
+def _loose_photos(dataset: Path) -> list[Decoded]:
+    """Photos lying beside the class folders: no class to give them, so each is dropped with its
+    reason. Other loose files (the dataset's LICENSE.txt, a README) are its documentation."""
+    detail = "a photo outside any class folder has no label: move it into <class>/ or delete it"
+    return [
+        Decoded(printable_name(item.name), NO_CLASS, reason=OUTSIDE_CLASS_FOLDER, detail=detail)
+        for item in sorted(dataset.iterdir())
+        if item.is_file() and item.suffix.lower() in IMAGE_SUFFIXES
+    ]
+
+
 def list_dataset(
     dataset: Path, config: PreprocessConfig
-) -> tuple[list[str], list[tuple[str, int]]]:
-    """Class names (sorted folder names) and (relative file, label) pairs in sorted order."""
+) -> tuple[list[str], list[tuple[str, int]], list[Decoded]]:
+    """Class names (sorted folder names), (relative file, label) pairs in sorted order, and the
+    files that cannot be used whatever their content (with their reason)."""
     classes = sorted(item.name for item in dataset.iterdir() if item.is_dir())
     if not classes:
         raise FlowerModelError(
             f"{dataset} has no class folders: it must hold one folder of photos per class "
             "(<class>/*.jpg); rerun `flower-model download` or fix paths.raw_dir"
         )
-    files = []
+    files, unusable = [], _loose_photos(dataset)
     for label, name in enumerate(classes):
         found = sorted(item for item in (dataset / name).rglob("*") if item.is_file())
         relative = [item.relative_to(dataset).as_posix() for item in found]
@@ -60,8 +90,13 @@ def list_dataset(
             # A seeded, content-independent subset: representative, and cheap to compute.
             relative = sorted(relative, key=lambda item: _seeded_key(config.seed, item))
             relative = sorted(relative[: config.max_images_per_class])
-        files += [(item, label) for item in relative]
-    return classes, files
+        for item in relative:
+            bad_name = _non_utf8(item, label)
+            if bad_name:
+                unusable.append(bad_name)
+            else:
+                files.append((item, label))
+    return classes, files, unusable
 
 
 def _decode(job: tuple[Path, str, int, PreprocessConfig]) -> Decoded:
@@ -190,8 +225,8 @@ def preprocess_dataset(
 ) -> dict:
     """Run the whole preprocessing; return the data report that is also written to reports/."""
     started = time.perf_counter()
-    classes, files = list_dataset(dataset, config)
-    decoded, failed = [], []
+    classes, files, unusable = list_dataset(dataset, config)
+    decoded, failed = [], list(unusable)
     decoding = _decode_all(dataset, files, config)
     # disable=None: a bar on a terminal only; in a log the summary line below says it all.
     for item in tqdm(decoding, total=len(files), desc="decode", unit="img", disable=None):
@@ -208,6 +243,7 @@ def preprocess_dataset(
     _write_processed(processed, splits, classes, resolved)
 
     dropped = sorted(failed + duplicates, key=lambda item: item.file)
+    seen = len(files) + len(unusable)  # every file seen is either kept or in dropped.csv
     reasons = Counter(item.reason for item in dropped)
     counts = {
         split: {
@@ -216,7 +252,7 @@ def preprocess_dataset(
         for split, items in splits.items()
     }
     report = {
-        "files_seen": len(files),
+        "files_seen": seen,
         "kept": len(kept),
         "dropped": {"total": len(dropped), **dict(sorted(reasons.items()))},
         "counts": {
@@ -237,8 +273,8 @@ def preprocess_dataset(
 
     elapsed = time.perf_counter() - started
     print(
-        f"preprocess: {len(files)} files -> {len(kept)} kept, {len(dropped)} dropped "
-        f"({dict(sorted(reasons.items()))}); {elapsed:.1f} s, {len(files) / elapsed:.0f} images/s",
+        f"preprocess: {seen} files -> {len(kept)} kept, {len(dropped)} dropped "
+        f"({dict(sorted(reasons.items()))}); {elapsed:.1f} s, {seen / elapsed:.0f} images/s",
         flush=True,
     )
     return report

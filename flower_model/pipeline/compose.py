@@ -1,34 +1,22 @@
-"""params.yaml <- configs/: written with DVC's own Hydra composition, so `dvc exp run -S` and
-`flower-model compose` produce the same bytes and the sync check never flags a DVC-written file.
+"""params.yaml <- configs/: written exactly as DVC's Hydra mode writes it, so `dvc exp run -S`
+and `flower-model compose` produce the same bytes and the sync check never flags a DVC-written file.
 """
 
 import difflib
-import tempfile
 from pathlib import Path
 
-from flower_model.config import ConfigError, load_config
-from flower_model.constants import CONFIG_DIR_NAME, CONFIG_NAME, PARAMS_FILE
+from flower_model.config import ConfigError, compose_raw, load_config
+from flower_model.constants import PARAMS_FILE
 from flower_model.io_utils import write_text
 
 
 def compose_params(root: Path, overrides: list[str] | None = None) -> str:
-    """The params.yaml text DVC's Hydra mode would write for configs/ + overrides."""
-    from dvc.utils.hydra import compose_and_dump
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    """The params.yaml text DVC's Hydra mode would write for configs/ + overrides: it composes
+    with Hydra's compose API, resolves, and writes `OmegaConf.to_yaml` of the result for a
+    .yaml params file (dvc/utils/hydra.py); so does this, from the same composition."""
+    from omegaconf import OmegaConf
 
-    config_dir = (root / CONFIG_DIR_NAME).resolve()
-    with tempfile.TemporaryDirectory() as scratch:
-        output = Path(scratch) / PARAMS_FILE.name
-        try:
-            compose_and_dump(
-                output, str(config_dir), None, CONFIG_NAME, str(root), list(overrides or [])
-            )
-        except (HydraException, OmegaConfBaseException) as error:
-            raise ConfigError(
-                f"cannot compose {CONFIG_DIR_NAME}/ with {overrides}: {error}"
-            ) from None
-        return output.read_text(encoding="utf-8")
+    return OmegaConf.to_yaml(OmegaConf.create(compose_raw(root, overrides)))
 
 
 def write_params(root: Path, overrides: list[str] | None = None) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 from flower_model.constants import IMAGE_SUFFIXES
 from flower_model.data.images import ImageDecodeError, load_image
 from flower_model.errors import FlowerModelError
-from flower_model.io_utils import csv_text
+from flower_model.io_utils import csv_text, write_text
 
 BATCH = 32
 OUTPUT_FORMATS = (".csv", ".json")
@@ -162,10 +162,7 @@ def run_infer(
     if output is None:
         sys.stdout.write(text)
     else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(output)
+        write_text(output, text)
         print(
             f"wrote {output}: {len(results) - len(failed)} predicted, {len(failed)} failed "
             f"(of {len(results)} files)"

@@ -2,12 +2,16 @@
 
 from pathlib import Path
 
-from flower_model.config import Config
+from flower_model.config import Config, ConfigError, flatten, validate
 from flower_model.errors import FlowerModelError
 from flower_model.io_utils import load_checkpoint
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last"
+# Sections a resumed run takes from its composed config, not from the checkpoint: `resume`
+# itself, and the hardware it runs on now (`trainer`: accelerator, devices, precision).
+NOT_ADOPTED = ("resume", "trainer")
+KEYS_SHOWN = 6
 
 
 def resolve_resume(resume: str | None, checkpoints: Path, root: Path) -> Path | None:
@@ -42,8 +46,10 @@ def load_resume_state(config: Config, root: Path) -> tuple[Path | None, dict | N
             f"resume={config.resume!r}: {path} was trained with other model settings ({changes}); "
             "resume with the same model settings, or train from scratch without resume"
         )
-    averaged = "current_model_state" in state  # Lightning's WeightAveraging saved it
-    if averaged != (config.train.ema_decay > 0):
+    # The run's own config, which train stores in every checkpoint (FlowerClassifier.run_info).
+    recorded = (state.get("resolved_config") or {}).get("train", {}).get("ema_decay")
+    averaged = bool(recorded)
+    if recorded is not None and averaged != (config.train.ema_decay > 0):
         raise FlowerModelError(
             f"resume={config.resume!r}: {path} was trained "
             f"{'with' if averaged else 'without'} an EMA of the weights and train.ema_decay is "
@@ -51,3 +57,44 @@ def load_resume_state(config: Config, root: Path) -> tuple[Path | None, dict | N
             "resume"
         )
     return path, state
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def adopt_run_config(
+    config: Config, state: dict, resolved: dict, path: Path
+) -> tuple[Config, dict]:
+    """The config a resumed run continues with: its own (the checkpoint's `resolved_config`), not
+    what configs/ composes to now (`resume=last` from the command line composes configs/, which
+    need not be the params.yaml the run was made from). Returns (config, resolved); the keys whose
+    composed value was not applied are named in one line."""
+    own = {
+        key: value
+        for key, value in (state.get("resolved_config") or {}).items()
+        if key not in NOT_ADOPTED
+    }
+    composed, recorded = flatten(resolved), flatten(own)
+    changed = sorted(key for key, value in recorded.items() if composed.get(key) != value)
+    if not changed:
+        return config, resolved
+    try:
+        adopted = validate(_merge(config.model_dump(mode="json"), own))
+    except ConfigError as error:
+        raise FlowerModelError(
+            f"resume={config.resume!r}: {path} holds a config this version cannot read "
+            f"({error}); train without resume"
+        ) from None
+    shown = ", ".join(
+        f"{key}={recorded[key]!r} (not {composed.get(key)!r})" for key in changed[:KEYS_SHOWN]
+    )
+    more = f" and {len(changed) - KEYS_SHOWN} more" if len(changed) > KEYS_SHOWN else ""
+    print(f"resume={config.resume!r}: continuing with the run's own {shown}{more}", flush=True)
+    return adopted, _merge(resolved, own)

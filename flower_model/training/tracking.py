@@ -26,10 +26,10 @@ from flower_model.errors import FlowerModelError
 
 UNKNOWN = "unknown"
 HTTP_SCHEMES = ("http://", "https://")
-HASH_BLOCK = 1 << 20
 PORCELAIN_PATH = 3  # `git status --porcelain` lines: two status letters, a space, the path
 DVC_EXPERIMENT_VARIABLE = "DVC_EXP_NAME"  # set by DVC for the stages of `dvc exp run`
 EXPERIMENT_TAG = "dvc_experiment"  # MLflow tag holding that name
+RESUMED_FROM_TAG = "resumed_from_run_id"  # a resumed run whose MLflow run is gone: the old id
 
 
 def pipeline_written_files(root: Path) -> set[str]:
@@ -73,8 +73,7 @@ def content_hash(folder: Path) -> str:
     for path in sorted(item for item in folder.rglob("*") if item.is_file()):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         with path.open("rb") as handle:
-            while block := handle.read(HASH_BLOCK):
-                digest.update(block)
+            hashlib.file_digest(handle, lambda: digest)  # adds the bytes to the running digest
     return digest.hexdigest()
 
 
@@ -148,6 +147,29 @@ def bound_mlflow_requests(config: MlflowConfig) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(config.retry_backoff_s)
 
 
+def run_to_continue(uri: str, run_id: str | None) -> str | None:
+    """`run_id` if the tracking server at `uri` has that run, else None, said in one line (a
+    resumed run made against another server or a wiped store starts a new run instead)."""
+    if not run_id:
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    try:
+        MlflowClient(uri).get_run(run_id)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        print(
+            f"MLflow run {run_id} is not on {uri}: the resumed training is logged as a new run "
+            f"tagged {RESUMED_FROM_TAG}={run_id}",
+            flush=True,
+        )
+        return None
+    return run_id
+
+
 class TolerantMLFlowLogger(MLFlowLogger):
     """MLFlowLogger that lets training finish when the tracking server goes away mid-run.
 
@@ -203,6 +225,7 @@ class TolerantMLFlowLogger(MLFlowLogger):
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"  # MLflow 3 opened new experiments as GenAI
 DIGEST_CHARS = 36  # MLflow's dataset digest column: a DVC md5 ("<32 hex>.dir") fits
+DATASET_FIELDS = ("name", "digest", "source_type", "source", "schema", "profile")
 
 
 def record_inputs(logger: MLFlowLogger, data: dict[str, str], name: str, source: Path) -> None:
@@ -211,20 +234,19 @@ def record_inputs(logger: MLFlowLogger, data: dict[str, str], name: str, source:
     else the content sha256) and source path. MLflow's Datasets column was empty before."""
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
-    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag
 
     client = logger.experiment
     client.set_experiment_tag(logger.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     digest = data["data_dvc_md5"] if data["data_dvc_md5"] != UNKNOWN else data["data_sha256"]
-    dataset = MetaDataset(
+    described = MetaDataset(
         LocalArtifactDatasetSource(source.as_posix()), name=name, digest=digest[:DIGEST_CHARS]
-    )
+    ).to_dict()
+    # The public entity, built from the dataset's public dict. The fluent mlflow.log_input would
+    # do this too, but needs an active fluent run, whose end printed the run links once more.
+    entity = Dataset(**{key: described.get(key) for key in DATASET_FIELDS})
     context = InputTag("mlflow.data.context", "train")
-    # The entity conversion is MLflow's own (mlflow.log_input does the same); the public
-    # mlflow.log_input needs an active fluent run, whose end printed the run links once more.
-    client.log_inputs(
-        logger.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), [context])]
-    )
+    client.log_inputs(logger.run_id, datasets=[DatasetInput(entity, [context])])
 
 
 def weights_tags(model: ModelConfig) -> dict[str, str]:

@@ -33,16 +33,23 @@ from flower_model.training.callbacks import (
 )
 from flower_model.training.checkpoints import checkpoint_callbacks, ship_best
 from flower_model.training.module import FlowerClassifier
-from flower_model.training.resume import CHECKPOINT_DIR, LAST, load_resume_state
+from flower_model.training.resume import (
+    CHECKPOINT_DIR,
+    LAST,
+    adopt_run_config,
+    load_resume_state,
+)
 from flower_model.training.tracking import (
     DVC_EXPERIMENT_VARIABLE,
     EXPERIMENT_TAG,
+    RESUMED_FROM_TAG,
     TolerantMLFlowLogger,
     bound_mlflow_requests,
     data_version,
     git_state,
     record_inputs,
     require_tracking_server,
+    run_to_continue,
     weights_tags,
 )
 
@@ -114,11 +121,15 @@ def _start_tracking(
         tags[EXPERIMENT_TAG] = experiment  # `dvc exp show` name of this run
     tags.update(weights_tags(config.model))
     bound_mlflow_requests(config.mlflow)
+    previous = resumed_state.get("mlflow_run_id") if resumed_state else None
+    continued = run_to_continue(config.mlflow.tracking_uri, previous)
+    if previous and not continued:
+        tags[RESUMED_FROM_TAG] = previous
     mlflow_logger = TolerantMLFlowLogger(
         experiment_name=config.mlflow.experiment_name,
         tracking_uri=config.mlflow.tracking_uri,
         run_name=name,
-        run_id=resumed_state.get("mlflow_run_id") if resumed_state else None,
+        run_id=continued,
         tags=tags,
         # Synchronous, so a dead server surfaces at the call and stops tracking at once (async
         # uploads retried in the background, then hung the final flush). It costs one local
@@ -126,7 +137,7 @@ def _start_tracking(
         synchronous=True,
     )
     run_id = mlflow_logger.run_id
-    if resumed_state:
+    if continued:
         for key, value in tags.items():
             mlflow_logger.experiment.set_tag(run_id, key, value)  # resumed=true on the same run
     else:
@@ -248,11 +259,13 @@ def train_model(
 ) -> dict | None:
     """Fit, validate the best checkpoint, write the outs; return the report (rank zero)."""
     check_model(config.model)  # model.name is registered (the schema does not import torch)
+    resume, resumed_state = load_resume_state(config, root)
+    if resume is not None:
+        config, resolved = adopt_run_config(config, resumed_state, resolved, resume)
     require_tracking_server(config.mlflow)
     quiet_lightning_notices()
     models = root / config.paths.models_dir
     checkpoints = models / CHECKPOINT_DIR
-    resume, resumed_state = load_resume_state(config, root)
     if resume is None and checkpoints.exists():
         shutil.rmtree(checkpoints)  # a fresh run must not pick up another run's "best"
 
