@@ -14,7 +14,7 @@ PLOTS_TEMPLATE := $(TOOLS)/plots/template.html
 # DVC's own plot page uses vega 5.20.2; vega-lite 5.2.0 needs vega >= 5.21 as an npm peer.
 VEGA_PACKAGES := vega@5.21.0 vega-lite@5.2.0 vega-embed@6.18.2
 
-.PHONY: setup repro test test-fast lint pytest compose mlflow-server verify plots browser clean-venv
+.PHONY: setup repro test test-fast lint pytest compose mlflow-server verify plots browser ci-deps clean-venv
 
 setup: $(STAMP)
 
@@ -35,9 +35,9 @@ repro: setup
 	$(BIN)/flower-model compose --check
 	$(BIN)/dvc repro
 
-# The plots template (npm) is needed by the headless-browser test; Chromium itself comes from
-# `make browser` (Debian package, root), which CI runs.
-test: setup $(PLOTS_TEMPLATE)
+# Installs nothing: the tests that need Slurm, Chromium or the plots template skip without them,
+# naming `make ci-deps`.
+test: setup
 	$(BIN)/pre-commit run --all-files --show-diff-on-failure
 	$(BIN)/pytest
 
@@ -67,6 +67,10 @@ plots: setup $(PLOTS_TEMPLATE)
 
 browser:
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+# What the Slurm, headless-browser and plots tests need (root: Debian packages, npm); CI runs it.
+ci-deps: browser $(PLOTS_TEMPLATE)
+	scripts/slurm_cluster.sh install
 
 verify: setup $(PLOTS_TEMPLATE)
 	scripts/verify.sh
