@@ -376,6 +376,27 @@ def test_a_cancelled_job_is_named_cancelled_and_its_workspace_removed(toy_projec
     assert _temp_workspaces(toy_project) == [], "the cancelled run's temp workspace is left"
 
 
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["model=small_cnn", "train.lr=0.0031"],  # a config group with other keys, and a leaf
+        ["model=mobilenet_v3_small", "model.dropout=0.15"],
+        ["resume=models/absent.ckpt", "slurm.cpus_per_task=1"],  # a string, null before
+    ],
+)
+def test_a_slurm_job_composes_exactly_its_combinations_params(words):
+    """A Slurm job gets `++key=value`/`~key` overrides that DVC composes back into the very
+    params DVC's grid composed (the skip-what-ran check compares them)."""
+    from flower_model.config import compose_raw
+    from flower_model.pipeline.slurm_sweep import hydra_overrides
+
+    wanted, baseline = compose_raw(REPO_ROOT, words), compose_raw(REPO_ROOT)
+    overrides = hydra_overrides(wanted, baseline)
+    assert overrides and compose_raw(REPO_ROOT, overrides) == wanted
+    removed = {"model": {**baseline["model"], "gone": [1, "a b"]}}
+    assert "~model.gone" in hydra_overrides(baseline, {**baseline, **removed})
+
+
 def test_slurm_launcher_needs_sbatch_and_valid_resources(tmp_path, monkeypatch):
     from flower_model.pipeline.slurm_sweep import SlurmSweepError, resources
 

@@ -27,6 +27,7 @@ from flower_model.pipeline.stage import ERROR_PREFIX
 
 LAUNCHERS = ("local", "slurm")
 QUEUED_NAME = re.compile(r"Queued experiment '([^']+)'")
+DVC_ADVERT = "Having any troubles?"  # the line DVC ends each error with
 DONE_STATES = ("success", "failed")
 PENDING_STATES = ("queued", "running")
 # A dead worker (killed, machine slept) would leave the wait endless: this long with work
@@ -107,7 +108,9 @@ def plan(
     names = QUEUED_NAME.findall(queued.stdout + queued.stderr)
     if queued.returncode != 0:
         remove_from_queue(root, names)  # DVC queues combination by combination until one fails
-        raise MultirunError(f"cannot queue the sweep {' '.join(words)}: {queued.stderr.strip()}")
+        said = " ".join(queued.stderr.split(DVC_ADVERT)[0].split())  # one line, without the
+        said = said.split(" Config search path:")[0]  # ad, nor Hydra's search path
+        raise MultirunError(f"cannot queue the sweep {' '.join(words)}: {said}")
     experiments = read_experiments(root)
     combinations, duplicates = [], []
     for name in names:
