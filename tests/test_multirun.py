@@ -376,6 +376,20 @@ def test_a_cancelled_job_is_named_cancelled_and_its_workspace_removed(toy_projec
     assert _temp_workspaces(toy_project) == [], "the cancelled run's temp workspace is left"
 
 
+@pytest.mark.slow
+def test_a_timed_out_job_is_named_timeout_and_its_workspace_removed(toy_project, slurm_cluster):
+    out = io.StringIO()
+    # The toy stage sleeps 10 minutes; submitit gives notice 90 s before a 1-minute limit: at once
+    sweep = ["train.lr=0.5", "slurm.timeout_min=1"]
+    (item,) = run_multirun(toy_project, sweep, poll_s=1, check=None, out=out, launcher="slurm")
+    report = out.getvalue()
+    assert item.state == "failed", report
+    assert re.search(
+        r"^failed: .*: Slurm job \d+ TIMEOUT: stopped at its time limit .*; log \S+$", report, re.M
+    ), report
+    assert _temp_workspaces(toy_project) == [], "the timed-out run's temp workspace is left"
+
+
 @pytest.mark.parametrize(
     "words",
     [

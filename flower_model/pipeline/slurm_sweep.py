@@ -169,21 +169,29 @@ def remove_temp_run(workspace: Path) -> None:
 
 def run_experiment(root: str, overrides: list[str]) -> dict:
     """Inside the Slurm job: one `dvc exp run --temp` of the combination, its output to the job's
-    log; DVC's exit code, the experiment name and the last lines of output. A killed run
-    (scancel, time limit: Slurm's SIGTERM) leaves its temp workspace behind: removed here."""
+    log; DVC's exit code, the experiment name and the last lines of output, and why it was
+    stopped, if it was. A killed run (scancel: Slurm's SIGTERM; the time limit: submitit's notice
+    `signal_delay_s` before it) leaves its temp workspace behind: removed here."""
+    import submitit
+
     args = ["dvc", "exp", "run", "--temp", *(arg for item in overrides for arg in ("-S", item))]
     env = {
         **os.environ,
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
     }
-    workspace = None
+    workspace, stopped = None, None
     with tempfile.TemporaryFile("w+") as output:
         process = subprocess.Popen(
             args, cwd=root, stdout=output, stderr=subprocess.STDOUT, text=True, env=env
         )
-        while process.poll() is None:
-            workspace = workspace or _temp_workspace(process.pid, Path(root))
-            time.sleep(0.5)
+        try:
+            while process.poll() is None:
+                workspace = workspace or _temp_workspace(process.pid, Path(root))
+                time.sleep(0.5)
+        except submitit.core.utils.UncompletedJobError as error:  # timed out, or preempted
+            process.terminate()
+            process.wait()
+            stopped = str(error)
         output.seek(0)
         text = output.read()
     if process.returncode != 0 and workspace is not None:
@@ -192,6 +200,7 @@ def run_experiment(root: str, overrides: list[str]) -> dict:
     found = RAN_NAME.search(text)
     return {
         "returncode": process.returncode,
+        "stopped": stopped,
         "name": found.group(1) if found else None,
         "tail": text.strip().splitlines()[-LOG_TAIL_LINES:],
     }
@@ -220,6 +229,11 @@ def _outcome(job) -> tuple[str, str | None, str]:
     except Exception as error:  # submitit's FailedJobError/UncompletedJobError and the like
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return "failed", None, f"Slurm job {job.job_id} {state}: {reason}; log {log}"
+    if result.get("stopped"):
+        state = "TIMEOUT" if "timed-out" in result["stopped"] else "PREEMPTED"
+        limit = "its time limit (slurm.timeout_min; submitit stops a job 90 s before it)"
+        why = f"stopped at {limit}" if state == "TIMEOUT" else result["stopped"]
+        return "failed", None, f"Slurm job {job.job_id} {state}: {why}; log {log}"
     if result["returncode"] != 0:
         # The stage's own one-line error says what to fix; DVC's last line only names the stage.
         errors = [line for line in result["tail"] if line.startswith(ERROR_PREFIX)]
