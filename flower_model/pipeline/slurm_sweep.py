@@ -26,16 +26,10 @@ from flower_model.pipeline.stage import ERROR_PREFIX
 
 RAN_NAME = re.compile(r"Ran experiment\(s\): (\S+)")
 JOBS_DIR = Path("multirun")
-# `slurm` config key -> submitit AutoExecutor parameter
-SUBMITIT_NAMES = {
-    "timeout_min": "timeout_min",
-    "nodes": "nodes",
-    "tasks_per_node": "tasks_per_node",
-    "gpus_per_node": "gpus_per_node",
-    "cpus_per_task": "cpus_per_task",
-    "mem_gb": "mem_gb",
-    "partition": "slurm_partition",
-}
+# The `slurm` config keys are submitit AutoExecutor parameters by name, but for this one.
+SUBMITIT_RENAMED = {"partition": "slurm_partition"}
+SUBMITIT_NOTICE_S = 90  # submitit's default signal_delay_s: its time-out notice before the limit
+WORKSPACE_WAIT_S = 30.0  # < SUBMITIT_NOTICE_S: for `dvc exp run --temp` to enter its workspace
 LOG_TAIL_LINES = 20
 COMMAND_TIMEOUT_S = 60  # sinfo/scontrol/sacct against a controller that hangs
 MIB_PER_GB = 1024
@@ -81,9 +75,9 @@ def resources(params: dict) -> dict:
             "--launcher slurm: the composed config has no `slurm` section (configs/slurm/)"
         )
     return {
-        SUBMITIT_NAMES[key]: value
+        SUBMITIT_RENAMED.get(key, key): value
         for key, value in settings.items()
-        if key in SUBMITIT_NAMES and value is not None
+        if value is not None
     }
 
 
@@ -189,9 +183,14 @@ def run_experiment(root: str, overrides: list[str]) -> dict:
                 workspace = workspace or _temp_workspace(process.pid, Path(root))
                 time.sleep(0.5)
         except submitit.core.utils.UncompletedJobError as error:  # timed out, or preempted
+            stopped = str(error)
+            # The notice leaves time to learn the workspace of a run still setting it up.
+            deadline = time.monotonic() + WORKSPACE_WAIT_S
+            while workspace is None and process.poll() is None and time.monotonic() < deadline:
+                workspace = _temp_workspace(process.pid, Path(root))
+                time.sleep(0.5)
             process.terminate()
             process.wait()
-            stopped = str(error)
         output.seek(0)
         text = output.read()
     if process.returncode != 0 and workspace is not None:
@@ -231,7 +230,7 @@ def _outcome(job) -> tuple[str, str | None, str]:
         return "failed", None, f"Slurm job {job.job_id} {state}: {reason}; log {log}"
     if result.get("stopped"):
         state = "TIMEOUT" if "timed-out" in result["stopped"] else "PREEMPTED"
-        limit = "its time limit (slurm.timeout_min; submitit stops a job 90 s before it)"
+        limit = f"its time limit (slurm.timeout_min; submitit stops it {SUBMITIT_NOTICE_S} s early)"
         why = f"stopped at {limit}" if state == "TIMEOUT" else result["stopped"]
         return "failed", None, f"Slurm job {job.job_id} {state}: {why}; log {log}"
     if result["returncode"] != 0:
