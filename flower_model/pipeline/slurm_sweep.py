@@ -1,13 +1,11 @@
-"""`flower-model multirun ... --launcher slurm`: one Slurm job per combination.
+"""`flower-model multirun ... --launcher slurm`: one Slurm job per combination of DVC's grid.
 
-The grid is DVC's (multirun.plan); each job runs one DVC experiment of its combination in a
-temporary workspace of its own (`dvc exp run --temp`, as DVC's queue workers do), so every result
-lands as a DVC experiment and an MLflow run, exactly like the local queue. Resources are each
-combination's `slurm` config group (configs/slurm/), so a sweep can set or sweep them. Before
-anything is queued the controller must answer, and before anything is submitted every request
-must fit a node of its partition (`sinfo`): sbatch's own refusal comes as a traceback from
-submitit, or as a job that pends forever. Jobs go through submitit into a fresh folder per sweep
-under multirun/ (Slurm job ids restart when a cluster's state is wiped).
+Each job runs one `dvc exp run --temp` (as DVC's queue workers do), so every result lands as a
+DVC experiment and an MLflow run, exactly like the local queue. Resources are each combination's
+`slurm` config group, so a sweep can set or sweep them. The controller must answer before
+anything is queued, and every request must fit a node of its partition (`sinfo`) before anything
+is submitted: sbatch's own refusal is a submitit traceback, or a job that pends forever. Job
+files go to a fresh folder per sweep under multirun/ (job ids restart when a cluster is wiped).
 """
 
 import json
