@@ -14,7 +14,7 @@ PLOTS_TEMPLATE := $(TOOLS)/plots/template.html
 # DVC's own plot page uses vega 5.20.2; vega-lite 5.2.0 needs vega >= 5.21 as an npm peer.
 VEGA_PACKAGES := vega@5.21.0 vega-lite@5.2.0 vega-embed@6.18.2
 
-.PHONY: help setup repro test test-fast lint pytest compose mlflow-server verify plots browser clean-venv
+.PHONY: help setup repro test test-fast lint pytest compose mlflow-server verify plots browser ci-deps clean-venv
 .DEFAULT_GOAL := help
 
 help: ## list the targets (plain `make` does this)
@@ -40,9 +40,9 @@ repro: setup ## run the whole pipeline (dvc repro), starting MLflow if it is not
 	$(BIN)/flower-model compose --check
 	$(BIN)/dvc repro
 
-# The plots template (npm) is needed by the headless-browser test; Chromium itself comes from
-# `make browser` (Debian package, root), which CI runs.
-test: setup $(PLOTS_TEMPLATE) ## pre-commit checks + the whole test suite
+# Installs nothing: the tests that need Slurm, Chromium or the plots template skip without them,
+# naming `make ci-deps`.
+test: setup ## pre-commit checks + the whole test suite (installs nothing on the system)
 	$(BIN)/pre-commit run --all-files --show-diff-on-failure
 	$(BIN)/pytest
 
@@ -72,6 +72,10 @@ plots: setup $(PLOTS_TEMPLATE) ## dvc plots show into plots_html/ (renders offli
 
 browser: ## install Debian's chromium (root) for the headless plot test
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+# What the Slurm, headless-browser and plots tests need (root: Debian packages, npm); CI runs it.
+ci-deps: browser $(PLOTS_TEMPLATE) ## install what the Slurm/browser/plot tests need (root; CI runs it)
+	scripts/slurm_cluster.sh install
 
 verify: setup $(PLOTS_TEMPLATE) ## prove the pipeline reproduces (a scratch clone, the quick preset)
 	scripts/verify.sh

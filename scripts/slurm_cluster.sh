@@ -2,8 +2,9 @@
 # A real single-node Slurm cluster on this machine, for tests, CI and trying the Slurm path on a
 # laptop: munged, MariaDB + slurmdbd (accounting: without it sacct fails and submitit cannot see
 # a job's state), slurmctld and slurmd, all on loopback, no systemd or cgroups.
-#   scripts/slurm_cluster.sh up       install the Debian packages if missing, start what is not
-#                                     running, wait until the node is idle (idempotent)
+#   scripts/slurm_cluster.sh install  install the Debian packages (apt-get; only this installs)
+#   scripts/slurm_cluster.sh up       start what is not running, wait until the node is idle
+#                                     (idempotent; refuses, naming `install`, if packages miss)
 #   scripts/slurm_cluster.sh down     stop every daemon by its pid file (idempotent)
 #   scripts/slurm_cluster.sh status   `up` or `down`, and sinfo's view of the node
 # Needs root (apt-get, daemons, /etc/slurm). The node gets this host's CPUs and its memory minus
@@ -34,6 +35,7 @@ install_packages() {
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
   done
   [ ${#missing[@]} = 0 ] && return
+  [ "${1:-}" = check ] && fail "not installed: ${missing[*]}; run \`sudo scripts/slurm_cluster.sh install\` first"
   log "installing ${missing[*]} (apt-get)"
   command -v apt-get >/dev/null || fail "no apt-get: install ${missing[*]} yourself"
   apt-get update -qq
@@ -151,7 +153,7 @@ stop_pid() {  # stop_pid NAME PIDFILE
 
 up() {
   require_root
-  install_packages
+  install_packages check
   local started=$SECONDS
   write_config
   start_munge
@@ -181,8 +183,9 @@ status() {
 }
 
 case "${1:-}" in
+  install) require_root; install_packages ;;
   up) up ;;
   down) down ;;
   status) status ;;
-  *) fail "usage: scripts/slurm_cluster.sh up|down|status" ;;
+  *) fail "usage: scripts/slurm_cluster.sh install|up|down|status" ;;
 esac

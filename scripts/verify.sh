@@ -126,17 +126,20 @@ for stage in train export_onnx build_trt evaluate; do
 done
 
 step 9 "flower-model multirun --launcher slurm: the real pipeline as Slurm jobs, DVC experiments, MLflow runs"
-if [ "$(id -u)" != 0 ] && ! command -v sbatch >/dev/null; then
-  echo "skipped: no Slurm here and not root (scripts/slurm_cluster.sh up needs root)"
+if ! command -v sbatch >/dev/null; then
+  echo "skipped: Slurm is not installed (\`sudo make ci-deps\` installs it)"
+elif [ "$(id -u)" != 0 ] && ! sinfo -h >/dev/null 2>&1; then
+  echo "skipped: no Slurm cluster up and not root (scripts/slurm_cluster.sh up needs root)"
 else
   slurm_started=0
   if ! sinfo -h >/dev/null 2>&1; then
     "$root/scripts/slurm_cluster.sh" up >slurm.log 2>&1 || { cat slurm.log; fail 9 "the local Slurm cluster did not start"; }
     slurm_started=1
   fi
-  # Two combinations at once on this machine (one CPU each, one epoch), then one that composition
-  # accepts and the train stage refuses (a checkpoint to resume that is not there).
-  fits_here="slurm.gpus_per_node=0 slurm.cpus_per_task=1 slurm.mem_gb=8 slurm.timeout_min=20"
+  # Two combinations at once on this machine (one CPU each, one epoch; the other resources are
+  # configs/slurm/'s defaults), then one that composition accepts and the train stage refuses (a
+  # checkpoint to resume that is not there).
+  fits_here="slurm.cpus_per_task=1 slurm.timeout_min=20"
   sweep="train.lr=0.0015,0.0012 train.max_epochs=1 train.warmup_epochs=0 $fits_here"
   flower-model multirun $sweep --launcher slurm --poll_s=2 >slurm1.log 2>&1 \
     || { cat slurm1.log; fail 9 "the Slurm sweep failed"; }

@@ -14,6 +14,7 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 DVC = str(Path(sys.executable).with_name("dvc"))
 TEMPLATE = REPO_ROOT / ".tools" / "plots" / "template.html"
+CI_DEPS = "`sudo make ci-deps` installs it (`make test` installs nothing)"
 TOY_PLOTS = """\
 plots:
   - loss:
@@ -79,8 +80,8 @@ def _show(project: Path, output: str, *template: str) -> Path:
 
 
 def test_our_template_draws_every_plot_offline(plots_project, tmp_path):
-    browser = _require(find_chromium(), "Chromium", "apt-get install chromium")
-    template = _require(TEMPLATE, str(TEMPLATE), "run `make plots` (npm fetches vega)")
+    browser = _require(find_chromium(), "Chromium", CI_DEPS)
+    template = _require(TEMPLATE, str(TEMPLATE), CI_DEPS)
     page = _show(plots_project, "offline", "--html-template", str(template))
     report = check_rendered(page, tmp_path / "offline.png", browser)
     assert report.expected == ["loss", "confusion", "per_class"]
@@ -90,7 +91,7 @@ def test_our_template_draws_every_plot_offline(plots_project, tmp_path):
 
 
 def test_the_default_cdn_template_is_caught_drawing_nothing(plots_project, tmp_path):
-    browser = _require(find_chromium(), "Chromium", "apt-get install chromium")
+    browser = _require(find_chromium(), "Chromium", CI_DEPS)
     page = _show(plots_project, "cdn")
     report = check_rendered(page, tmp_path / "cdn.png", browser)
     assert len(report.expected) == 3

@@ -1,7 +1,9 @@
 """A real single-node Slurm cluster (scripts/slurm_cluster.sh): jobs through submitit, accounting,
-several tasks per job, and Lightning DDP started by Slurm."""
+several tasks per job, and Lightning DDP started by Slurm; and that `make test` installs none of
+it (nor Chromium, nor npm packages): `make ci-deps` does."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,13 +12,56 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, copy_pipeline, slurm_command, tiny_ddp_overrides
+from tests.conftest import (
+    REPO_ROOT,
+    SLURM_SCRIPT,
+    _slurm_missing,
+    copy_pipeline,
+    slurm_command,
+    tiny_ddp_overrides,
+)
 from tests.helpers.slurm_jobs import train_in_task, where_am_i
 
 JOB_TIMEOUT_S = 300  # a tiny job finishes in seconds; this bounds a stuck one
 POLL_S = 0.5
 
-pytestmark = pytest.mark.slow
+# System packages and npm; `make setup` (pip into the project's own .venv) is not the system.
+INSTALLERS = ("apt-get", "npm")
+
+
+def test_make_test_installs_nothing():
+    """Not even the plots template when its recipe changed (-W: as if build_plots_template.py
+    were new)."""
+    planned = subprocess.run(
+        ["make", "-n", "-W", "scripts/build_plots_template.py", "test"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert not [word for word in INSTALLERS if word in planned], planned
+    assert "ci-deps" not in planned and "slurm_cluster.sh" not in planned, planned
+
+
+def test_without_slurm_its_tests_skip_naming_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing of Slurm on PATH
+    assert "`sudo make ci-deps` installs it" in _slurm_missing()
+
+
+def test_cluster_script_up_installs_nothing(tmp_path):
+    """`up` with a package missing refuses, naming `install`, and never calls apt-get."""
+    calls = tmp_path / "calls"
+    for name, status in (("dpkg", 1), ("apt-get", 0), ("id", 0)):
+        fake = tmp_path / name
+        fake.write_text(
+            f'#!/bin/sh\necho {name} "$@" >>{calls}\n[ {name} = id ] && echo 0\nexit {status}\n'
+        )
+        fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    up = subprocess.run([str(SLURM_SCRIPT), "up"], capture_output=True, text=True, env=env)
+    assert up.returncode != 0
+    assert "run `sudo scripts/slurm_cluster.sh install` first" in up.stderr, up.stderr
+    assert "apt-get" not in calls.read_text(), calls.read_text()
 
 
 def _executor(folder: Path, **parameters):
@@ -47,6 +92,7 @@ def _sacct_state(job_id: str) -> str:
         time.sleep(POLL_S)
 
 
+@pytest.mark.slow
 def test_cluster_script_is_idempotent(slurm_cluster):
     assert "partition debug" in slurm_cluster
     again = slurm_command("up")
@@ -55,6 +101,7 @@ def test_cluster_script_is_idempotent(slurm_cluster):
     assert status.stdout.startswith("up") and " idle " in status.stdout
 
 
+@pytest.mark.slow
 def test_a_job_runs_through_submitit_and_is_accounted(slurm_cluster, tmp_path):
     job = _executor(tmp_path / "jobs", tasks_per_node=2, cpus_per_task=1).submit(where_am_i)
     results = job.results()  # one per task
@@ -90,6 +137,7 @@ def _tiny_project(tiny_processed: Path, project: Path) -> Path:
     return project
 
 
+@pytest.mark.slow
 def test_ddp_training_started_by_slurm(slurm_cluster, tmp_path, tiny_processed, mlflow_server):
     """Two Slurm tasks become Lightning's two DDP ranks (its SLURMEnvironment; gloo on CPU), rank
     0 alone writes the outs, and the run equals one process training on the same global batch."""

@@ -1,15 +1,17 @@
-"""`flower-model multirun`: a Hydra-style sweep run as a grid of queued DVC experiments.
+"""`flower-model multirun`: a sweep as DVC experiments, expanded and run by DVC's own queue.
 
-    flower-model multirun train.lr=0.001,0.003 model=small_cnn,mobilenet_v3_small [-j 2]
+    flower-model multirun train.lr=0.001,0.003 model=small_cnn,mobilenet_v3_small [--jobs 2]
 
-Each combination becomes one `dvc exp run --queue -S key=value ...`, so results live where every
-other experiment lives (`dvc exp show`, `dvc exp apply`, `dvc plots diff`) and DVC's run cache
-restores any stage it has run before with the same inputs instead of recomputing it. State is
-read back from `dvc exp show --json` (experiments of the current commit), which is what makes a
-restarted sweep skip combinations that already succeeded, or are still queued or running.
+is `dvc exp run --queue -S train.lr=0.001,0.003 -S model=...` (DVC expands the Hydra sweep
+syntax into one queued experiment per combination, params composed from configs/) and then
+`dvc queue start -j 2`. What DVC's queue does not do, and this module adds: every combination's
+params are validated before anything runs; a combination whose params already have an
+experiment on this commit (succeeded, or still queued or running) is taken off the queue again,
+so a restarted sweep runs only what is missing; the command waits, prints progress, names the
+failures and exits non-zero on one; Ctrl-C stops the sweep (DVC's workers run detached and would
+go on). `--launcher slurm` takes the same expanded grid to Slurm instead (slurm_sweep.py).
 """
 
-import itertools
 import json
 import re
 import sys
@@ -18,165 +20,143 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from flower_model.config import flatten, validate
 from flower_model.errors import FlowerModelError
-from flower_model.pipeline.compose import compose_params
 from flower_model.pipeline.fetch import run_dvc
+from flower_model.pipeline.stage import ERROR_PREFIX
 
 LAUNCHERS = ("local", "slurm")
 QUEUED_NAME = re.compile(r"Queued experiment '([^']+)'")
+DVC_ADVERT = "Having any troubles?"  # the line DVC ends each error with
 DONE_STATES = ("success", "failed")
 PENDING_STATES = ("queued", "running")
-# A worker that died (killed, machine slept) would leave the loop waiting forever: this long with
-# work pending, nothing running and no state changing ends the wait with an error.
+# A dead worker (killed, machine slept) would leave the wait endless: this long with work
+# pending and no state changing ends it with an error.
 STALL_LIMIT_S = 600.0
-# Metrics shown in the final table, as (file, dotted key, column header).
+# Metrics shown in the final table, as (file, dotted key).
 TABLE_METRICS = (
-    ("reports/metrics.json", "test.accuracy", "test.accuracy"),
-    ("reports/metrics.json", "test.macro_f1", "test.macro_f1"),
+    ("reports/metrics.json", "test.accuracy"),
+    ("reports/metrics.json", "test.macro_f1"),
 )
 
 
 class MultirunError(FlowerModelError):
-    """A sweep that cannot be parsed, queued or finished."""
+    """A sweep that cannot be queued, validated or finished."""
 
 
 @dataclass
 class Combination:
-    overrides: list[str]  # one `key=value` per swept or fixed key, in the order given
-    params: dict  # the params.yaml DVC will write for it (configs/ + overrides)
-    name: str | None = None  # DVC experiment name, once queued or found
-    state: str = "new"  # new | queued | running | success | failed
+    name: str  # DVC experiment name
+    params: dict  # its params.yaml, as DVC composed it
+    values: dict[str, str]  # the value of each key the command line named
+    state: str = "queued"  # queued | running | success | failed
     metrics: dict = field(default_factory=dict)
 
+    @property
     def label(self) -> str:
-        return " ".join(self.overrides)
+        return " ".join(f"{key}={value}" for key, value in self.values.items())
 
 
-def expand_grid(overrides: list[str]) -> list[list[str]]:
-    """Hydra sweep syntax (`k=a,b`, `k=range(1,4)`, `k=choice(a,b)`) -> the cartesian grid."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as error:
-        raise MultirunError(f"cannot parse the sweep {overrides}: {error}") from None
-    axes = []
-    for override in parsed:
-        key = override.get_key_element()
-        if override.is_sweep_override():
-            values = list(override.sweep_string_iterator())
-        else:
-            values = [override.get_value_element_as_str()]
-        axes.append([f"{key}={value}" for value in values])
-    return [list(combination) for combination in itertools.product(*axes)]
-
-
-def plan(
-    root: Path, overrides: list[str], check: Callable[[dict], object] | None = validate
-) -> list[Combination]:
-    """Compose (and by default validate) every combination before anything is queued."""
-    combinations = []
-    for combination in expand_grid(overrides):
-        try:
-            params = yaml.safe_load(compose_params(root, combination))
-            if check is not None:
-                check(params)
-        except FlowerModelError as error:
-            raise MultirunError(f"combination {' '.join(combination)}: {error}") from None
-        combinations.append(Combination(combination, params))
-    return combinations
-
-
-def read_experiments(root: Path) -> list[dict]:
-    """Experiments of the current commit: name, state, params, metrics (from `dvc exp show`)."""
+def read_experiments(root: Path) -> dict[str, dict]:
+    """Experiments of the current commit by name: state, params, metrics (`dvc exp show`)."""
     result = run_dvc(["exp", "show", "--json"], root)
     if result.returncode != 0:
         raise MultirunError(f"`dvc exp show --json` failed: {result.stderr.strip()}")
-    found = []
+    found = {}
     for baseline in json.loads(result.stdout):
-        if baseline.get("rev") == "workspace":
-            continue
         for experiment in baseline.get("experiments") or []:
             executor = experiment.get("executor") or {}
             for revision in experiment.get("revs") or []:
                 data = revision.get("data") or {}
-                params = (data.get("params") or {}).get("params.yaml", {}).get("data")
                 metrics = {
-                    name: entry.get("data", {})
-                    for name, entry in (data.get("metrics") or {}).items()
+                    key: item.get("data", {}) for key, item in (data.get("metrics") or {}).items()
                 }
                 # A finished experiment that was not queued (no executor) has results: success.
-                state = executor.get("state") or ("success" if metrics else "failed")
-                found.append(
-                    {
-                        "name": revision.get("name") or experiment.get("name"),
-                        "state": state,
-                        "params": params,
-                        "metrics": metrics,
-                    }
-                )
+                found[revision.get("name") or experiment.get("name")] = {
+                    "state": executor.get("state") or ("success" if metrics else "failed"),
+                    "params": (data.get("params") or {}).get("params.yaml", {}).get("data"),
+                    "metrics": metrics,
+                }
     return found
 
 
-def match(combinations: list[Combination], experiments: list[dict]) -> None:
-    """Give each combination the best state among experiments with exactly its params."""
-    rank = {"failed": 1, "queued": 2, "running": 3, "success": 4}
-    for combination in combinations:
-        for experiment in experiments:
-            if experiment["params"] != combination.params:
-                continue
-            if rank.get(experiment["state"], 0) > rank.get(combination.state, 0):
-                combination.name = experiment["name"]
-                combination.state = experiment["state"]
-                combination.metrics = experiment["metrics"]
+def _values(words: list[str], params: dict) -> dict[str, str]:
+    """Each key on the command line -> its composed value (a config group by its name)."""
+    flat, values = flatten(params), {}
+    for word in words:
+        key = word.split("=", 1)[0].lstrip("+~")
+        value = flat.get(key, params.get(key))
+        if isinstance(value, dict):
+            value = value.get("name", json.dumps(value))
+        values[key] = "null" if value is None else str(value).replace(" ", "")
+    return values
 
 
-def queue(root: Path, combination: Combination) -> None:
-    args = ["exp", "run", "--queue"]
-    for override in combination.overrides:
-        args += ["-S", override]
-    result = run_dvc(args, root)
-    found = QUEUED_NAME.search(result.stdout + result.stderr)
-    if result.returncode != 0 or found is None:
-        raise MultirunError(
-            f"cannot queue {combination.label()}: {(result.stderr or result.stdout).strip()}"
-        )
-    combination.name, combination.state = found.group(1), "queued"
+def remove_from_queue(root: Path, names: list[str]) -> None:
+    if names:
+        run_dvc(["queue", "remove", *names], root)
+
+
+def plan(
+    root: Path, words: list[str], check: Callable[[dict], object] | None, adopt: tuple[str, ...]
+) -> list[Combination]:
+    """Queue DVC's grid, validate every combination, and swap each one that already has an
+    experiment in an `adopt` state for that experiment. Nothing stays queued on an error."""
+    queued = run_dvc(
+        ["exp", "run", "--queue", *(arg for word in words for arg in ("-S", word))], root
+    )
+    names = QUEUED_NAME.findall(queued.stdout + queued.stderr)
+    if queued.returncode != 0:
+        remove_from_queue(root, names)  # DVC queues combination by combination until one fails
+        said = " ".join(queued.stderr.split(DVC_ADVERT)[0].split())  # one line, without the
+        said = said.split(" Config search path:")[0]  # ad, nor Hydra's search path
+        raise MultirunError(f"cannot queue the sweep {' '.join(words)}: {said}")
+    experiments = read_experiments(root)
+    combinations, duplicates = [], []
+    for name in names:
+        params = experiments[name]["params"]
+        combination = Combination(name, params, _values(words, params))
+        try:
+            if check is not None:
+                check(params)
+        except FlowerModelError as error:
+            remove_from_queue(root, names)
+            raise MultirunError(f"combination {combination.label}: {error}") from None
+        earlier = [
+            (other, found)
+            for other, found in experiments.items()
+            if other not in names and found["state"] in adopt and found["params"] == params
+        ]
+        if earlier:
+            duplicates.append(name)
+            other, found = max(earlier, key=lambda item: adopt.index(item[1]["state"]))
+            combination.name, combination.state = other, found["state"]
+            combination.metrics = found["metrics"]
+        combinations.append(combination)
+    remove_from_queue(root, duplicates)
+    return combinations
 
 
 def progress_line(combinations: list[Combination]) -> str:
-    done = sum(combination.state in DONE_STATES for combination in combinations)
-    running = [
-        combination.label() for combination in combinations if combination.state == "running"
-    ]
-    failed = sum(combination.state == "failed" for combination in combinations)
-    line = f"[{done}/{len(combinations)} done"
-    line += f", {failed} failed]" if failed else "]"
-    return line + (f" running: {'; '.join(running)}" if running else "")
-
-
-def _metric(metrics: dict, file_name: str, key: str) -> str:
-    value = flatten(metrics.get(file_name) or {}).get(key)
-    return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
+    done = sum(item.state in DONE_STATES for item in combinations)
+    failed = sum(item.state == "failed" for item in combinations)
+    running = "; ".join(item.label for item in combinations if item.state == "running")
+    line = f"[{done}/{len(combinations)} done" + (f", {failed} failed]" if failed else "]")
+    return line + (f" running: {running}" if running else "")
 
 
 def table(combinations: list[Combination]) -> str:
-    """Plain-text table: experiment, state, one column per override key, the test metrics."""
-    keys = [override.split("=", 1)[0] for override in combinations[0].overrides]
-    header = ["experiment", "state", *keys, *(title for _, _, title in TABLE_METRICS)]
-    rows = [header]
-    for combination in combinations:
-        values = [override.split("=", 1)[1] for override in combination.overrides]
-        # A failed DVC experiment still lists the metrics files its workspace started with (the
-        # baseline's): they are not its results.
-        metrics = combination.metrics if combination.state == "success" else {}
-        scores = [_metric(metrics, name, key) for name, key, _ in TABLE_METRICS]
-        rows.append([combination.name or "-", combination.state, *values, *scores])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    """Plain-text table: experiment, state, one column per key of the command line, metrics."""
+    rows = [["experiment", "state", *combinations[0].values, *(key for _, key in TABLE_METRICS)]]
+    for item in combinations:
+        # A failed DVC experiment lists the metrics its workspace started with: not its results.
+        metrics = item.metrics if item.state == "success" else {}
+        scores = [
+            flatten(metrics.get(file_name) or {}).get(key) for file_name, key in TABLE_METRICS
+        ]
+        shown = [f"{score:.4f}" if isinstance(score, float) else "-" for score in scores]
+        rows.append([item.name or "-", item.state, *item.values.values(), *shown])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
     )
@@ -184,44 +164,40 @@ def table(combinations: list[Combination]) -> str:
 
 def run_multirun(
     root: Path,
-    overrides: list[str],
+    words: list[str],
     jobs: int = 1,
     poll_s: float = 5.0,
     check: Callable[[dict], object] | None = validate,
     out=None,
     launcher: str = "local",
 ) -> list[Combination]:
-    """Queue what has no result yet, run the queue with `jobs` workers (or submit one Slurm job
-    per combination with `launcher="slurm"`), report until done."""
+    """Run the sweep's combinations that have no result yet with `jobs` DVC queue workers (or one
+    Slurm job each with `launcher="slurm"`), report until done; the combinations, final states."""
     out = out or sys.stdout  # looked up per call: a redirected sys.stdout is honoured
     if jobs < 1:
         raise MultirunError(f"-j/--jobs must be at least 1, got {jobs}")
     if launcher not in LAUNCHERS:
         raise MultirunError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
     if launcher == "slurm":
-        from flower_model.pipeline.slurm_sweep import require_slurm
+        from flower_model.pipeline import slurm_sweep
 
-        require_slurm()
-    combinations = plan(root, overrides, check)
-    match(combinations, read_experiments(root))
-    skipped = [combination for combination in combinations if combination.state == "success"]
+        slurm_sweep.check_controller()
+    adopt = ("success",) if launcher == "slurm" else ("queued", "running", "success")
+    combinations = plan(root, words, check, adopt)
+    skipped = sum(item.state == "success" for item in combinations)
     if skipped:
-        print(f"{len(skipped)} of {len(combinations)} already have results: skipped", file=out)
-    if launcher == "slurm":
-        from flower_model.pipeline.slurm_sweep import run_on_slurm
-
-        run_on_slurm(root, combinations, poll_s, out)
-        print(table(combinations), file=out)
-        return combinations
-    for combination in combinations:
-        if combination.state in ("new", "failed"):
-            queue(root, combination)
-            print(f"queued {combination.name}: {combination.label()}", file=out)
-    if any(combination.state in PENDING_STATES for combination in combinations):
-        started = run_dvc(["queue", "start", "-j", str(jobs)], root)
-        if started.returncode != 0:
-            raise MultirunError(f"`dvc queue start` failed: {started.stderr.strip()}")
-        try:
+        print(f"{skipped} of {len(combinations)} already have results: skipped", file=out)
+    if launcher == "slurm":  # DVC's queue only expanded the grid: Slurm runs it
+        remove_from_queue(root, [item.name for item in combinations if item.state == "queued"])
+        slurm_sweep.run_on_slurm(root, combinations, poll_s, out)
+    elif any(item.state in PENDING_STATES for item in combinations):
+        for item in combinations:
+            if item.state == "queued":
+                print(f"queued {item.name}: {item.label}", file=out)
+        try:  # `dvc queue start` returns once a worker runs: Ctrl-C may come before
+            started = run_dvc(["queue", "start", "-j", str(jobs)], root)
+            if started.returncode != 0:
+                raise MultirunError(f"`dvc queue start` failed: {started.stderr.strip()}")
             _wait(root, combinations, poll_s, out)
         except KeyboardInterrupt:
             stop_pending(root, combinations)
@@ -232,16 +208,16 @@ def run_multirun(
 
 def _wait(root: Path, combinations: list[Combination], poll_s: float, out) -> None:
     last_line, last_change = "", time.monotonic()
-    while any(combination.state in PENDING_STATES for combination in combinations):
+    while any(item.state in PENDING_STATES for item in combinations):
         time.sleep(poll_s)
-        by_name = {experiment["name"]: experiment for experiment in read_experiments(root)}
-        for combination in combinations:
-            experiment = by_name.get(combination.name)
-            if experiment is not None:
-                combination.state, combination.metrics = experiment["state"], experiment["metrics"]
+        experiments = read_experiments(root)
+        for item in combinations:
+            found = experiments.get(item.name, {"state": item.state, "metrics": item.metrics})
+            if found["state"] == "failed" and item.state != "failed":
+                print(f"failed: {item.label}: {_failure(root, item.name)}", file=out, flush=True)
+            item.state, item.metrics = found["state"], found["metrics"]
         line = progress_line(combinations)
-        running = any(combination.state == "running" for combination in combinations)
-        if line != last_line or running:
+        if line != last_line or "running:" in line:
             last_change = time.monotonic()
         if line != last_line:
             print(line, file=out, flush=True)
@@ -253,12 +229,26 @@ def _wait(root: Path, combinations: list[Combination], poll_s: float, out) -> No
             )
 
 
+def _failure(root: Path, name: str) -> str:
+    """The stage's own one-line error from the experiment's log (DVC's last line only names the
+    stage), and where the whole log is."""
+    log = run_dvc(["queue", "logs", name], root).stdout.splitlines()
+    errors = [line for line in log if line.startswith(ERROR_PREFIX)]
+    return (errors[-1] + "; " if errors else "") + f"log: `dvc queue logs {name}`"
+
+
 def stop_pending(root: Path, combinations: list[Combination]) -> None:
     """Ctrl-C: drop this sweep's queued experiments and kill its running ones (they read as
-    failed, so starting the sweep again requeues them); finished results stay."""
-    queued = [item.name for item in combinations if item.state == "queued" and item.name]
-    running = [item.name for item in combinations if item.state == "running" and item.name]
-    if queued:
-        run_dvc(["queue", "remove", *queued], root)
-    if running:
-        run_dvc(["queue", "kill", *running], root)
+    failed, so starting the sweep again requeues them); finished results stay. States are read
+    afresh, and again, since a worker may take up a queued experiment meanwhile."""
+    names = {item.name for item in combinations if item.state in PENDING_STATES}
+    while names:
+        experiments = read_experiments(root)
+        queued = [name for name in names if experiments.get(name, {}).get("state") == "queued"]
+        running = [name for name in names if experiments.get(name, {}).get("state") == "running"]
+        remove_from_queue(root, queued)
+        if running:
+            run_dvc(["queue", "kill", *running], root)
+        names = set(queued)  # removed, unless a worker took it up first: look again
+        if not queued:
+            break
