@@ -1,21 +1,32 @@
 """What a training run tells MLflow about where it came from: the DVC experiment's name, the data
 version dvc.lock records, the dataset input (name, digest, source), and the metrics the README
-lists. One tiny real run of `dvc exp run`'s train stage, logged to the session's MLflow server."""
+lists, and what MLflow's UI needs to open on the runs table with the headline columns. One tiny
+real run of `dvc exp run`'s train stage, logged to the session's MLflow server."""
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
+import subprocess
+import urllib.parse
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from flower_model.evaluation.evaluate import QUANTIZED, REFERENCE, headline
+from flower_model.evaluation.tracking import _flat_metrics
 from flower_model.pipeline import stages
-from flower_model.training.tracking import content_hash
+from flower_model.training.tracking import HEADLINE_METRICS, RUNS_VIEW_COLUMNS, content_hash
 from flower_model.training.train import train_model
+from scripts.plots_browser import find_chromium
 from tests.conftest import MLFLOW_REQUEST_VARIABLES, REPO_ROOT, TINY_MODEL, make_config
+from tests.test_plots_browser import _require
 
 EXPERIMENT_NAME = "tidy-tulip"  # what DVC puts in DVC_EXP_NAME for a `dvc exp run`
 TINY_TRAIN = {
@@ -28,6 +39,33 @@ TINY_TRAIN = {
 TRAINING_PREFIXES = ("train", "val", "time")  # the training run's metric families
 # A metric name as the README writes it: `train/loss`, `lr`, `time/epoch_s`.
 README_NAME = re.compile(r"`([a-z_]+(?:/[a-z0-9_]+)*)`")
+# The one MLflow line a training run prints (TolerantMLFlowLogger.end).
+RUNS_LINK = re.compile(r"^mlflow: run (\w+) logged; the runs table: (\S+)$", re.MULTILINE)
+GIT_SHA = re.compile(r"[0-9a-f]{40}")
+# Headless Chromium as the task's screenshots ran it; virtual time lets MLflow's UI load its runs.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",  # CI containers run as root, where Chromium's sandbox refuses to start
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=2400,1000",
+    "--virtual-time-budget=20000",
+)
+CHROMIUM_TIMEOUT_S = 120
+TABLE_HEADER = re.compile(r'<div [^>]*role="columnheader"[^>]*col-id="([^"]+)"')
+
+
+class TrainedRun(NamedTuple):
+    config: object
+    lock_md5: str  # the md5 the project's dvc.lock gives the preprocess outputs
+    run: object  # the MLflow run
+    stdout: str
+    stderr: str
+    root: Path  # the project folder
 
 
 def _lock_md5(processed) -> str:
@@ -37,8 +75,7 @@ def _lock_md5(processed) -> str:
 
 @pytest.fixture(scope="module")
 def experiment_run(tmp_path_factory, tiny_processed, mlflow_server):
-    """(config, the md5 the project's dvc.lock gives the preprocess outputs, the MLflow run) of a
-    tiny training run made as a stage of `dvc exp run` (DVC_EXP_NAME set)."""
+    """A tiny training run made as a stage of `dvc exp run` (DVC_EXP_NAME set)."""
     root = tmp_path_factory.mktemp("experiment_run")
     shutil.copytree(tiny_processed / "data", root / "data")
     config = make_config(
@@ -56,13 +93,17 @@ def experiment_run(tmp_path_factory, tiny_processed, mlflow_server):
         patch.setenv("DVC_EXP_NAME", EXPERIMENT_NAME)
         for name in MLFLOW_REQUEST_VARIABLES:
             patch.setenv(name, os.environ.get(name, ""))
-        train_model(config, root, stages.stage("train").resolved(config, REPO_ROOT))
+        patch.delenv("FLOWER_MODEL_EVENTS", raising=False)
+        output, errors = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(errors):
+            train_model(config, root, stages.stage("train").resolved(config, REPO_ROOT))
     run_id = json.loads((root / "models" / "train_run.json").read_text())["mlflow_run_id"]
-    return config, lock_md5, MlflowClient(mlflow_server).get_run(run_id)
+    run = MlflowClient(mlflow_server).get_run(run_id)
+    return TrainedRun(config, lock_md5, run, output.getvalue(), errors.getvalue(), root)
 
 
 def test_the_run_is_tagged_with_the_dvc_experiment_and_the_locked_data_version(experiment_run):
-    _, lock_md5, run = experiment_run
+    lock_md5, run = experiment_run.lock_md5, experiment_run.run
     assert run.data.tags["dvc_experiment"] == EXPERIMENT_NAME
     assert run.data.tags["data_dvc_md5"] == lock_md5
 
@@ -70,7 +111,7 @@ def test_the_run_is_tagged_with_the_dvc_experiment_and_the_locked_data_version(e
 def test_the_dataset_input_names_the_preprocess_outputs(experiment_run):
     """MLflow's Datasets column: the data's name, the dvc.lock md5 as digest, and the folder the
     preprocess stage wrote as source."""
-    config, lock_md5, run = experiment_run
+    config, lock_md5, run = experiment_run.config, experiment_run.lock_md5, experiment_run.run
     (item,) = run.inputs.dataset_inputs
     dataset = item.dataset
     assert dataset.name == config.data.name
@@ -83,7 +124,7 @@ def test_the_dataset_input_names_the_preprocess_outputs(experiment_run):
 def test_the_readme_lists_the_metrics_a_training_run_logs(experiment_run):
     """README.md's MLflow section names every metric the run has, and every training metric it
     names was logged (the list had lost `train/images_per_s`)."""
-    _, _, run = experiment_run
+    run = experiment_run.run
     text = (REPO_ROOT / "README.md").read_text()
     section = text.split("\n### MLflow\n", 1)[1].split("\n### ", 1)[0]
     documented = set(README_NAME.findall(section))
@@ -93,3 +134,63 @@ def test_the_readme_lists_the_metrics_a_training_run_logs(experiment_run):
         name for name in documented if "/" in name and name.split("/")[0] in TRAINING_PREFIXES
     }
     assert training <= logged, f"the README lists what is not logged: {training - logged}"
+
+
+def test_the_printed_link_opens_the_runs_table_with_the_headline_columns(
+    experiment_run, mlflow_server
+):
+    """The run prints one MLflow link: the experiment's runs route (not `#/experiments/<id>`,
+    MLflow 3's GenAI overview), as model training, naming a shared view of the experiment whose
+    columns are the git commit (the UI's Version column) and the headline metrics."""
+    run, output = experiment_run.run, experiment_run.stdout
+    assert "View experiment at" not in output, "MLflow's own link to the GenAI overview"
+    ((run_id, url),) = RUNS_LINK.findall(output)
+    assert run_id == run.info.run_id
+    base, fragment = url.split("#", 1)
+    route, query = fragment.split("?", 1)
+    assert base == f"{mlflow_server}/"
+    assert route == f"/experiments/{run.info.experiment_id}/runs"
+    parameters = dict(urllib.parse.parse_qsl(query))
+    assert parameters["workflowType"] == "machine_learning"
+    experiment = MlflowClient(mlflow_server).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view_tag = "mlflow.sharedViewState." + parameters["viewStateShareKey"]
+    view = json.loads(experiment.tags[view_tag])
+    columns = ["attributes.`Version`"] + [f"metrics.`{name}`" for name in HEADLINE_METRICS]
+    assert view["selectedColumns"] == view["columnOrder"] == columns
+
+
+def test_the_link_shows_the_runs_table_in_a_browser(experiment_run, tmp_path):
+    """MLflow's own UI at the printed link, in headless Chromium: the runs table with the view's
+    columns that this run has (Version, val/loss), in the view's order, and no GenAI overview
+    (which `#/experiments/<id>` showed: Traces, Token Usage)."""
+    browser = _require(find_chromium(), "Chromium", "apt-get install chromium")
+    (url,) = [link for _, link in RUNS_LINK.findall(experiment_run.stdout)]
+    profile = tmp_path / "chromium-profile"
+    page = subprocess.run(
+        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=CHROMIUM_TIMEOUT_S,
+        check=True,
+    ).stdout
+    headers = [column for column in TABLE_HEADER.findall(page) if column in RUNS_VIEW_COLUMNS]
+    assert headers == ["attributes.`Version`", "metrics.`val/loss`"], TABLE_HEADER.findall(page)
+    assert "Token Usage" not in page
+
+
+def test_the_run_carries_what_the_runs_table_columns_show(experiment_run):
+    """Version shows MLflow's git-commit tag: the SHA of the code that trained. Every headline
+    column is a metric some stage logs: val/loss by training (this run), the others by evaluate
+    (into the same run), under the names `dvc exp show` gives them."""
+    run = experiment_run.run
+    commit = run.data.tags["mlflow.source.git.commit"]
+    assert GIT_SHA.fullmatch(commit) and commit == run.data.tags["git_sha"]
+    detail = {REFERENCE: {"accuracy": 0.9, "macro_f1": 0.8}, QUANTIZED: {"accuracy": 0.85}}
+    detail[QUANTIZED]["macro_f1"] = 0.84
+    latency = {"backends": {REFERENCE: [{"batch_size": 1, "p50_ms": 2.0, "p50_ms_per_image": 2.0}]}}
+    result = {"metrics": headline(detail, latency, {"best": {"val/loss": 0.5}})}
+    evaluated = _flat_metrics({**result, "detail": detail, "latency": latency})
+    assert set(HEADLINE_METRICS) <= set(run.data.metrics) | set(evaluated)
+    assert "val/loss" in run.data.metrics
+

@@ -42,6 +42,7 @@ from flower_model.training.tracking import (
     git_state,
     record_inputs,
     require_tracking_server,
+    source_tags,
     weights_tags,
 )
 
@@ -106,7 +107,7 @@ def _start_tracking(
     sha, dirty = git_state()
     data = data_version(root, config.paths.processed_dir)
     name = _baseline_name(config, root)
-    tags = {"git_sha": sha, "git_dirty": str(dirty).lower()}
+    tags = {"git_sha": sha, "git_dirty": str(dirty).lower(), **source_tags(sha)}
     tags.update(resumed=str(resume is not None).lower(), **data, seed=str(config.train.seed))
     experiment = os.environ.get(DVC_EXPERIMENT_VARIABLE)
     if experiment:
