@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from flower_model.evaluation.evaluate import QUANTIZED, REFERENCE, headline
 from flower_model.evaluation.tracking import _flat_metrics
 from flower_model.pipeline import stages
+from flower_model.training.callbacks import EVENTS_FILE
 from flower_model.training.tracking import HEADLINE_METRICS, RUNS_VIEW_COLUMNS, content_hash
 from flower_model.training.train import train_model
 from scripts.plots_browser import find_chromium
@@ -194,3 +195,15 @@ def test_the_run_carries_what_the_runs_table_columns_show(experiment_run):
     assert set(HEADLINE_METRICS) <= set(run.data.metrics) | set(evaluated)
     assert "val/loss" in run.data.metrics
 
+
+def test_json_events_go_to_a_log_file_not_the_console(experiment_run):
+    """The console gets human lines and one line naming the events file; the JSON events
+    (train_start ... train_done, each naming the run) are in that file."""
+    run, output = experiment_run.run, experiment_run.stdout
+    shown = (experiment_run.config.paths.models_dir / EVENTS_FILE).as_posix()
+    assert output.count(f"JSON events go to {shown}") == 1
+    assert '{"' not in output and '{"' not in experiment_run.stderr, experiment_run.stderr
+    path = experiment_run.root / shown
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [event["event"] for event in events] == ["train_start", "train_done"]
+    assert {event["run_id"] for event in events} == {run.info.run_id}

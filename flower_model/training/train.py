@@ -5,7 +5,7 @@ models/train_run.json, reports/train.json, plots/train/{steps,epochs}.csv and lo
 models/checkpoints/ holds best/last/periodic checkpoints for `resume=last`.
 """
 
-import json
+import functools
 import os
 import shutil
 import sys
@@ -24,8 +24,10 @@ from flower_model.io_utils import write_json, write_text
 from flower_model.naming import run_name
 from flower_model.training.callbacks import (
     EPOCHS_FILE,
+    EVENTS_FILE,
     DvcPlotsLogger,
     EpochLines,
+    EventLog,
     StepTimer,
     quiet_lightning_notices,
     weight_averaging,
@@ -49,15 +51,6 @@ from flower_model.training.tracking import (
 MODEL_CHECKPOINT = "model.ckpt"
 TRAIN_RUN = "train_run.json"
 CURVE_FILE = "loss_curve.png"
-
-
-def log_event(event: str, **fields) -> None:
-    """One JSON line on stderr: machine-readable progress and failures."""
-    print(
-        json.dumps({"event": event, **fields}, sort_keys=True, default=str),
-        file=sys.stderr,
-        flush=True,
-    )
 
 
 def on_gpu(accelerator: str) -> bool:
@@ -173,7 +166,7 @@ def _trainer(
     )
 
 
-def _fit(trainer, module, datamodule, resume: Path | None, root: Path, context: dict) -> float:
+def _fit(trainer, module, datamodule, resume: Path | None, root: Path, log_event) -> float:
     """trainer.fit; a failure is logged with where to resume from, then re-raised. Seconds."""
     started = time.perf_counter()
     try:
@@ -187,7 +180,6 @@ def _fit(trainer, module, datamodule, resume: Path | None, root: Path, context: 
             epoch=trainer.current_epoch,
             step=trainer.global_step,
             last_checkpoint=str(last.relative_to(root)) if last.exists() else None,
-            **context,
         )
         raise
     return time.perf_counter() - started
@@ -251,6 +243,7 @@ def train_model(
     quiet_lightning_notices()
     models = root / config.paths.models_dir
     checkpoints = models / CHECKPOINT_DIR
+    events = EventLog(models / EVENTS_FILE, (config.paths.models_dir / EVENTS_FILE).as_posix())
     resume, resumed_state = load_resume_state(config, root)
     if resume is None and checkpoints.exists():
         shutil.rmtree(checkpoints)  # a fresh run must not pick up another run's "best"
@@ -276,15 +269,15 @@ def train_model(
     # The EMA update runs before the timer's batch end, so it counts as step time, not data wait.
     callbacks = [*callbacks, *averaging, timer, *extra_callbacks]
     trainer = _trainer(config, loggers, callbacks, checkpoints, on_terminal)
+    log_event = functools.partial(events, **context)
     log_event(
         "train_start",
         run_name=run["name"],
         resume=str(resume) if resume else None,
         device=str(trainer.strategy.root_device),
         precision=str(trainer.precision),
-        **context,
     )
-    fit_seconds = _fit(trainer, module, datamodule, resume, root, context)
+    fit_seconds = _fit(trainer, module, datamodule, resume, root, log_event)
     plots_logger.frozen = True
     # The test split is evaluate's: it scores the shipped ONNX model, one number per quantity.
     best_path = Path(best.best_model_path)
@@ -300,8 +293,8 @@ def train_model(
     timing = {**timer.summary(), "fit_seconds": fit_seconds}
     _finish_tracking(mlflow_logger, timing, config_file, plots_dir / CURVE_FILE)
     if mlflow_logger.lost:
-        log_event("mlflow_lost", reason=mlflow_logger.lost, **context)
-    log_event("train_done", **timing, **report["best"], **context)
+        log_event("mlflow_lost", reason=mlflow_logger.lost)
+    log_event("train_done", **timing, **report["best"])
     print(
         f"train: {trainer.current_epoch} epochs in {fit_seconds:.0f} s, "
         f"{timing['train_images_per_s']:.0f} train images/s, "
