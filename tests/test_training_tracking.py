@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from flower_model.evaluation.evaluate import QUANTIZED, REFERENCE, headline
 from flower_model.evaluation.tracking import _flat_metrics
 from flower_model.pipeline import stages
-from flower_model.training.callbacks import EVENTS_FILE
+from flower_model.training.callbacks import EVENTS_FILE, EventLog
 from flower_model.training.tracking import HEADLINE_METRICS, RUNS_VIEW_COLUMNS, content_hash
 from flower_model.training.train import train_model
 from scripts.plots_browser import find_chromium
@@ -207,3 +207,20 @@ def test_json_events_go_to_a_log_file_not_the_console(experiment_run):
     events = [json.loads(line) for line in path.read_text().splitlines()]
     assert [event["event"] for event in events] == ["train_start", "train_done"]
     assert {event["run_id"] for event in events} == {run.info.run_id}
+
+
+def test_events_reach_stderr_only_when_asked(tmp_path, capsys, monkeypatch):
+    """FLOWER_MODEL_EVENTS=stderr: every event on stderr as well as in the file; otherwise the
+    console gets the file's name once and stderr nothing."""
+    events = EventLog(tmp_path / "models" / EVENTS_FILE, f"models/{EVENTS_FILE}")
+    monkeypatch.delenv("FLOWER_MODEL_EVENTS", raising=False)
+    events("train_start", run_id="a")
+    events("train_done", run_id="a")
+    quiet = capsys.readouterr()
+    assert quiet.out.count(f"JSON events go to models/{EVENTS_FILE}") == 1 and not quiet.err
+    monkeypatch.setenv("FLOWER_MODEL_EVENTS", "stderr")
+    EventLog(tmp_path / "models" / EVENTS_FILE, EVENTS_FILE)("train_done", run_id="b")
+    loud = capsys.readouterr()
+    assert json.loads(loud.err) == {"event": "train_done", "run_id": "b"} and not loud.out
+    lines = (tmp_path / "models" / EVENTS_FILE).read_text().splitlines()
+    assert [json.loads(line)["run_id"] for line in lines] == ["a", "a", "b"], "appended"
