@@ -161,10 +161,11 @@ def test_the_printed_link_opens_the_runs_table_with_the_headline_columns(
     assert view["selectedColumns"] == view["columnOrder"] == columns
 
 
-def test_the_link_shows_the_runs_table_in_a_browser(experiment_run, tmp_path):
+def test_the_link_shows_the_runs_table_in_a_browser(experiment_run, mlflow_server, tmp_path):
     """MLflow's own UI at the printed link, in headless Chromium: the runs table with the view's
-    columns that this run has (Version, val/loss), in the view's order, and no GenAI overview
-    (which `#/experiments/<id>` showed: Traces, Token Usage)."""
+    columns, in the view's order (those of its metrics that some run of the experiment has: the
+    session's server holds other tests' runs too), and no GenAI overview (which
+    `#/experiments/<id>` showed: Traces, Token Usage)."""
     browser = _require(find_chromium(), "Chromium", "apt-get install chromium")
     (url,) = [link for _, link in RUNS_LINK.findall(experiment_run.stdout)]
     profile = tmp_path / "chromium-profile"
@@ -175,8 +176,12 @@ def test_the_link_shows_the_runs_table_in_a_browser(experiment_run, tmp_path):
         timeout=CHROMIUM_TIMEOUT_S,
         check=True,
     ).stdout
+    runs = MlflowClient(mlflow_server).search_runs([experiment_run.run.info.experiment_id])
+    logged = {f"metrics.`{name}`" for run in runs for name in run.data.metrics}
+    expected = [column for column in RUNS_VIEW_COLUMNS if column in logged]
+    assert "metrics.`val/loss`" in expected
     headers = [column for column in TABLE_HEADER.findall(page) if column in RUNS_VIEW_COLUMNS]
-    assert headers == ["attributes.`Version`", "metrics.`val/loss`"], TABLE_HEADER.findall(page)
+    assert headers == ["attributes.`Version`", *expected], TABLE_HEADER.findall(page)
     assert "Token Usage" not in page
 
 
