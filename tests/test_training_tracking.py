@@ -19,14 +19,20 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from flower_model.errors import FlowerModelError
 from flower_model.evaluation.evaluate import QUANTIZED, REFERENCE, headline
 from flower_model.evaluation.tracking import _flat_metrics
 from flower_model.pipeline import stages
 from flower_model.training.callbacks import EVENTS_FILE, EventLog
-from flower_model.training.tracking import HEADLINE_METRICS, RUNS_VIEW_COLUMNS, content_hash
+from flower_model.training.tracking import (
+    HEADLINE_METRICS,
+    RUNS_VIEW_COLUMNS,
+    content_hash,
+    require_tracking_server,
+)
 from flower_model.training.train import train_model
 from scripts.plots_browser import find_chromium
-from tests.conftest import MLFLOW_REQUEST_VARIABLES, REPO_ROOT, TINY_MODEL, make_config
+from tests.conftest import MLFLOW_REQUEST_VARIABLES, REPO_ROOT, TINY_MODEL, free_port, make_config
 from tests.test_plots_browser import _require
 
 EXPERIMENT_NAME = "tidy-tulip"  # what DVC puts in DVC_EXP_NAME for a `dvc exp run`
@@ -229,3 +235,15 @@ def test_events_reach_stderr_only_when_asked(tmp_path, capsys, monkeypatch):
     assert json.loads(loud.err) == {"event": "train_done", "run_id": "b"} and not loud.out
     lines = (tmp_path / "models" / EVENTS_FILE).read_text().splitlines()
     assert [json.loads(line)["run_id"] for line in lines] == ["a", "a", "b"], "appended"
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_line_naming_the_fix():
+    """What `--dry-run` is to say before any work when nothing answers at mlflow.tracking_uri:
+    one line with the URI and the commands that start the server."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    config = make_config([f"mlflow.tracking_uri={uri}"])
+    with pytest.raises(FlowerModelError) as raised:
+        require_tracking_server(config.mlflow)
+    message = str(raised.value)
+    assert len(message.splitlines()) == 1 and uri in message
+    assert "`make mlflow-server`" in message and "scripts/mlflow_server.sh ensure" in message
