@@ -101,7 +101,10 @@ def test_console_of_a_run_on_a_terminal(tmp_path, tiny_processed, mlflow_server)
     code, output = run_on_terminal(command, tmp_path, TERMINAL_RUN_TIMEOUT_S)
     text = ANSI_SEQUENCE.sub("", output)
     assert code == 0, output[-3000:]
-    assert '"event": "train_done"' in text, output[-3000:]
+    # JSON events in their file, one console line naming it, none of them on the terminal.
+    assert "train: JSON events go to models/train_events.jsonl" in text, text[-3000:]
+    assert '"event": "train_done"' in (tmp_path / "models" / "train_events.jsonl").read_text()
+    assert '{"event"' not in text, text[-3000:]
     # The stage's own stdout reached the terminal, so the absence below is not a lost stream.
     assert re.search(r"^train: 2 epochs in \d+ s", text, re.MULTILINE), text[-3000:]
     # Rich's bar: its bar characters, both epochs' descriptions (Lightning's RichProgressBar

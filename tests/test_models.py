@@ -310,7 +310,8 @@ def test_freeze_bn_stats_keeps_batchnorm_in_eval_mode_through_lightning(frozen):
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(module, train_dataloaders=loader)
+    # A validation loader too: the module defines validation_step (Lightning warned without one).
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
     assert len(seen) == 1 and (seen[0] == 0) == frozen
 
 

@@ -14,11 +14,17 @@ TRAINING_RUN_TAG = "training_run_id"  # on an evaluation run of an earlier train
 
 def _flat_metrics(result: dict) -> dict[str, float]:
     """One MLflow name per quantity: the headline test metrics once (not again under the shipped
-    backend's name), the other backends' scores, and p50 latency per batch size."""
+    backend's name), the other backends' scores, and p50 latency per batch size. The headline's
+    INT8 delta and p50 ms per image too, under their `dvc exp show` names: the runs table's
+    default columns (RUNS_VIEW_COLUMNS) show them."""
     from flower_model.evaluation.evaluate import REFERENCE
 
-    test = result["metrics"]["test"]
+    headline = result["metrics"]
+    test = headline["test"]
     flat = {"test/accuracy": test["accuracy"], "test/macro_f1": test["macro_f1"]}
+    flat["latency/p50_ms_per_image"] = headline["latency"]["p50_ms_per_image"]
+    if "int8" in headline:
+        flat["int8/accuracy_delta"] = headline["int8"]["accuracy_delta"]
     for name, section in result["detail"].items():
         if name != REFERENCE and isinstance(section, dict) and "accuracy" in section:
             flat[f"eval/{name}/accuracy"] = section["accuracy"]
@@ -33,6 +39,8 @@ def evaluation_run(client, train_run_id: str) -> str:
     """The run this evaluation is logged to: the training run when it is this pipeline's (not
     yet evaluated, same DVC experiment), else a new run tagged `training_run_id`. A `dvc exp run`
     whose train stage came from DVC's run cache logged its scores into the older run before."""
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
     from flower_model.training.tracking import DVC_EXPERIMENT_VARIABLE, EXPERIMENT_TAG
 
     trained = client.get_run(train_run_id)
@@ -41,6 +49,8 @@ def evaluation_run(client, train_run_id: str) -> str:
     if fresh and trained.data.tags.get(EXPERIMENT_TAG) == experiment:
         return train_run_id
     tags = {TRAINING_RUN_TAG: train_run_id, "mlflow.runName": f"evaluate {trained.info.run_name}"}
+    if MLFLOW_GIT_COMMIT in trained.data.tags:  # the UI's Version column: the code evaluated
+        tags[MLFLOW_GIT_COMMIT] = trained.data.tags[MLFLOW_GIT_COMMIT]
     if experiment:
         tags[EXPERIMENT_TAG] = experiment
     return client.create_run(trained.info.experiment_id, tags=tags).info.run_id
@@ -48,11 +58,13 @@ def evaluation_run(client, train_run_id: str) -> str:
 
 def log_evaluation(config: Config, root: Path, result: dict) -> str:
     """Log `evaluate`'s result (headline, detail, latency) and its files to the evaluation run
-    (see evaluation_run); return that run's id."""
+    (see evaluation_run), print the link to the experiment's runs table; return the run's id."""
     from mlflow.tracking import MlflowClient
 
     from flower_model.evaluation.evaluate import DETAIL_FILE, LATENCY_FILE, METRICS_FILE
+    from flower_model.training.tracking import quiet_mlflow_links, runs_table_url, set_runs_view
 
+    quiet_mlflow_links()
     train_run_id = read_json(root / config.paths.models_dir / "train_run.json")["mlflow_run_id"]
     client = MlflowClient(config.mlflow.tracking_uri)
     run_id = evaluation_run(client, train_run_id)
@@ -69,6 +81,11 @@ def log_evaluation(config: Config, root: Path, result: dict) -> str:
         client.log_artifact(run_id, str(path), artifact_path="evaluation")
     if run_id != train_run_id:
         client.set_terminated(run_id)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    set_runs_view(client, experiment_id)
+    url = runs_table_url(config.mlflow.tracking_uri, experiment_id)
+    if url:
+        print(f"mlflow: evaluation logged to run {run_id}; the runs table: {url}", flush=True)
     return run_id
 
 
@@ -109,6 +126,9 @@ def register_onnx_model(config: Config, root: Path, test_accuracy: float) -> dic
     import onnx
     from mlflow.tracking import MlflowClient
 
+    from flower_model.training.tracking import quiet_mlflow_links
+
+    quiet_mlflow_links()  # the run's end below printed MLflow's GenAI-overview link
     run_id = read_json(root / config.paths.models_dir / "train_run.json")["mlflow_run_id"]
     name = config.mlflow.registered_model_name
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)

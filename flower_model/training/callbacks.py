@@ -1,9 +1,12 @@
 """Training callbacks and loggers: step timing (data-wait share), the CSV logger behind
-`dvc plots`, and the one-line-per-epoch console log."""
+`dvc plots`, the one-line-per-epoch console log, and the JSON event log."""
 
 import csv
 import datetime
+import json
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +22,8 @@ STEP_KEYS = ("train/loss", "lr")
 EPOCH_KEYS = ("train/epoch_loss", "train/acc", "val/loss", "val/acc", "val/f1")
 STEPS_FILE = "steps.csv"
 EPOCHS_FILE = "epochs.csv"
+EVENTS_FILE = "train_events.jsonl"  # in models_dir: ignored by git, not a DVC out
+EVENTS_VARIABLE = "FLOWER_MODEL_EVENTS"  # `stderr`: the JSON event lines on stderr as well
 
 
 def weight_averaging(ema_decay: float, on_gpu: bool) -> list[pl.Callback]:
@@ -238,3 +243,26 @@ def quiet_lightning_notices() -> None:
         "lightning.fabric.utilities.seed",  # "Seed set to 42": the JSON events carry the seed
     ):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class EventLog:
+    """Machine-readable progress and failures (train_start, train_failed, mlflow_lost, train_done):
+    one JSON object a line, appended to `path`; each line names its run. The ~600-character lines
+    used to go to stderr, in the middle of the human output; now the console says once where they
+    are, and FLOWER_MODEL_EVENTS=stderr also prints them there."""
+
+    def __init__(self, path: Path, shown_as: str) -> None:
+        self.path, self.shown_as = path, shown_as
+        self.announced = False
+
+    def __call__(self, event: str, **fields) -> None:
+        line = json.dumps({"event": event, **fields}, sort_keys=True, default=str)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(line + "\n")  # one append per line: DDP ranks' lines do not interleave
+        if os.environ.get(EVENTS_VARIABLE) == "stderr":
+            print(line, file=sys.stderr, flush=True)
+        elif not self.announced and rank_zero_only.rank == 0:
+            also = f"{EVENTS_VARIABLE}=stderr prints them too"
+            print(f"train: JSON events go to {self.shown_as} ({also})", flush=True)
+        self.announced = True

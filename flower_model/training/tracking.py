@@ -1,6 +1,7 @@
 """Where a training run came from (git SHA, data version) and where it is tracked (MLflow)."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -145,6 +146,15 @@ def bound_mlflow_requests(config: MlflowConfig) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(config.request_timeout_s)
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.max_retries)
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(config.retry_backoff_s)
+    quiet_mlflow_links()
+
+
+def quiet_mlflow_links() -> None:
+    """MLflow prints "View run ... / View experiment at .../#/experiments/<id>" when a run ends;
+    that route opens MLflow 3's GenAI overview. We print runs_table_url instead (once)."""
+    from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+
+    os.environ[MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.name] = "true"
 
 
 def run_to_continue(uri: str, run_id: str | None) -> str | None:
@@ -218,12 +228,63 @@ class TolerantMLFlowLogger(MLFlowLogger):
 
     @rank_zero_only
     def end(self) -> None:
-        """End the run (status FINISHED), printing MLflow's links once."""
+        """End the run (status FINISHED) and print the experiment's runs table link once."""
         self.guarded("finalize", super().finalize, "success")
+        self.guarded("set_runs_view", set_runs_view, self.experiment, self.experiment_id)
+        url = runs_table_url(self.uri, self.experiment_id)
+        if url and self.lost is None:
+            print(f"mlflow: run {self.run_id} logged; the runs table: {url}", flush=True)
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"  # MLflow 3 opened new experiments as GenAI
+# MLflow 3's UI decides GenAI vs model training from this URL parameter (else a per-browser
+# setting that starts as GenAI), not from the experiment's kind tag: without it, even the runs
+# route showed GenAI menus.
+MODEL_TRAINING_WORKFLOW = {"workflowType": "machine_learning"}
+# The UI's "shared view": an experiment tag `mlflow.sharedViewState.<key>` holding the runs
+# table's state as JSON, applied when the URL names the key in `viewStateShareKey`. MLflow's own
+# way to open the table with chosen columns; its default shows no metric columns at all.
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+RUNS_VIEW_KEY = "headline"
+# The headline of reports/metrics.json (`test.accuracy`... in `dvc exp show`) as MLflow names
+# them (training logs val/loss, evaluate the others), and the UI's Version column, which shows
+# the run's `mlflow.source.git.commit` tag.
+HEADLINE_METRICS = (
+    "test/accuracy",
+    "test/macro_f1",
+    "int8/accuracy_delta",
+    "latency/p50_ms_per_image",
+    "val/loss",
+)
+RUNS_VIEW_COLUMNS = ("attributes.`Version`", *(f"metrics.`{name}`" for name in HEADLINE_METRICS))
+
+
+def runs_table_url(tracking_uri: str, experiment_id: str) -> str | None:
+    """The experiment's runs table in MLflow's UI, as model training, showing the headline
+    columns (set_runs_view); None for a store without a UI (sqlite:)."""
+    if not tracking_uri.startswith(HTTP_SCHEMES):
+        return None
+    query = urllib.parse.urlencode({**MODEL_TRAINING_WORKFLOW, "viewStateShareKey": RUNS_VIEW_KEY})
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def set_runs_view(client, experiment_id: str) -> None:
+    """Store the runs table view that runs_table_url names (the experiment's kind is set by
+    record_inputs when a run starts)."""
+    view = json.dumps(
+        {"selectedColumns": list(RUNS_VIEW_COLUMNS), "columnOrder": list(RUNS_VIEW_COLUMNS)}
+    )
+    client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + RUNS_VIEW_KEY, view)
+
+
+def source_tags(sha: str) -> dict[str, str]:
+    """MLflow's git-commit tag (the UI's Version column) for the code at `sha`, if known."""
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+    return {} if sha == UNKNOWN else {MLFLOW_GIT_COMMIT: sha}
+
+
 DIGEST_CHARS = 36  # MLflow's dataset digest column: a DVC md5 ("<32 hex>.dir") fits
 DATASET_FIELDS = ("name", "digest", "source_type", "source", "schema", "profile")
 

@@ -5,7 +5,7 @@ models/train_run.json, reports/train.json, plots/train/{steps,epochs}.csv and lo
 models/checkpoints/ holds best/last/periodic checkpoints for `resume=last`.
 """
 
-import json
+import functools
 import os
 import shutil
 import sys
@@ -25,8 +25,10 @@ from flower_model.models.registry import check_model
 from flower_model.naming import run_name
 from flower_model.training.callbacks import (
     EPOCHS_FILE,
+    EVENTS_FILE,
     DvcPlotsLogger,
     EpochLines,
+    EventLog,
     StepTimer,
     quiet_lightning_notices,
     weight_averaging,
@@ -50,21 +52,13 @@ from flower_model.training.tracking import (
     record_inputs,
     require_tracking_server,
     run_to_continue,
+    source_tags,
     weights_tags,
 )
 
 MODEL_CHECKPOINT = "model.ckpt"
 TRAIN_RUN = "train_run.json"
 CURVE_FILE = "loss_curve.png"
-
-
-def log_event(event: str, **fields) -> None:
-    """One JSON line on stderr: machine-readable progress and failures."""
-    print(
-        json.dumps({"event": event, **fields}, sort_keys=True, default=str),
-        file=sys.stderr,
-        flush=True,
-    )
 
 
 def on_gpu(accelerator: str) -> bool:
@@ -114,7 +108,7 @@ def _start_tracking(
     sha, dirty = git_state()
     data = data_version(root, config.paths.processed_dir)
     name = _baseline_name(config, root)
-    tags = {"git_sha": sha, "git_dirty": str(dirty).lower()}
+    tags = {"git_sha": sha, "git_dirty": str(dirty).lower(), **source_tags(sha)}
     tags.update(resumed=str(resume is not None).lower(), **data, seed=str(config.train.seed))
     experiment = os.environ.get(DVC_EXPERIMENT_VARIABLE)
     if experiment:
@@ -184,7 +178,7 @@ def _trainer(
     )
 
 
-def _fit(trainer, module, datamodule, resume: Path | None, root: Path, context: dict) -> float:
+def _fit(trainer, module, datamodule, resume: Path | None, root: Path, log_event) -> float:
     """trainer.fit; a failure is logged with where to resume from, then re-raised. Seconds."""
     started = time.perf_counter()
     try:
@@ -198,7 +192,6 @@ def _fit(trainer, module, datamodule, resume: Path | None, root: Path, context: 
             epoch=trainer.current_epoch,
             step=trainer.global_step,
             last_checkpoint=str(last.relative_to(root)) if last.exists() else None,
-            **context,
         )
         raise
     return time.perf_counter() - started
@@ -266,6 +259,7 @@ def train_model(
     quiet_lightning_notices()
     models = root / config.paths.models_dir
     checkpoints = models / CHECKPOINT_DIR
+    events = EventLog(models / EVENTS_FILE, (config.paths.models_dir / EVENTS_FILE).as_posix())
     if resume is None and checkpoints.exists():
         shutil.rmtree(checkpoints)  # a fresh run must not pick up another run's "best"
 
@@ -290,15 +284,15 @@ def train_model(
     # The EMA update runs before the timer's batch end, so it counts as step time, not data wait.
     callbacks = [*callbacks, *averaging, timer, *extra_callbacks]
     trainer = _trainer(config, loggers, callbacks, checkpoints, on_terminal)
+    log_event = functools.partial(events, **context)
     log_event(
         "train_start",
         run_name=run["name"],
         resume=str(resume) if resume else None,
         device=str(trainer.strategy.root_device),
         precision=str(trainer.precision),
-        **context,
     )
-    fit_seconds = _fit(trainer, module, datamodule, resume, root, context)
+    fit_seconds = _fit(trainer, module, datamodule, resume, root, log_event)
     plots_logger.frozen = True
     # The test split is evaluate's: it scores the shipped ONNX model, one number per quantity.
     best_path = Path(best.best_model_path)
@@ -314,8 +308,8 @@ def train_model(
     timing = {**timer.summary(), "fit_seconds": fit_seconds}
     _finish_tracking(mlflow_logger, timing, config_file, plots_dir / CURVE_FILE)
     if mlflow_logger.lost:
-        log_event("mlflow_lost", reason=mlflow_logger.lost, **context)
-    log_event("train_done", **timing, **report["best"], **context)
+        log_event("mlflow_lost", reason=mlflow_logger.lost)
+    log_event("train_done", **timing, **report["best"])
     print(
         f"train: {trainer.current_epoch} epochs in {fit_seconds:.0f} s, "
         f"{timing['train_images_per_s']:.0f} train images/s, "
