@@ -68,6 +68,19 @@ plots: setup $(PLOTS_TEMPLATE)
 browser:
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
+# Triton's native onnxruntime backend (build/triton-backend) and NVIDIA's perf_analyzer
+# (build/perf_analyzer); their Debian build tools come from `make triton-build-deps` (root), which
+# CI runs. Tests that need them skip, naming these targets.
+.PHONY: triton-build-deps triton-backend perf-analyzer
+triton-build-deps:
+	command -v cmake g++ patchelf unzip >/dev/null && test -f /usr/include/rapidjson/document.h || { apt-get update -qq && apt-get install -y -qq cmake g++ rapidjson-dev patchelf unzip; }
+
+triton-backend: setup
+	scripts/build_triton_backend.sh
+
+perf-analyzer: setup
+	scripts/get_perf_analyzer.sh
+
 verify: setup $(PLOTS_TEMPLATE)
 	scripts/verify.sh
 

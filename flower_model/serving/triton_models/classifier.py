@@ -12,14 +12,12 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from flower_model.serving.model_repository import read_parameters
-
-INPUT = "images"
+from flower_model.serving.contract import INPUT, LABELS, PROBS, config_parameters
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        settings = read_parameters(json.loads(args["model_config"]))
+        settings = config_parameters(json.loads(args["model_config"]))
         folder = Path(args["model_repository"]) / args["model_version"]
         model = folder / settings["model_file"]
         if settings["engine"] == "tensorrt":
@@ -48,14 +46,14 @@ class TritonPythonModel:
         # which a client reading `probs` alone should not pay for.
         requested = [set(item.requested_output_names()) for item in requests]
         labels = None
-        if any("labels" in names for names in requested):
+        if any(LABELS in names for names in requested):
             labels = self.names[probs.argmax(axis=1)].reshape(-1, 1)
         responses, start = [], 0
         for names, batch in zip(requested, batches):
             stop = start + len(batch)
-            outputs = [pb_utils.Tensor("probs", probs[start:stop])] if "probs" in names else []
-            if "labels" in names:
-                outputs.append(pb_utils.Tensor("labels", labels[start:stop]))
+            outputs = [pb_utils.Tensor(PROBS, probs[start:stop])] if PROBS in names else []
+            if LABELS in names:
+                outputs.append(pb_utils.Tensor(LABELS, labels[start:stop]))
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             start = stop
         return responses
