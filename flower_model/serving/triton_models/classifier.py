@@ -27,11 +27,9 @@ class TritonPythonModel:
         else:
             from flower_model.serving.infer import OnnxClassifier
 
-            # serve.ort_spinning (off by default): ORT's threads busy-wait between operators. On
-            # EfficientNet-Lite0 and 2 AVX-512 cores, served batch-1 p50 was 5.7 ms with it and
-            # 7.4 ms without in one run (benchmarks/serving.py); but spinning threads take the
-            # cores from everything else on a shared box (on 2 AVX2 cores, an in-process ORT call
-            # beside the idle server took 24 ms p50 with it, 13 ms without).
+            # serve.ort_spinning (off by default): ORT's threads busy-wait between operators,
+            # faster on a dedicated server, but they take the cores from everything else on a
+            # shared one (figures: README, Serving).
             spinning = settings.get("ort_spinning", "false") == "true"
             threads = int(settings.get("ort_threads", "0"))
             self.classifier = OnnxClassifier(model, spinning=spinning, threads=threads)
