@@ -41,6 +41,9 @@ PERF_LIBS = REPO / "build" / "perf_analyzer" / "lib"  # libb64/libcudart links (
 CONCURRENCIES = (1, 8)
 PERF_TIMEOUT_S = 600
 US = 1000.0  # perf_analyzer reports microseconds
+# perf_analyzer accepts a measurement once 3 windows agree within this many percent (its default,
+# 10, never settles on a shared, noisy host; the p50 over all requests is what is compared).
+STABILITY_PERCENT = 50
 # "Avg request latency: 512 usec (overhead 20 usec + queue 11 usec + compute input 6 usec + ...)"
 SERVER_SPLIT = re.compile(
     r"Avg request latency: \d+ usec \(overhead (?P<overhead>\d+) usec \+ queue (?P<queue>\d+) "
@@ -158,6 +161,7 @@ def perf_analyzer(url: str, protocol: str, model: str, concurrency: int, request
             "--measurement-mode=count_windows",
             f"--measurement-request-count={requests}",
             "--percentile=50",
+            f"--stability-percentage={STABILITY_PERCENT}",
             f"-f{csv_path}",
         ] + ([f"--shape={INPUT}:{','.join(map(str, shape))}"] if shape else [])
         env = {**os.environ, "LD_LIBRARY_PATH": str(PERF_LIBS)}
