@@ -14,7 +14,8 @@ PLOTS_TEMPLATE := $(TOOLS)/plots/template.html
 # DVC's own plot page uses vega 5.20.2; vega-lite 5.2.0 needs vega >= 5.21 as an npm peer.
 VEGA_PACKAGES := vega@5.21.0 vega-lite@5.2.0 vega-embed@6.18.2
 
-.PHONY: help setup repro test test-fast lint pytest compose mlflow-server verify plots browser ci-deps clean-venv
+.PHONY: help setup repro test test-fast lint pytest compose mlflow-server verify plots browser ci-deps \
+	triton-build-deps triton-backend perf-analyzer clean-venv
 .DEFAULT_GOAL := help
 
 help: ## list the targets (plain `make` does this)
@@ -76,6 +77,18 @@ browser: ## install Debian's chromium (root) for the headless plot test
 # What the Slurm, headless-browser and plots tests need (root: Debian packages, npm); CI runs it.
 ci-deps: browser $(PLOTS_TEMPLATE) ## install what the Slurm/browser/plot tests need (root; CI runs it)
 	scripts/slurm_cluster.sh install
+
+# Triton's native onnxruntime backend (build/triton-backend) and NVIDIA's perf_analyzer
+# (build/perf_analyzer); their Debian build tools come from `make triton-build-deps` (root), which
+# CI runs. Tests that need them skip, naming these targets.
+triton-build-deps: ## install cmake, g++, rapidjson-dev, patchelf, unzip (root) for the backend build
+	command -v cmake g++ patchelf unzip >/dev/null && test -f /usr/include/rapidjson/document.h || { apt-get update -qq && apt-get install -y -qq cmake g++ rapidjson-dev patchelf unzip; }
+
+triton-backend: setup ## build Triton's onnxruntime backend from its r24.10 sources (cached)
+	scripts/build_triton_backend.sh
+
+perf-analyzer: setup ## fetch NVIDIA's perf_analyzer from the tritonclient 2.41.0 wheel (cached)
+	scripts/get_perf_analyzer.sh
 
 verify: setup $(PLOTS_TEMPLATE) ## prove the pipeline reproduces (a scratch clone, the quick preset)
 	scripts/verify.sh

@@ -1,37 +1,56 @@
-"""Benchmark: in-process ONNX Runtime vs the same model served by `flower-model serve`.
+"""Benchmark: in-process ONNX Runtime vs the same model served by `flower-model serve`, in both
+flavours (container: Triton's native onnxruntime backend; python: the python-backend stub).
 
-    python benchmarks/serving.py [--model models/model.onnx] [--requests 300] [--photo F.jpg]
-                                 [--spinning]   (serve.ort_spinning, on both sides)
+    python benchmarks/serving.py [--model models/model.onnx] [--requests 1000] [--photo F.jpg]
                                  [--threads N]  (serve.ort_threads, on both sides)
                                  [--instances N]  (serve.instances)
 
-Starts `flower-model serve` (tritonserver on the python-flavour repository) on free loopback
-ports, then prints, side by side from this one run:
-- batch 1 p50/p99 in-process and over HTTP and gRPC (the difference is the serving overhead);
-- in-process throughput at each batch size, and served throughput with 8 concurrent clients
-  (dynamic batching), as a fraction of the best in-process figure;
-- the encoded-photo model (`flower_classifier_image`: JPEG bytes in) beside the raw uint8 path,
-  and what decoding + resizing costs in-process.
-Stops the server by PID. Goals: overhead <= 0.5 ms; concurrent throughput >= 90% of in-process.
+Needs `make triton-backend` (the container flavour) and `make perf-analyzer` (NVIDIA's client).
+Starts `flower-model serve` on free loopback ports once per flavour and prints, from this one run:
+- in-process batch-1 p50/p99 and the best in-process throughput over batch sizes, with the
+  server's thread settings (spinning as each flavour's server does it);
+- perf_analyzer over HTTP and gRPC at concurrency 1 and 8, batch 1: p50/p99, throughput as a
+  fraction of the best in-process figure, p50 minus in-process p50, and perf_analyzer's
+  server-side split (queue, compute input/infer/output, overhead), mean us per request;
+- the encoded-photo model (JPEG bytes in) beside in-process decode + ORT (own client: perf_analyzer
+  sends synthetic tensors, not real photo files).
+Stops each server by PID. Goals (issue 27): native p50 overhead <= 0.5 ms gRPC / 0.7 ms HTTP;
+8 clients >= 95% of in-process throughput.
 """
 
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from flower_model.data.images import load_image
+from flower_model.serving.contract import FILES, INPUT, PROBS
 from flower_model.serving.infer import OnnxClassifier
 
-CLIENTS = 8
+REPO = Path(__file__).resolve().parents[1]
+PERF_ANALYZER = REPO / "build" / "perf_analyzer" / "bin" / "perf_analyzer"
+PERF_LIBS = REPO / "build" / "perf_analyzer" / "lib"  # libb64/libcudart links (make perf-analyzer)
+CONCURRENCIES = (1, 8)
+PERF_TIMEOUT_S = 600
+US = 1000.0  # perf_analyzer reports microseconds
+# perf_analyzer accepts a measurement once 3 windows agree within this many percent (its default,
+# 10, never settles on a shared, noisy host; the p50 over all requests is what is compared).
+STABILITY_PERCENT = 50
+# "Avg request latency: 512 usec (overhead 20 usec + queue 11 usec + compute input 6 usec + ...)"
+SERVER_SPLIT = re.compile(
+    r"Avg request latency: \d+ usec \(overhead (?P<overhead>\d+) usec \+ queue (?P<queue>\d+) "
+    r"usec \+ compute input (?P<compute_input>\d+) usec \+ compute infer (?P<compute_infer>\d+) "
+    r"usec \+ compute output (?P<compute_output>\d+) usec\)"
+)
+
 WARMUP = 20
 BLOCK = 25  # calls per path in a row in the latency comparison
 BLOCK_WARMUP = 3  # untimed calls at the start of each block
@@ -94,11 +113,11 @@ def _remote_call(protocol: str, url: str, model: str, data: np.ndarray):
     else:
         import tritonclient.http as module
     client = module.InferenceServerClient(url=url)
-    name, dtype = ("files", "BYTES") if data.dtype == object else ("images", "UINT8")
+    name, dtype = (FILES, "BYTES") if data.dtype == object else (INPUT, "UINT8")
     request = module.InferInput(name, list(data.shape), dtype)
     request.set_data_from_numpy(data)
-    outputs = [module.InferRequestedOutput("probs")]
-    return lambda: client.infer(model, [request], outputs=outputs).as_numpy("probs")
+    outputs = [module.InferRequestedOutput(PROBS)]
+    return lambda: client.infer(model, [request], outputs=outputs).as_numpy(PROBS)
 
 
 def _open(url: str, timeout: float = 10):
@@ -128,23 +147,40 @@ def _start(model: str, ports: dict[str, int], settings: dict[str, object]) -> su
             time.sleep(0.5)
 
 
-def _server_counters(metrics_url: str, model: str) -> dict[str, float]:
-    """Triton's cumulative per-model counters (`nv_inference_*`) from the metrics endpoint."""
-    counters = {}
-    for line in _open(metrics_url).read().decode().splitlines():
-        if line.startswith("nv_inference_") and f'model="{model}"' in line:
-            counters[line.split("{")[0].removeprefix("nv_inference_")] = float(line.split()[-1])
-    return counters
-
-
-def _server_split(before: dict[str, float], after: dict[str, float]) -> str:
-    """Where a served request's time went inside tritonserver, mean ms per request."""
-    count = after["request_success"] - before["request_success"]
-    parts = ("queue", "compute_input", "compute_infer", "compute_output")
-    return ", ".join(
-        f"{part} {(after[f'{part}_duration_us'] - before[f'{part}_duration_us']) / count / MS:.3f}"
-        for part in parts
-    )
+def perf_analyzer(url: str, protocol: str, model: str, concurrency: int, requests: int, shape):
+    """Run NVIDIA's perf_analyzer (batch 1, random uint8 input, `requests` measured requests);
+    returns the count, throughput (infer/s), p50/p99 (ms) and the server-side split (us)."""
+    with tempfile.TemporaryDirectory() as work:
+        csv_path = Path(work) / "result.csv"
+        command = [
+            str(PERF_ANALYZER),
+            f"-m{model}",
+            f"-u{url}",
+            f"-i{protocol}",
+            f"--concurrency-range={concurrency}",
+            "--measurement-mode=count_windows",
+            f"--measurement-request-count={requests}",
+            "--percentile=50",
+            f"--stability-percentage={STABILITY_PERCENT}",
+            f"-f{csv_path}",
+        ] + ([f"--shape={INPUT}:{','.join(map(str, shape))}"] if shape else [])
+        env = {**os.environ, "LD_LIBRARY_PATH": str(PERF_LIBS)}
+        run = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=PERF_TIMEOUT_S
+        )
+        if run.returncode != 0:
+            raise RuntimeError(f"perf_analyzer failed: {(run.stderr or run.stdout).strip()[-500:]}")
+        header, values = csv_path.read_text().splitlines()[:2]
+        row = dict(zip(header.split(","), values.split(",")))
+    split = SERVER_SPLIT.search(run.stdout)
+    count = re.search(r"Request count: (\d+)", run.stdout)
+    return {
+        "count": int(count.group(1)) if count else 0,
+        "throughput": float(row["Inferences/Second"]),
+        "p50_ms": float(row["p50 latency"]) / US,
+        "p99_ms": float(row["p99 latency"]) / US,
+        "server": {key: float(value) for key, value in split.groupdict().items()} if split else {},
+    }
 
 
 def _rows(timings: dict[str, np.ndarray], base: str | None = None) -> None:
@@ -156,128 +192,85 @@ def _rows(timings: dict[str, np.ndarray], base: str | None = None) -> None:
         print(f"  {name:30s} p50 {p50:7.3f} ms  p99 {p99:7.3f} ms{extra}")
 
 
-def _parallel_sessions(sessions: list, batch: np.ndarray, requests: int) -> float:
-    """images/s of several in-process sessions, one Python thread each (ORT releases the GIL):
-    what `serve.instances` sessions could do without the server around them."""
-
-    def worker(session) -> tuple[int, float]:
-        for _ in range(WARMUP):
-            session.probs(batch)
-        started = time.perf_counter()
-        for _ in range(requests):
-            session.probs(batch)
-        return requests * len(batch), time.perf_counter() - started
-
-    with ThreadPoolExecutor(len(sessions)) as pool:
-        return sum(images / seconds for images, seconds in pool.map(worker, sessions))
+def _in_process(
+    classifier: OnnxClassifier, image: np.ndarray, requests: int
+) -> tuple[float, float]:
+    """(batch-1 p50 ms, best images/s over BATCH_SIZES) of one in-process session."""
+    p50 = float(np.median(_timed(lambda: classifier.probs(image), requests)))
+    best = 0.0
+    for size in BATCH_SIZES:
+        batch = np.repeat(image, size, axis=0)
+        timings = _timed(lambda: classifier.probs(batch), max(10, requests // size))
+        best = max(best, size * MS / float(np.median(timings)))
+    return p50, best
 
 
-def _concurrent(call_factory, requests: int) -> tuple[float, np.ndarray]:
-    """images/s and per-request latencies (ms) of CLIENTS threads, each with its own client."""
+def _served_rows(ports: dict, name: str, requests: int, local_p50: float, best: float) -> None:
+    for protocol in ("http", "grpc"):
+        url = f"127.0.0.1:{ports[f'{protocol}_port']}"
+        for concurrency in CONCURRENCIES:
+            result = perf_analyzer(url, protocol, name, concurrency, requests, None)
+            split = ", ".join(f"{key} {value:.0f}" for key, value in result["server"].items())
+            print(
+                f"  {protocol:4s} c={concurrency}  p50 {result['p50_ms']:7.3f} ms  p99 "
+                f"{result['p99_ms']:7.3f} ms  {result['throughput']:8.1f}/s "
+                f"({result['throughput'] / best:4.0%} of in-process)  p50 - in-process "
+                f"{result['p50_ms'] - local_p50:+.3f} ms; server us: {split}"
+            )
 
-    def worker(_: int) -> np.ndarray:
-        call = call_factory()
-        call()
-        timings = np.empty(requests)
-        for i in range(requests):
-            started = time.perf_counter()
-            call()
-            timings[i] = time.perf_counter() - started
-        return timings
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        timings = np.concatenate(list(pool.map(worker, range(CLIENTS))))
-    return len(timings) / (time.perf_counter() - started), timings * MS
+def _image_rows(ports: dict, name: str, classifier, photo_path: Path, requests: int) -> None:
+    """The encoded-photo model with a real file: our own client, as perf_analyzer sends
+    synthetic tensors only."""
+    encoded = np.array([[photo_path.read_bytes()]], dtype=object)
+
+    def local_file() -> np.ndarray:
+        return classifier.probs(classifier.load(photo_path)[None])
+
+    files = {"in-process decode + ORT": local_file}
+    for protocol in ("http", "grpc"):
+        url = f"127.0.0.1:{ports[f'{protocol}_port']}"
+        files[f"served {protocol} (image model)"] = _remote_call(protocol, url, name, encoded)
+    _rows(_interleaved(files, requests), "in-process decode + ORT")
 
 
 def main(
     model: str = "models/model.onnx",
-    requests: int = 300,
+    requests: int = 1000,
     photo: str | None = None,
-    spinning: bool = False,
     threads: int = 0,
     instances: int = 1,
 ) -> None:
-    # The baseline uses the server's session settings (`--spinning`, `--threads`), so the
-    # difference to the served figures is the serving path alone; ORT's own defaults (spinning,
-    # a thread per core; or no spinning where those are the server's) get their own row, timed
-    # while the server is idle (on Lite0 and the AVX-512 EPYC host, spinning 3.8-4.4 ms p50
-    # against 5.4-6.7 ms without).
-    served = {"ort_spinning": spinning, "ort_threads": threads, "instances": instances}
-    classifier = OnnxClassifier(Path(model), spinning=spinning, threads=threads)
-    other_spinning = not (spinning and threads == 0)  # ORT's defaults, unless the server's
-    other = OnnxClassifier(Path(model), spinning=other_spinning)
-    other_name = f"in-process ORT, spinning={other_spinning}, threads=0"
+    if not PERF_ANALYZER.is_file():
+        raise SystemExit(f"{PERF_ANALYZER} is missing: run `make perf-analyzer`")
     photo_path = Path(photo) if photo else next(Path("data/raw/flower_photos").rglob("*.jpg"))
-    settings = (classifier.image_size, classifier.resize_mode, classifier.pad_value)
-    image = load_image(photo_path, *settings, classifier.max_pixels)[None]
-    encoded = np.array([[photo_path.read_bytes()]], dtype=object)
-    ports = {name: _port() for name in ("http_port", "grpc_port", "metrics_port")}
-    http, grpc = f"127.0.0.1:{ports['http_port']}", f"127.0.0.1:{ports['grpc_port']}"
-    metrics = f"http://127.0.0.1:{ports['metrics_port']}/metrics"
     name = "flower_classifier"
     print(
         f"host: {cpu_flags()}; model {model}, photo {photo_path.name}, {requests} requests/row, "
-        + ", ".join(f"serve.{key}={value}" for key, value in served.items())
+        f"serve.ort_threads={threads}, serve.instances={instances}"
     )
-    server = _start(model, ports, served)
-    try:
-        print("batch 1 latency, uint8 arrays")
-        raw = {"in-process ONNX Runtime": lambda: classifier.probs(image)}
-        for protocol, url in (("http", http), ("grpc", grpc)):
-            raw[f"served {protocol}"] = _remote_call(protocol, url, name, image)
-        before = _server_counters(metrics, name)
-        _rows(_interleaved(raw, requests), "in-process ONNX Runtime")
-        # compute_infer is the stub's share (IPC + ORT); what the paired overhead has beyond
-        # queue + input + output + (compute_infer - in-process) is the wire and the client.
-        split = _server_split(before, _server_counters(metrics, name))
-        print(f"  inside tritonserver, mean ms per served request: {split}")
-        _rows({other_name: _timed(lambda: other.probs(image), requests)})
-        print("batch 1 latency, one JPEG file")
-
-        def local_file() -> np.ndarray:
-            return classifier.probs(load_image(photo_path, *settings, classifier.max_pixels)[None])
-
-        files = {"in-process decode + ORT": local_file}
-        for protocol, url in (("http", http), ("grpc", grpc)):
-            files[f"served {protocol} (image model)"] = _remote_call(
-                protocol, url, name + "_image", encoded
-            )
-        _rows(_interleaved(files, requests), "in-process decode + ORT")
-        print("throughput")
-        best = 0.0
-        sessions = [classifier] + [
-            OnnxClassifier(Path(model), spinning=spinning, threads=threads)
-            for _ in range(instances - 1)
-        ]
-        for size in BATCH_SIZES:
-            batch = np.repeat(image, size, axis=0)
-            rates = []
-            for session in (classifier, other):  # the best of either setting is the bar
-                timings = _timed(lambda: session.probs(batch), max(10, requests // size))
-                rates.append(size * MS / float(np.median(timings)))
-            best = max(best, *rates)
-            print(
-                f"  in-process batch {size:3d}             {rates[0]:7.1f} images/s "
-                f"({other_name}: {rates[1]:.1f})"
-            )
-            if instances > 1:  # the bar includes what the server's sessions do side by side
-                rate = _parallel_sessions(sessions, batch, max(10, requests // size))
-                best = max(best, rate)
-                print(f"  in-process batch {size:3d}, {instances} sessions {rate:7.1f} images/s")
-        for protocol, url in (("http", http), ("grpc", grpc)):
-            rate, timings = _concurrent(
-                lambda: _remote_call(protocol, url, name, image), requests // 2
-            )
-            p50, p99 = np.percentile(timings, PERCENTILES)
-            print(
-                f"  served {protocol}, {CLIENTS} clients, batch 1  {rate:7.1f} images/s "
-                f"({rate / best:.0%} of in-process best)  p50 {p50:.2f} ms  p99 {p99:.2f} ms"
-            )
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+    # The native backend (r24.10) cannot turn ORT's spinning off; the python flavour's stub
+    # runs serve.ort_spinning=false: each baseline spins as its server does.
+    for flavour, spinning in (("container", True), ("python", False)):
+        classifier = OnnxClassifier(Path(model), spinning=spinning, threads=threads)
+        image = classifier.load(photo_path)[None]
+        local_p50, best = _in_process(classifier, image, requests)
+        if threads:  # the bar is the best the same cores do in-process, whatever the threads
+            all_cores = OnnxClassifier(Path(model), spinning=spinning)
+            best = max(best, _in_process(all_cores, image, requests)[1])
+        print(
+            f"{flavour} flavour; in-process ORT (spinning={spinning}, threads={threads}): "
+            f"batch-1 p50 {local_p50:.3f} ms, best {best:.1f} images/s"
+        )
+        ports = {key: _port() for key in ("http_port", "grpc_port", "metrics_port")}
+        settings = {"flavour": flavour, "ort_threads": threads, "instances": instances}
+        server = _start(model, ports, settings)
+        try:
+            _served_rows(ports, name, requests, local_p50, best)
+            _image_rows(ports, name + "_image", classifier, photo_path, max(100, requests // 4))
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
 
 
 if __name__ == "__main__":

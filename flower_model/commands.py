@@ -118,21 +118,36 @@ def serve(
     model: str = DEFAULT_MODEL,
     backend: str = "onnx",
     repository: str | None = None,
+    flavour: str | None = None,
+    int8: bool = False,
 ) -> None:
     """Serve the model on Triton Inference Server (HTTP, gRPC, metrics), supervised.
 
-    usage: flower-model serve [serve.KEY=VALUE ...] [--model F] [--backend onnx|tensorrt]
-                              [--repository DIR]
+    usage: flower-model serve [serve.KEY=VALUE ...] [--model F] [--flavour container|python]
+                              [--int8] [--backend onnx|tensorrt] [--repository DIR]
       --model F         the ONNX model to serve (default models/model.onnx)
+      --flavour F       container: Triton's native onnxruntime backend (the default, built by
+                        `make triton-backend`; without it serve falls back to python, saying so);
+                        python: a python-backend stub around ONNX Runtime (serve.flavour)
+      --int8            serve models/model.int8.onnx instead of the fp32 model (serve.int8)
       --backend B       onnx (default) or tensorrt
       --repository DIR  serve an existing model repository instead of writing one
-    Ports, instances and threads are the `serve.*` keys (configs/serve/default.yaml).
+    Ports, instances and threads are the `serve.*` keys (configs/serve/default.yaml). A server
+    that crashes is restarted after 1, 2, 4, 4... s, at most serve.max_restarts times in a row;
+    the count starts again once it has been ready for serve.restart_reset_s seconds.
     """
     from flower_model.config import load_config
     from flower_model.serving.triton import serve as run_server
 
+    words = [str(item) for item in overrides]
+    if flavour is not None:
+        if str(flavour) not in ("container", "python"):
+            raise FlowerModelError(f"--flavour must be container or python, got {flavour}")
+        words.append(f"serve.flavour={flavour}")
+    if int8:
+        words.append("serve.int8=true")
     model_path = Path(str(model))
-    config = load_config(Path.cwd(), [str(item) for item in overrides]).serve
+    config = load_config(Path.cwd(), words).serve
     if repository is None and not model_path.is_file():
         _pull_with_dvc(model_path)
     folder = Path(str(repository)) if repository else None

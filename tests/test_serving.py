@@ -31,6 +31,8 @@ LOAD_REQUESTS = 2000
 LOAD_CLIENTS = 8
 MAX_BATCH = make_config().serve.max_batch_size
 CLIENT_ERROR_CODES = range(400, 500)
+FLAVOURS = ("container", "python")
+FALLBACK_LINE = "serving the python flavour instead"
 
 
 def _serve_command(project: Path, ports: dict[str, int], *extra: str) -> list[str]:
@@ -72,19 +74,31 @@ def start_server(
     return process, ports
 
 
-@pytest.fixture(scope="module")
-def triton_server(tmp_path_factory, tiny_onnx):
-    """The server for this module's tests, stopped by PID (SIGTERM) at the end."""
+def need_flavour(flavour: str) -> None:
+    """Skip (naming the command) where the flavour cannot be served here."""
     pytest.importorskip("pytriton", reason="nvidia-pytriton (the tritonserver carrier) is absent")
-    project = tmp_path_factory.mktemp("serve")
+    if flavour == "container":
+        from flower_model.serving.bundle import native_backend_missing
+
+        missing = native_backend_missing()
+        if missing:
+            pytest.skip(f"{missing}: run `make triton-build-deps` (root) and `make triton-backend`")
+
+
+@pytest.fixture(scope="module", params=FLAVOURS)
+def triton_server(request, tmp_path_factory, tiny_onnx):
+    """The server for this module's tests, in each flavour, stopped by PID (SIGTERM) at the end."""
+    need_flavour(request.param)
+    project = tmp_path_factory.mktemp(f"serve_{request.param}")
     with (project / "serve.log").open("w") as log:
-        process, ports = start_server(project, tiny_onnx, log)
+        process, ports = start_server(project, tiny_onnx, log, f"serve.flavour={request.param}")
         try:
             yield {
                 "http": f"127.0.0.1:{ports['http_port']}",
                 "grpc": f"127.0.0.1:{ports['grpc_port']}",
                 "metrics": f"http://127.0.0.1:{ports['metrics_port']}/metrics",
                 "project": project,
+                "flavour": request.param,
             }
         finally:
             stop_process(process)
@@ -115,13 +129,21 @@ def _client(protocol: str, url: str):
 
 
 def _infer(protocol: str, url: str, data: np.ndarray, model: str = MODEL, dtype: str = "UINT8"):
+    """(probs, labels): labels from the model's `labels` output, or (the container flavour's
+    flower_classifier has none) through Triton's classification extension, top 1."""
     module, client = _client(protocol, url)
     name = "files" if dtype == "BYTES" else "images"
     request = module.InferInput(name, list(data.shape), dtype)
     request.set_data_from_numpy(data)
     try:
         result = client.infer(model, [request])
-        return result.as_numpy("probs"), result.as_numpy("labels")
+        labels = result.as_numpy("labels")
+        if labels is None:
+            top1 = [module.InferRequestedOutput("probs", class_count=1)]
+            ranked = client.infer(model, [request], outputs=top1).as_numpy("probs")
+            # "score:index:label" per row
+            labels = np.array([[item[0].split(b":", 2)[2]] for item in ranked], dtype=object)
+        return result.as_numpy("probs"), labels
     finally:
         client.close()
 
@@ -183,6 +205,8 @@ def test_image_model_decodes_like_infer(triton_server, photo_files, tiny_onnx, p
 @pytest.mark.parametrize("wanted", [["probs"], ["labels"]])
 def test_only_the_requested_outputs_come_back(triton_server, photos, tiny_onnx, protocol, wanted):
     """A request naming outputs gets those (the stub skips the rest); naming none gets both."""
+    if triton_server["flavour"] != "python":
+        pytest.skip("the python flavour's stub builds outputs; the native backend has no labels")
     module, client = _client(protocol, triton_server[protocol])
     request = module.InferInput("images", list(photos[:3].shape), "UINT8")
     request.set_data_from_numpy(photos[:3])
@@ -355,46 +379,78 @@ def test_sigterm_stops_tritonserver_and_its_stubs(tmp_path, tiny_onnx):
         stop_process(process)
 
 
+GIGANTIC_SHAPE_BODY = json.dumps(
+    {
+        "inputs": [
+            {"name": "images", "shape": [1, 100000, 100000, 3], "datatype": "UINT8", "data": [1]}
+        ]
+    }
+).encode()
+CRASH_BUDGET = 2  # serve.max_restarts in the crash tests
+RESET_S = 8  # serve.restart_reset_s in the crash tests: short, so the stream test stays short
+
+
+def _crash(url: str) -> None:
+    """Send the ~100-byte body that makes tritonserver 2.51 abort (std::bad_alloc): no answer."""
+    request = urllib.request.Request(
+        f"http://{url}/v2/models/{MODEL}/infer", data=GIGANTIC_SHAPE_BODY, method="POST"
+    )
+    with pytest.raises((urllib.error.URLError, ConnectionError)) as caught:
+        _open(request, timeout=30)
+    assert not isinstance(caught.value, urllib.error.HTTPError), "no answer: it crashed"
+
+
+def _crash_server(tmp_path, tiny_onnx, flavour: str):
+    need_flavour(flavour)
+    log = (tmp_path / "serve.log").open("w")
+    budget = [f"serve.max_restarts={CRASH_BUDGET}", f"serve.restart_reset_s={RESET_S}"]
+    process, ports = start_server(tmp_path, tiny_onnx, log, f"serve.flavour={flavour}", *budget)
+    return process, f"127.0.0.1:{ports['http_port']}", log
+
+
 @pytest.mark.slow
-def test_a_request_that_aborts_tritonserver_is_survived(tmp_path, tiny_onnx, photos):
-    """tritonserver 2.51 aborts (std::bad_alloc) on a ~100-byte body declaring a huge shape: an
-    upstream bug. serve restarts it; after serve.max_restarts crashes in a row it exits non-zero."""
-    pytest.importorskip("pytriton", reason="nvidia-pytriton (the tritonserver carrier) is absent")
-    body = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "images",
-                    "shape": [1, 100000, 100000, 3],
-                    "datatype": "UINT8",
-                    "data": [1],
-                }
-            ]
-        }
-    ).encode()
-    log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        process, ports = start_server(tmp_path, tiny_onnx, log, "serve.max_restarts=1")
-    url = f"127.0.0.1:{ports['http_port']}"
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_stream_of_crashing_requests_never_ends_the_service(tmp_path, tiny_onnx, photos, flavour):
+    """An upstream bug aborts tritonserver on a tiny body declaring a huge shape. A stream of
+    them, twice the crash budget, each sent once the server is ready again: serve restarts it
+    every time (the budget starts again after restart_reset_s ready) and still serves."""
+    process, url, log = _crash_server(tmp_path, tiny_onnx, flavour)
+    ready = f"http://{url}/v2/models/{MODEL}/ready"
     try:
-        for crash in (1, 2):
-            request = urllib.request.Request(
-                f"http://{url}/v2/models/{MODEL}/infer", data=body, method="POST"
-            )
-            with pytest.raises((urllib.error.URLError, ConnectionError)) as caught:
-                _open(request, timeout=30)
-            assert not isinstance(caught.value, urllib.error.HTTPError), "no answer: it crashed"
-            if crash == 1:
+        for crash in range(2 * CRASH_BUDGET + 1):
+            if crash and crash % CRASH_BUDGET == 0:
+                time.sleep(RESET_S + 1)  # healthy uptime: the next crash starts a new count
+            _crash(url)
+            wait_for_http(ready, process, RESTART_BOUND_S)
+            assert process.poll() is None, f"serve must still run after crash {crash + 1}"
+        assert _infer("http", url, photos[:1])[0].shape == (1, 5)
+        _assert_ready(url)
+    finally:
+        stop_process(process)
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert text.count("tritonserver crashed after") == 2 * CRASH_BUDGET + 1
+    assert f"restart 1 of {CRASH_BUDGET} in 1 s" in text
+    assert "giving up" not in text
+
+
+@pytest.mark.slow
+def test_a_server_that_cannot_stay_up_is_given_up(tmp_path, tiny_onnx):
+    """Crashes closer together than restart_reset_s, past the budget: serve exits non-zero."""
+    process, url, log = _crash_server(tmp_path, tiny_onnx, "python")
+    try:
+        for crash in range(CRASH_BUDGET + 1):
+            _crash(url)
+            if crash < CRASH_BUDGET:
                 wait_for_http(f"http://{url}/v2/models/{MODEL}/ready", process, RESTART_BOUND_S)
-                assert process.poll() is None, "serve must still be running"
-                assert _infer("http", url, photos[:1])[0].shape == (1, 5)
         assert process.wait(timeout=RESTART_BOUND_S) == 134  # 128 + SIGABRT, never 0
     finally:
         stop_process(process)
-    text = log_path.read_text()
-    assert "tritonserver crashed (exit 134: terminate called after throwing" in text
-    assert "restart 1 of 1 in 1 s" in text
-    assert "restarted 1 times in a row (serve.max_restarts=1); giving up" in text
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "(exit 134: terminate called after throwing" in text
+    assert f"restarted {CRASH_BUDGET} times in a row" in text
+    assert f"(serve.max_restarts={CRASH_BUDGET}); giving up" in text
 
 
 def _serve_fails(project: Path, *extra: str, ports: dict[str, int] | None = None):
@@ -576,3 +632,160 @@ def test_client_without_a_server_is_a_one_line_error(tmp_path, photo_files):
             line for line in result.stderr.strip().splitlines() if line.startswith("error: ")
         ]
         assert f"no Triton server answers at 127.0.0.1:{port} ({protocol})" in result.stderr
+
+
+@pytest.mark.slow
+def test_dynamic_batching_forms_batches(triton_server, photos):
+    """Concurrent batch-1 requests are run as larger batches (Triton's own statistics)."""
+    module, client = _client("grpc", triton_server["grpc"])
+    before = client.get_inference_statistics(MODEL).model_stats[0]
+
+    def send(index: int) -> None:
+        _infer("grpc", triton_server["grpc"], photos[index % len(photos)][None])
+
+    with ThreadPoolExecutor(LOAD_CLIENTS) as pool:
+        list(pool.map(send, range(LOAD_CLIENTS * 25)))
+    after = client.get_inference_statistics(MODEL).model_stats[0]
+    client.close()
+    inferences = after.inference_count - before.inference_count
+    executions = after.execution_count - before.execution_count
+    sizes = {stat.batch_size for stat in after.batch_stats}
+    assert inferences >= LOAD_CLIENTS * 25
+    assert executions < inferences and max(sizes) > 1, (inferences, executions, sizes)
+
+
+@pytest.fixture(scope="module")
+def int8_models(tmp_path_factory, tiny_onnx, tiny_processed) -> Path:
+    """model.onnx and model.int8.onnx side by side, as export_onnx leaves them."""
+    from flower_model.export.onnx import quantize_int8
+    from flower_model.serving.model_repository import int8_model
+
+    folder = tmp_path_factory.mktemp("int8_models")
+    shutil.copy(tiny_onnx, folder / "model.onnx")
+    calibration = np.load(images_path(tiny_processed / "data" / "processed", "val"))[:32]
+    quantize_int8(folder / "model.onnx", int8_model(folder / "model.onnx"), calibration)
+    return folder / "model.onnx"
+
+
+@pytest.mark.slow
+def test_container_flavour_serves_int8_like_in_process(tmp_path, int8_models, photos):
+    need_flavour("container")
+    from flower_model.serving.model_repository import int8_model
+
+    with (tmp_path / "serve.log").open("w") as log:
+        process, ports = start_server(tmp_path, int8_models, log, "serve.int8=true")
+    try:
+        for protocol in ("http", "grpc"):
+            url = f"127.0.0.1:{ports[f'{protocol}_port']}"
+            probs, labels = _infer(protocol, url, photos[:8])
+            local = OnnxClassifier(int8_model(int8_models))
+            expected = local.probs(photos[:8])
+            assert np.allclose(probs, expected, atol=1e-6)
+            assert [label[0].decode() for label in labels] == [
+                local.class_names[k] for k in expected.argmax(1)
+            ]
+        _, client = _client("http", f"127.0.0.1:{ports['http_port']}")
+        assert client.get_model_config(MODEL)["default_model_filename"] == "model.int8.onnx"
+        client.close()
+    finally:
+        stop_process(process)
+    assert FALLBACK_LINE not in (tmp_path / "serve.log").read_text()
+
+
+@pytest.mark.slow
+def test_serve_falls_back_to_python_when_the_backend_is_not_built(tmp_path, tiny_onnx, photos):
+    pytest.importorskip("pytriton", reason="nvidia-pytriton (the tritonserver carrier) is absent")
+    env = {**os.environ, "TRITON_BACKEND_DIR": str(tmp_path / "never_built")}
+    ports = _ports()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            _serve_command(_project(tmp_path), ports, f"--model={tiny_onnx}"),
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        url = f"127.0.0.1:{ports['http_port']}"
+        wait_for_http(f"http://{url}/v2/models/{MODEL}/ready", process, START_TIMEOUT_S)
+        probs, labels = _infer("http", url, photos[:2])  # the python flavour's `labels` output
+        assert probs.shape == (2, 5) and labels.shape == (2, 1)
+    finally:
+        stop_process(process)
+    lines = [line for line in log_path.read_text().splitlines() if FALLBACK_LINE in line]
+    assert len(lines) == 1 and "make triton-backend" in lines[0], lines
+
+
+@pytest.mark.slow
+def test_backend_builds_from_vendored_sources_and_a_second_run_does_nothing(tmp_path):
+    """The build script in a clean folder (the npm package cache is shared), then again."""
+    script = REPO_ROOT / "scripts" / "build_triton_backend.sh"
+    vendor = REPO_ROOT.parent / "shared" / "vendor" / "triton-r24.10"
+    if not vendor.is_dir():
+        pytest.skip(f"{vendor} is absent: this test builds from the vendored sources")
+    if not all(shutil.which(tool) for tool in ("cmake", "g++", "patchelf")):
+        pytest.skip("the build tools are missing: run `make triton-build-deps` (root)")
+    env = {**os.environ, "TRITON_BACKEND_DIR": str(tmp_path / "backend")}
+    first = subprocess.run([script], env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr
+    built = tmp_path / "backend" / "backends" / "onnxruntime"
+    assert sorted(path.name for path in built.iterdir()) == [
+        "libonnxruntime.so.1",
+        "libtriton_onnxruntime.so",
+    ]
+    needed = subprocess.run(
+        ["readelf", "-d", str(built / "libtriton_onnxruntime.so")], capture_output=True, text=True
+    ).stdout
+    assert "libtritonserver-" in needed and "[libtritonserver.so]" not in needed
+    mtime = (built / "libtriton_onnxruntime.so").stat().st_mtime_ns
+    second = subprocess.run([script], env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0 and "up to date" in second.stdout, second.stderr
+    assert (built / "libtriton_onnxruntime.so").stat().st_mtime_ns == mtime
+
+
+def test_backend_build_without_its_tools_is_a_one_line_error(tmp_path):
+    script = REPO_ROOT / "scripts" / "build_triton_backend.sh"
+    bare = tmp_path / "bin"  # a PATH with bash and coreutils only: no cmake
+    bare.mkdir()
+    for tool in ("bash", "dirname", "realpath"):
+        found = shutil.which(tool)
+        if found:
+            (bare / tool).symlink_to(found)
+    result = subprocess.run(
+        [str(bare / "bash"), str(script)],
+        env={"PATH": str(bare), "TRITON_BACKEND_DIR": str(tmp_path / "out")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: build_triton_backend: cmake is not installed; run `make triton-build-deps` "
+        "(as root: apt-get install cmake g++ rapidjson-dev patchelf)"
+    ]
+    assert not (tmp_path / "out").exists(), "nothing half-written"
+
+
+@pytest.mark.slow
+def test_perf_analyzer_measures_the_served_model(triton_server):
+    """A smoke test of benchmarks/serving.py's driver: a few hundred requests, output parsed."""
+    from benchmarks.serving import PERF_ANALYZER, perf_analyzer
+
+    if not PERF_ANALYZER.is_file():
+        pytest.skip(f"{PERF_ANALYZER} is absent: run `make perf-analyzer`")
+    for protocol in ("http", "grpc"):
+        result = perf_analyzer(
+            triton_server[protocol], protocol, MODEL, concurrency=2, requests=300, shape=None
+        )
+        assert result["count"] >= 300
+        assert result["throughput"] > 0 and 0 < result["p50_ms"] <= result["p99_ms"]
+        assert set(result["server"]) == {
+            "queue",
+            "compute_input",
+            "compute_infer",
+            "compute_output",
+            "overhead",
+        }
+        assert all(value >= 0 for value in result["server"].values())

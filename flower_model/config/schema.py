@@ -288,7 +288,18 @@ class ServeConfig(Section):
     instances: int = Field(ge=1)
     ort_spinning: bool
     ort_threads: int = Field(ge=0)
+    # The native onnxruntime backend's documented model parameters (r24.10 onnxruntime.cc),
+    # besides intra_op_thread_count, which is ort_threads.
+    ort_backend: dict[
+        Literal[
+            "execution_mode", "inter_op_thread_count", "enable_mem_arena", "enable_mem_pattern"
+        ],
+        int | bool,
+    ]
+    flavour: Literal["container", "python"]
+    int8: bool
     max_restarts: int = Field(ge=0)
+    restart_reset_s: float = Field(gt=0)
 
 
 class SlurmConfig(Section):

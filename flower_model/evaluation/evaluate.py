@@ -12,10 +12,11 @@ from flower_model.data.layout import CLASSES_FILE, MANIFEST_FILE, images_path, l
 from flower_model.evaluation import eval_figures
 from flower_model.evaluation.latency import Predictor, measure, thread_info
 from flower_model.evaluation.metrics import mcnemar, summarise
-from flower_model.export.runtime import compare, session
+from flower_model.export.runtime import compare
 from flower_model.export.tensorrt import BUILD_FILE, PLAN_FILE
 from flower_model.io_utils import csv_text, load_array, read_json, write_json, write_text
 from flower_model.models.classifier import load_classifier
+from flower_model.serving.contract import run_probs, session
 
 REFERENCE = "onnx_fp32"  # the shipped model: its numbers are the headline test metrics
 QUANTIZED = "onnx_int8"
@@ -59,7 +60,7 @@ def _torch_predictor(checkpoint: Path) -> Predictor:
 
 def _onnx_predictor(model: Path) -> Predictor:
     runner = session(model, threads=os.cpu_count() or 1)
-    return lambda images: runner.run(["probs"], {"images": images})[0]
+    return lambda images: run_probs(runner, images)
 
 
 def backends(models: Path) -> dict[str, Predictor]:

@@ -16,9 +16,11 @@ import torch
 
 from flower_model.config import ExportConfig
 from flower_model.errors import FlowerModelError
-from flower_model.export.runtime import INPUT_NAME, OUTPUT_NAMES, compare, onnx_probs
+from flower_model.export.runtime import compare, onnx_probs
 from flower_model.io_utils import atomic_path
 from flower_model.models.classifier import ExportWrapper, load_classifier
+from flower_model.serving.contract import read_metadata  # noqa: F401  (its callers' import)
+from flower_model.serving.contract import INPUT, OUTPUTS
 
 BATCH_AXIS = "batch"
 EXAMPLE_BATCH = 2
@@ -65,14 +67,14 @@ def export_model(
         kwargs = (
             {"dynamic_shapes": ({0: torch.export.Dim(BATCH_AXIS)},)}
             if config.dynamo
-            else {"dynamic_axes": {name: {0: BATCH_AXIS} for name in (INPUT_NAME, *OUTPUT_NAMES)}}
+            else {"dynamic_axes": {name: {0: BATCH_AXIS} for name in (INPUT, *OUTPUTS)}}
         )
         torch.onnx.export(
             wrapper,
             (example,),
             str(tmp),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            input_names=[INPUT],
+            output_names=list(OUTPUTS),
             opset_version=config.opset,
             dynamo=config.dynamo,
             **kwargs,
@@ -111,7 +113,7 @@ class _CalibrationReader:
 
     def get_next(self):
         batch = next(self.batches, None)
-        return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch)}
+        return None if batch is None else {INPUT: np.ascontiguousarray(batch)}
 
 
 def quantize_int8(
@@ -141,7 +143,7 @@ def quantize_int8(
         # Keep the classifier head and softmax in float: quantised probabilities come in 1/255
         # steps that tie the top classes, and the head is a negligible share of the compute.
         graph = onnx.load(str(prepared)).graph
-        head = [node.name for node in graph.node if set(node.output) & set(OUTPUT_NAMES)]
+        head = [node.name for node in graph.node if set(node.output) & set(OUTPUTS)]
         quantize_static(
             str(prepared),
             str(tmp),
@@ -160,8 +162,3 @@ def quantize_int8(
         del quantized.metadata_props[:]
         quantized.metadata_props.extend(fp32_meta)
         onnx.save(quantized, str(tmp))
-
-
-def read_metadata(model_path: Path) -> dict[str, str]:
-    model = onnx.load(str(model_path), load_external_data=False)
-    return {entry.key: entry.value for entry in model.metadata_props}

@@ -13,8 +13,9 @@ import numpy as np
 
 from flower_model.config import TrtConfig
 from flower_model.errors import FlowerModelError
-from flower_model.export.runtime import INPUT_NAME, compare, onnx_probs
+from flower_model.export.runtime import compare, onnx_probs
 from flower_model.io_utils import atomic_path
+from flower_model.serving.contract import INPUT, OUTPUTS, PROBS
 
 PLAN_FILE = "model.plan"
 BUILD_FILE = "build.json"
@@ -56,7 +57,7 @@ def build_engine(onnx_path: Path, config: TrtConfig, image_size: int, trt: Modul
     profile = builder.create_optimization_profile()
     shape = (image_size, image_size, 3)
     profile.set_shape(
-        INPUT_NAME,
+        INPUT,
         (config.min_batch, *shape),
         (config.opt_batch, *shape),
         (config.max_batch, *shape),
@@ -91,19 +92,19 @@ class EngineRunner:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         torch = self.torch
         batch = torch.from_numpy(np.ascontiguousarray(images)).cuda()
-        self.context.set_input_shape(INPUT_NAME, tuple(batch.shape))
+        self.context.set_input_shape(INPUT, tuple(batch.shape))
         outputs = {}
-        for name in ("logits", "probs"):
+        for name in OUTPUTS:
             outputs[name] = torch.empty(
                 tuple(self.context.get_tensor_shape(name)), dtype=torch.float32, device="cuda"
             )
             self.context.set_tensor_address(name, outputs[name].data_ptr())
-        self.context.set_tensor_address(INPUT_NAME, batch.data_ptr())
+        self.context.set_tensor_address(INPUT, batch.data_ptr())
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise FlowerModelError("TensorRT execution failed")
         stream.synchronize()
-        return outputs["probs"].cpu().numpy()
+        return outputs[PROBS].cpu().numpy()
 
 
 def build_and_check(

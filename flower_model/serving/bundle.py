@@ -13,6 +13,12 @@ from flower_model.errors import FlowerModelError
 
 CARRIER = "pytriton"  # the nvidia-pytriton wheel's package, which holds tritonserver/
 STUB = "triton_python_backend_stub"
+# Triton's native onnxruntime backend, built by `make triton-backend` into this checkout's
+# build/triton-backend, or into $TRITON_BACKEND_DIR (the build script's variable of that name).
+BACKEND_DIR_VARIABLE = "TRITON_BACKEND_DIR"
+DEFAULT_BACKEND_DIR = Path(__file__).resolve().parents[2] / "build" / "triton-backend"
+NATIVE_BACKEND_FILE = "libtriton_onnxruntime.so"
+BUILD_HINT = "`make triton-backend` builds it"
 
 
 class ServeError(FlowerModelError):
@@ -47,7 +53,24 @@ def prepare_server(work: Path) -> Path:
     target = work / "tritonserver"
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("python_backend_stubs", STUB))
     shutil.copy2(stub, target / "backends" / "python" / STUB)
+    if native_backend_missing() is None:  # its RUNPATH ($ORIGIN) finds libonnxruntime beside it
+        native = native_backend().resolve()
+        (target / "backends" / "onnxruntime").symlink_to(native, target_is_directory=True)
     return target
+
+
+def native_backend() -> Path:
+    root = Path(os.environ.get(BACKEND_DIR_VARIABLE) or DEFAULT_BACKEND_DIR)
+    return root / "backends" / "onnxruntime"
+
+
+def native_backend_missing() -> str | None:
+    """Why the native onnxruntime backend cannot be served, or None when it is built."""
+    folder = native_backend()
+    if (folder / NATIVE_BACKEND_FILE).is_file():
+        return None
+    library = folder / NATIVE_BACKEND_FILE
+    return f"Triton's onnxruntime backend is not built (no {library}; {BUILD_HINT})"
 
 
 def server_env() -> dict[str, str]:

@@ -5,14 +5,13 @@ the server; `--raw` decodes here and sends uint8 arrays to `flower_classifier`. 
 the image settings come from the server's model config, so no project files are needed.
 """
 
-import json
-
 import numpy as np
 
 from flower_model.data.images import ImageDecodeError, load_image
 from flower_model.errors import FlowerModelError
+from flower_model.serving.contract import FILES, INPUT, PROBS, ModelInfo, config_parameters
 from flower_model.serving.infer import Prediction, classify, expand_paths
-from flower_model.serving.model_repository import IMAGE_SUFFIX, read_parameters
+from flower_model.serving.model_repository import IMAGE_SUFFIX
 
 PROTOCOLS = ("http", "grpc")
 REJECTED_PREFIX = "of the request: "  # the image model's message names the file's position
@@ -51,14 +50,9 @@ class TritonClassifier:
                 f"{error.message()}; fix --model-name, or serve it with `flower-model serve`"
             ) from None
         config = config.get("config", config)  # gRPC's JSON wraps it, HTTP's does not
-        settings = read_parameters(config)
-        self.class_names: list[str] = json.loads(settings["class_names"])
-        self.settings = (
-            int(settings["image_size"]),
-            settings["resize_mode"],
-            int(settings["pad_value"]),
-            int(settings["max_image_pixels"]),
-        )
+        info = ModelInfo.parse(config_parameters(config))
+        self.class_names: list[str] = info.class_names
+        self.settings = info.image_settings
 
     def load(self, path) -> np.ndarray:
         if self.raw:
@@ -67,13 +61,13 @@ class TritonClassifier:
 
     def probs(self, items: np.ndarray) -> np.ndarray:
         if self.raw:
-            request = self.module.InferInput("images", list(items.shape), "UINT8")
+            request = self.module.InferInput(INPUT, list(items.shape), "UINT8")
             request.set_data_from_numpy(np.ascontiguousarray(items, dtype=np.uint8))
         else:
             files = items.reshape(-1, 1)
-            request = self.module.InferInput("files", list(files.shape), "BYTES")
+            request = self.module.InferInput(FILES, list(files.shape), "BYTES")
             request.set_data_from_numpy(files)
-        outputs = [self.module.InferRequestedOutput("probs")]
+        outputs = [self.module.InferRequestedOutput(PROBS)]
         try:
             result = self.client.infer(self.model_name, [request], outputs=outputs)
         except self.rejected as error:
@@ -82,7 +76,7 @@ class TritonClassifier:
                 raise FlowerModelError(f"{self.url}: {message}") from None
             reason, _, detail = message.split(REJECTED_PREFIX, 1)[1].partition(": ")
             raise ImageDecodeError(reason, detail) from None
-        return result.as_numpy("probs")
+        return result.as_numpy(PROBS)
 
     def close(self) -> None:
         self.client.close()

@@ -17,10 +17,16 @@ from flower_model.constants import IMAGE_SUFFIXES
 from flower_model.data.images import ImageDecodeError, load_image
 from flower_model.errors import FlowerModelError
 from flower_model.io_utils import csv_text, write_text
+from flower_model.serving.contract import (
+    ModelInfo,
+    missing_metadata,
+    run_probs,
+    session,
+    session_metadata,
+)
 
 BATCH = 32
 OUTPUT_FORMATS = (".csv", ".json")
-REQUIRED_METADATA = ("class_names", "image_size", "resize_mode", "pad_value", "max_image_pixels")
 
 
 @dataclass
@@ -60,33 +66,22 @@ class OnnxClassifier:
     def __init__(self, model: Path, spinning: bool = True, threads: int = 0):
         """`spinning=False` stops idle ORT threads from busy-waiting for the next run;
         `threads` caps the threads one run uses (0: ORT's default, one per core)."""
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
         try:
-            self.session = ort.InferenceSession(
-                str(model), options, providers=["CPUExecutionProvider"]
-            )
+            self.session = session(model, threads=threads, spinning=spinning)
         except Exception as error:  # ORT's own exception types (InvalidProtobuf, ...) subclass it
             raise FlowerModelError(unusable_model(model, str(error).splitlines()[0])) from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        missing = [key for key in REQUIRED_METADATA if key not in meta]
+        meta = session_metadata(self.session)
+        missing = missing_metadata(meta)
         if missing:
             raise FlowerModelError(unusable_model(model, f"it lacks the metadata {missing}"))
-        self.class_names: list[str] = json.loads(meta["class_names"])
-        self.image_size = int(meta["image_size"])
-        self.resize_mode = meta["resize_mode"]
-        self.pad_value = int(meta["pad_value"])
-        self.max_pixels = int(meta["max_image_pixels"])
+        self.info = ModelInfo.parse(meta)
+        self.class_names: list[str] = self.info.class_names
 
     def load(self, path: Path) -> np.ndarray:
-        return load_image(path, self.image_size, self.resize_mode, self.pad_value, self.max_pixels)
+        return load_image(path, *self.info.image_settings)
 
     def probs(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(["probs"], {"images": images})[0]
+        return run_probs(self.session, images)
 
 
 def _rank(row: np.ndarray, class_names: list[str], top_k: int) -> list[tuple[str, float]]:

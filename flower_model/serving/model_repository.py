@@ -8,12 +8,17 @@ instance count:
   and `labels`; a python-backend model that decodes with this project's image code and calls
   `flower_classifier` through BLS.
 
-`container` (NVIDIA's tritonserver image): `flower_classifier` runs on the native onnxruntime
-backend (outputs `logits`, `probs`; labels through Triton's classification extension, which
-reads labels.txt), plus `flower_classifier_trt` on tensorrt_plan when an engine was built.
-`python` (the tritonserver bundled here, which has only the python backend; what `flower-model
-serve` runs): `flower_classifier` is a python-backend model around ONNX Runtime (or the TensorRT
-engine) that also returns `labels` [N, 1] BYTES.
+`container` (what `flower-model serve` runs once `make triton-backend` has built the native
+backend, and what NVIDIA's tritonserver image runs): `flower_classifier` on the native
+onnxruntime backend (outputs `logits`, `probs`; labels through Triton's classification extension,
+which reads labels.txt; ONNX Runtime's settings from the backend's documented parameters), plus
+`flower_classifier_trt` on tensorrt_plan when an engine was built.
+`python` (the fallback: the wheel's tritonserver has only the python backend): `flower_classifier`
+is a python-backend model around ONNX Runtime (or the TensorRT engine) that also returns `labels`
+[N, 1] BYTES.
+
+Every config.pbtxt is built as Triton's own protobuf message (tritonclient's model_config_pb2)
+and written in its text format, so the files are what Triton parses.
 """
 
 import json
@@ -21,11 +26,24 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from flower_model.config import ServeConfig
 from flower_model.errors import FlowerModelError
 from flower_model.io_utils import atomic_dir
+from flower_model.serving.contract import (
+    CLASS_NAMES,
+    FILES,
+    IMAGE_KEYS,
+    IMAGE_SIZE,
+    INPUT,
+    LABELS,
+    LOGITS,
+    PROBS,
+    missing_metadata,
+    read_metadata,
+)
 from flower_model.serving.infer import unusable_model
 
 LABELS_FILE = "labels.txt"
@@ -35,61 +53,53 @@ VERSION = "1"
 FLAVOURS = ("container", "python")
 ENGINES = ("onnx", "tensorrt")
 PYTHON_MODEL_FILE = "model.py"
-# Image settings the server-side decoder and the clients need, from the ONNX metadata.
-IMAGE_KEYS = ("image_size", "resize_mode", "pad_value", "max_image_pixels")
+INT8_SUFFIX = ".int8.onnx"  # export_onnx writes model.int8.onnx beside model.onnx
 
 
-def _tensor(name: str, data_type: str, dims: str, extra: str = "") -> str:
-    return (
-        f'  {{\n    name: "{name}"\n    data_type: {data_type}\n    dims: [ {dims} ]{extra}\n  }}'
-    )
+def int8_model(model: Path) -> Path:
+    """The INT8 variant export_onnx writes beside an fp32 model (model.onnx -> model.int8.onnx)."""
+    return model.with_name(model.name.removesuffix(".onnx") + INT8_SUFFIX)
 
 
-def _quoted(value: str) -> str:
-    """A protobuf text-format string (it has no \\u escapes, so non-ASCII stays as UTF-8)."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+def _model_config(name: str, config: ServeConfig, parameters: dict[str, str], gpu: bool = False):
+    """A ModelConfig with the settings every model shares: batching, instances, parameters."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    model = pb.ModelConfig(name=name, max_batch_size=config.max_batch_size)
+    model.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_us
+    kind = pb.ModelInstanceGroup.KIND_GPU if gpu else pb.ModelInstanceGroup.KIND_CPU
+    model.instance_group.add(count=config.instances, kind=kind)
+    for key, value in parameters.items():
+        model.parameters[key].string_value = value
+    return model
 
 
-def _parameters(values: dict[str, str]) -> str:
-    return "".join(
-        f'parameters {{\n  key: "{key}"\n  value: {{ string_value: {_quoted(value)} }}\n}}\n'
-        for key, value in values.items()
-    )
+def _add(tensors, name: str, data_type: str, dims: list[int], label_file: str = "") -> None:
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    tensor = tensors.add(name=name, data_type=pb.DataType.Value(data_type), dims=dims)
+    if label_file:
+        tensor.label_filename = label_file
 
 
-def read_parameters(model_config: dict) -> dict[str, str]:
-    """The `parameters` this module writes, from a model config as Triton hands it (JSON)."""
-    return {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
+def config_text(model) -> str:
+    """The text format Triton reads (UTF-8 kept as is, e.g. in class names)."""
+    return text_format.MessageToString(model, as_utf8=True)
 
 
-def config_text(
-    name: str,
-    backend: str,
-    inputs: list[str],
-    outputs: list[str],
-    config: ServeConfig,
-    parameters: dict[str, str],
-    kind: str = "KIND_CPU",
-) -> str:
-    """One config.pbtxt; `backend` is the line naming the platform or backend."""
-    separator = ",\n"
-    return (
-        f'name: "{name}"\n{backend}\nmax_batch_size: {config.max_batch_size}\n'
-        f"input [\n{separator.join(inputs)}\n]\noutput [\n{separator.join(outputs)}\n]\n"
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {config.max_queue_delay_us}\n}}\n"
-        f"instance_group [\n  {{\n    count: {config.instances}\n    kind: {kind}\n  }}\n]\n"
-        + _parameters(parameters)
-    )
+def backend_parameters(config: ServeConfig) -> dict[str, str]:
+    """The r24.10 onnxruntime backend's documented parameters, from serve.*."""
+    threads = {"intra_op_thread_count": str(config.ort_threads)}
+    return {**threads, **{key: str(value).lower() for key, value in config.ort_backend.items()}}
 
 
-def _write_model(root: Path, name: str, text: str, files: dict[str, Path], labels: list[str]):
-    folder = root / name
+def _write_model(root: Path, model, files: dict[str, Path], labels: list[str]) -> None:
+    folder = root / model.name
     (folder / VERSION).mkdir(parents=True)
     for target, source in files.items():
         shutil.copyfile(source, folder / VERSION / target)
     (folder / LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
-    (folder / "config.pbtxt").write_text(text, encoding="utf-8")
+    (folder / "config.pbtxt").write_text(config_text(model), encoding="utf-8")
 
 
 def _python_source(module: str) -> Path:
@@ -98,18 +108,68 @@ def _python_source(module: str) -> Path:
 
 def _model_metadata(model: Path) -> dict[str, str]:
     """The exported model's metadata, refused with the fix when the file cannot serve."""
-    from flower_model.export.onnx import read_metadata
-
     if not model.is_file():
         raise FlowerModelError(f"{model} does not exist: run `dvc repro export_onnx` first")
     try:
         metadata = read_metadata(model)
     except DecodeError as error:
         raise FlowerModelError(unusable_model(model, f"protobuf: {error}")) from None
-    missing = [key for key in ("class_names", *IMAGE_KEYS) if key not in metadata]
+    missing = missing_metadata(metadata)
     if missing:
         raise FlowerModelError(unusable_model(model, f"it lacks the metadata {missing}"))
     return metadata
+
+
+def _classifier_tensors(model, size: int, classes: int, outputs: tuple[str, ...]) -> None:
+    """`images` in; `logits`/`probs` (labels.txt on probs: the classification extension) and
+    the python models' `labels` out, as named in `outputs`."""
+    _add(model.input, INPUT, "TYPE_UINT8", [size, size, 3])
+    for name in outputs:
+        if name == LABELS:
+            _add(model.output, LABELS, "TYPE_STRING", [1])
+        else:
+            _add(model.output, name, "TYPE_FP32", [classes], LABELS_FILE if name == PROBS else "")
+
+
+def _container_models(staging, model: Path, plan: Path, config, shared, labels) -> None:
+    """flower_classifier on the native onnxruntime backend (+ _trt on tensorrt_plan)."""
+    for suffix, platform, source in (
+        ("", "onnxruntime_onnx", model),
+        (TRT_SUFFIX, "tensorrt_plan", plan),
+    ):
+        if source.is_file():
+            gpu = platform == "tensorrt_plan"
+            parameters = shared if gpu else {**backend_parameters(config), **shared}
+            served = _model_config(config.model_name + suffix, config, parameters, gpu)
+            served.platform, served.default_model_filename = platform, source.name
+            _classifier_tensors(served, int(shared[IMAGE_SIZE]), len(labels), (LOGITS, PROBS))
+            _write_model(staging, served, {source.name: source}, labels)
+
+
+def _python_classifier(staging, model: Path, plan: Path, config, shared, labels, engine) -> None:
+    """flower_classifier as a python-backend model around ONNX Runtime or the TensorRT engine."""
+    from flower_model.export.tensorrt import PLAN_FILE
+
+    files = {model.name: model, PYTHON_MODEL_FILE: _python_source("classifier")}
+    settings = {
+        "engine": engine,
+        "model_file": model.name,
+        "ort_spinning": str(config.ort_spinning).lower(),
+        "ort_threads": str(config.ort_threads),
+        **shared,
+    }
+    if engine == "tensorrt":
+        if not plan.is_file():
+            raise FlowerModelError(
+                f"--backend tensorrt needs {plan}: run `dvc repro build_trt` on a GPU "
+                "host (see models/trt/build.json), or use --backend onnx"
+            )
+        files[PLAN_FILE] = plan
+        settings["plan_file"] = PLAN_FILE
+    served = _model_config(config.model_name, config, settings)
+    served.backend = "python"
+    _classifier_tensors(served, int(shared[IMAGE_SIZE]), len(labels), (PROBS, LABELS))
+    _write_model(staging, served, files, labels)
 
 
 def write_repository(
@@ -127,61 +187,24 @@ def write_repository(
     if engine not in ENGINES:
         raise FlowerModelError(f"--backend must be one of {ENGINES}, got {engine!r}")
     metadata = _model_metadata(model)
-    labels = json.loads(metadata["class_names"])
-    size, classes = int(metadata["image_size"]), len(labels)
+    labels = json.loads(metadata[CLASS_NAMES])
     shared = {
-        "class_names": json.dumps(labels, ensure_ascii=False),
+        CLASS_NAMES: json.dumps(labels, ensure_ascii=False),
         **{key: metadata[key] for key in IMAGE_KEYS},
     }
-    images = _tensor("images", "TYPE_UINT8", f"{size}, {size}, 3")
-    probs = _tensor("probs", "TYPE_FP32", str(classes), f'\n    label_filename: "{LABELS_FILE}"')
-    labels_out = _tensor("labels", "TYPE_STRING", "1")
     plan = model.parent / "trt" / PLAN_FILE
-    name = config.model_name
     with atomic_dir(output) as staging:
         if flavour == "container":
-            logits = _tensor("logits", "TYPE_FP32", str(classes))
-            for suffix, platform, source, kind in (
-                ("", "onnxruntime_onnx", model, "KIND_CPU"),
-                (TRT_SUFFIX, "tensorrt_plan", plan, "KIND_GPU"),
-            ):
-                if source.is_file():
-                    backend = f'platform: "{platform}"\ndefault_model_filename: "{source.name}"'
-                    text = config_text(
-                        name + suffix, backend, [images], [logits, probs], config, shared, kind
-                    )
-                    _write_model(staging, name + suffix, text, {source.name: source}, labels)
+            _container_models(staging, model, plan, config, shared, labels)
         else:
-            files = {model.name: model}
-            settings = {
-                "engine": engine,
-                "model_file": model.name,
-                "ort_spinning": str(config.ort_spinning).lower(),
-                "ort_threads": str(config.ort_threads),
-                **shared,
-            }
-            if engine == "tensorrt":
-                if not plan.is_file():
-                    raise FlowerModelError(
-                        f"--backend tensorrt needs {plan}: run `dvc repro build_trt` on a GPU "
-                        "host (see models/trt/build.json), or use --backend onnx"
-                    )
-                files[PLAN_FILE] = plan
-                settings["plan_file"] = PLAN_FILE
-            text = config_text(
-                name, 'backend: "python"', [images], [probs, labels_out], config, settings
-            )
-            files[PYTHON_MODEL_FILE] = _python_source("classifier")
-            _write_model(staging, name, text, files, labels)
-        files_in = _tensor("files", "TYPE_STRING", "1")
-        text = config_text(
-            name + IMAGE_SUFFIX,
-            'backend: "python"',
-            [files_in],
-            [probs, labels_out],
-            config,
-            {"classifier": name, **shared},
+            _python_classifier(staging, model, plan, config, shared, labels, engine)
+        image = _model_config(
+            config.model_name + IMAGE_SUFFIX, config, {"classifier": config.model_name, **shared}
         )
+        image.backend = "python"
+        _add(image.input, FILES, "TYPE_STRING", [1])
+        _add(image.output, PROBS, "TYPE_FP32", [len(labels)], LABELS_FILE)
+        _add(image.output, LABELS, "TYPE_STRING", [1])
         files = {PYTHON_MODEL_FILE: _python_source("image")}
-        _write_model(staging, name + IMAGE_SUFFIX, text, files, labels)
+        _write_model(staging, image, files, labels)
     return sorted(output.glob("*/config.pbtxt"))

@@ -3,8 +3,15 @@
 The binary, its python backend and the per-Python stubs come from the `nvidia-pytriton` wheel,
 which is only their carrier here: pytriton's Python proxy is not in the request path. At start
 the tree is copied to a work folder with the stub for the running Python (what pytriton itself
-does), the repository is written (`model_repository.py`, python flavour) unless one is given, and
+does) and Triton's native onnxruntime backend (built from its r24.10 sources by `make
+triton-backend`), the repository is written (`model_repository.py`, serve.flavour: `container` on
+the native backend, else or when it is not built `python`) unless one is given, and
 `tritonserver` runs on it: logs pass through, SIGTERM/SIGINT are forwarded, its exit code is ours.
+
+Crash budget: a server that crashes after it was ready (tritonserver 2.51 aborts on some requests)
+is restarted after 1, 2, 4, 4... s, at most serve.max_restarts times in a row; a server that stays
+ready for serve.restart_reset_s starts the count again, so a stream of such requests spread over
+time never ends the service, while a server that cannot stay up does.
 """
 
 import collections
@@ -22,15 +29,19 @@ import urllib.request
 from pathlib import Path
 
 from flower_model.config import ServeConfig
-from flower_model.serving.bundle import ServeError, prepare_server, server_env
+from flower_model.serving.bundle import (
+    ServeError,
+    native_backend_missing,
+    prepare_server,
+    server_env,
+)
 
 START_TIMEOUT_S = 120  # a CPU start with two python-backend models takes ~5 s here
 POLL_S = 0.2
 STOP_TIMEOUT_S = 30  # tritonserver's --exit-timeout-secs
 LOG_TAIL_LINES = 200  # kept to name the reason when start-up fails
 LOAD_FAILURE = "failed to load '"  # how tritonserver logs a model it could not load
-BACKOFF_S, BACKOFF_MAX_S = 1.0, 30.0  # wait before restart k: 1, 2, 4, ... s, capped
-STABLE_S = 60.0  # a server that ran this long before crashing restarts the count of restarts
+BACKOFF_S, BACKOFF_MAX_S = 1.0, 4.0  # wait before restart k: 1, 2, 4, 4... s (restarts stay fast)
 CRASH_MARKERS = re.compile(r"^terminate called|^Signal \(\d+\) received|Segmentation fault")
 PR_SET_PDEATHSIG = 1  # prctl option: the child gets a signal when its parent dies
 SIGNAL_EXIT_BASE = 128  # shell convention: killed by signal N exits 128 + N
@@ -132,9 +143,9 @@ def _exit_code(returncode: int) -> int:
 def run_server(server: Path, repository: Path, config: ServeConfig) -> int:
     """Run tritonserver until stopped; restart it when it crashes; return the exit code.
 
-    A crash after start-up (tritonserver 2.51 aborts on some requests, e.g. a tiny JSON body
-    declaring a gigantic shape) restarts it after a backoff, at most serve.max_restarts times in
-    a row; a failure during start-up is not retried (a retry would fail the same way).
+    A crash after start-up restarts it after a short backoff, at most serve.max_restarts times in
+    a row, the count starting again once a server stayed ready for serve.restart_reset_s; a
+    failure during start-up is not retried (a retry would fail the same way).
     """
     stopping = threading.Event()
     running: list[subprocess.Popen] = []
@@ -148,24 +159,25 @@ def run_server(server: Path, repository: Path, config: ServeConfig) -> int:
     signal.signal(signal.SIGINT, forward_signal)
     restarts = 0
     while True:
-        started = time.monotonic()
-        code, crashed, reason = _run_once(server, repository, config, stopping, running)
-        if not crashed:
+        code, ready_s, reason = _run_once(server, repository, config, stopping, running)
+        if ready_s is None:  # stopped, or failed during start-up
             return code
-        if time.monotonic() - started > STABLE_S:
+        if ready_s >= config.restart_reset_s:
             restarts = 0  # it served for a while: this crash starts a new count
         if restarts >= config.max_restarts:
             print(
                 f"error: tritonserver crashed (exit {code}: {reason}) and was restarted "
-                f"{restarts} times in a row (serve.max_restarts={config.max_restarts}); giving up",
+                f"{restarts} times in a row, each time ready for less than "
+                f"serve.restart_reset_s={config.restart_reset_s:g} s "
+                f"(serve.max_restarts={config.max_restarts}); giving up",
                 file=sys.stderr,
             )
             return code or 1
         restarts += 1
         delay = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (restarts - 1))
         print(
-            f"tritonserver crashed (exit {code}: {reason}); restart {restarts} of "
-            f"{config.max_restarts} in {delay:.0f} s",
+            f"tritonserver crashed after {ready_s:.0f} s ready (exit {code}: {reason}); "
+            f"restart {restarts} of {config.max_restarts} in {delay:.0f} s",
             file=sys.stderr,
             flush=True,
         )
@@ -173,8 +185,9 @@ def run_server(server: Path, repository: Path, config: ServeConfig) -> int:
             return code
 
 
-def _run_once(server, repository, config, stopping, running) -> tuple[int, bool, str]:
-    """One tritonserver process: (exit code, crashed after start-up, reason)."""
+def _run_once(server, repository, config, stopping, running) -> tuple[int, float | None, str]:
+    """One tritonserver process: (exit code, seconds it was ready before it crashed, or None
+    when it was stopped or failed during start-up; reason)."""
     tail: collections.deque = collections.deque(maxlen=LOG_TAIL_LINES)
     process = subprocess.Popen(
         server_command(server, repository, config),
@@ -194,7 +207,7 @@ def _run_once(server, repository, config, stopping, running) -> tuple[int, bool,
     for thread in forwarders:
         thread.start()
     try:
-        code, was_ready = _supervise(process, config, stopping, tail)
+        code, ready_s = _supervise(process, config, stopping, tail)
     finally:
         if process.poll() is None:  # an exception on our side: never leave the server behind
             process.terminate()
@@ -206,11 +219,11 @@ def _run_once(server, repository, config, stopping, running) -> tuple[int, bool,
         except ProcessLookupError:
             pass
         running.clear()
-    return code, was_ready and not stopping.is_set(), _failure_reason(tail)
+    return code, None if stopping.is_set() else ready_s, _failure_reason(tail)
 
 
-def _supervise(process, config: ServeConfig, stopping: threading.Event, tail) -> tuple[int, bool]:
-    """Wait for ready (bounded), then for the exit: (exit code, whether it was ready)."""
+def _supervise(process, config: ServeConfig, stopping, tail) -> tuple[int, float | None]:
+    """Wait for ready (bounded), then for the exit: (exit code, seconds ready or None)."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while not stopping.is_set() and not _is_ready(config):
         if process.poll() is not None:
@@ -219,7 +232,7 @@ def _supervise(process, config: ServeConfig, stopping: threading.Event, tail) ->
                 f"error: tritonserver exited with {code} during start-up: {_failure_reason(tail)}",
                 file=sys.stderr,
             )
-            return code or 1, False
+            return code or 1, None
         if time.monotonic() > deadline:
             print(
                 f"error: tritonserver was not ready within {START_TIMEOUT_S} s: "
@@ -228,7 +241,7 @@ def _supervise(process, config: ServeConfig, stopping: threading.Event, tail) ->
             )
             process.terminate()
             process.wait(timeout=STOP_TIMEOUT_S + 10)
-            return 1, False
+            return 1, None
         time.sleep(POLL_S)
     if not stopping.is_set():
         print(
@@ -236,16 +249,46 @@ def _supervise(process, config: ServeConfig, stopping: threading.Event, tail) ->
             f"grpc {config.host}:{config.grpc_port} (metrics :{config.metrics_port})",
             flush=True,
         )
+    ready_at = time.monotonic()
     code = _exit_code(process.wait())
     if stopping.is_set():
         print(f"tritonserver exited with {code}", flush=True)
-    return code, True
+    return code, time.monotonic() - ready_at
+
+
+def served_flavour(config: ServeConfig, engine: str) -> str:
+    """serve.flavour, or python (with one line saying why) when the native backend cannot run."""
+    if config.flavour == "python":
+        return "python"
+    if engine == "tensorrt":  # the python flavour's stub runs the engine; no tensorrt backend here
+        return "python"
+    missing = native_backend_missing()
+    if missing:
+        print(f"serve: {missing}; serving the python flavour instead", file=sys.stderr, flush=True)
+        return "python"
+    return "container"
+
+
+def served_model(model: Path, config: ServeConfig) -> Path:
+    """--model, or its INT8 variant with serve.int8=true (refused when it was not exported)."""
+    from flower_model.serving.model_repository import int8_model
+
+    if not config.int8:
+        return model
+    quantized = int8_model(model)
+    if not quantized.is_file():
+        raise ServeError(
+            f"serve.int8=true needs {quantized}: run `dvc repro export_onnx`, or serve fp32 "
+            "(serve.int8=false)"
+        )
+    return quantized
 
 
 def serve(
     model: Path, config: ServeConfig, engine: str = "onnx", repository: Path | None = None
 ) -> int:
-    """Serve `repository` (or one written from `model`) until stopped; return the exit code."""
+    """Serve `repository` (or one written from `model` in serve.flavour) until stopped; return
+    the exit code. The CLI's `--flavour F` and `--int8` are serve.flavour / serve.int8."""
     from flower_model.serving.model_repository import write_repository
 
     if repository is not None and not sorted(repository.glob("*/config.pbtxt")):
@@ -263,5 +306,11 @@ def serve(
     with tempfile.TemporaryDirectory(prefix="flower-model-serve-") as work:
         if repository is None:
             repository = Path(work) / "models"
-            write_repository(repository, model, config, "python", engine)
+            write_repository(
+                repository,
+                served_model(model, config),
+                config,
+                served_flavour(config, engine),
+                engine,
+            )
         return run_server(prepare_server(Path(work)), repository.resolve(), config)

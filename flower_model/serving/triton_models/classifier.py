@@ -12,14 +12,12 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from flower_model.serving.model_repository import read_parameters
-
-INPUT = "images"
+from flower_model.serving.contract import INPUT, LABELS, PROBS, config_parameters
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        settings = read_parameters(json.loads(args["model_config"]))
+        settings = config_parameters(json.loads(args["model_config"]))
         folder = Path(args["model_repository"]) / args["model_version"]
         model = folder / settings["model_file"]
         if settings["engine"] == "tensorrt":
@@ -29,11 +27,9 @@ class TritonPythonModel:
         else:
             from flower_model.serving.infer import OnnxClassifier
 
-            # serve.ort_spinning (off by default): ORT's threads busy-wait between operators. On
-            # EfficientNet-Lite0 and 2 AVX-512 cores, served batch-1 p50 was 5.7 ms with it and
-            # 7.4 ms without in one run (benchmarks/serving.py); but spinning threads take the
-            # cores from everything else on a shared box (on 2 AVX2 cores, an in-process ORT call
-            # beside the idle server took 24 ms p50 with it, 13 ms without).
+            # serve.ort_spinning (off by default): ORT's threads busy-wait between operators,
+            # faster on a dedicated server, but they take the cores from everything else on a
+            # shared one (figures: README, Serving).
             spinning = settings.get("ort_spinning", "false") == "true"
             threads = int(settings.get("ort_threads", "0"))
             self.classifier = OnnxClassifier(model, spinning=spinning, threads=threads)
@@ -48,14 +44,14 @@ class TritonPythonModel:
         # which a client reading `probs` alone should not pay for.
         requested = [set(item.requested_output_names()) for item in requests]
         labels = None
-        if any("labels" in names for names in requested):
+        if any(LABELS in names for names in requested):
             labels = self.names[probs.argmax(axis=1)].reshape(-1, 1)
         responses, start = [], 0
         for names, batch in zip(requested, batches):
             stop = start + len(batch)
-            outputs = [pb_utils.Tensor("probs", probs[start:stop])] if "probs" in names else []
-            if "labels" in names:
-                outputs.append(pb_utils.Tensor("labels", labels[start:stop]))
+            outputs = [pb_utils.Tensor(PROBS, probs[start:stop])] if PROBS in names else []
+            if LABELS in names:
+                outputs.append(pb_utils.Tensor(LABELS, labels[start:stop]))
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             start = stop
         return responses

@@ -13,35 +13,24 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from flower_model.serving.model_repository import read_parameters
-
-INPUT = "files"
-CLASSIFIER_INPUT = "images"
+from flower_model.serving.contract import FILES, INPUT, LABELS, PROBS, ModelInfo, config_parameters
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        settings = read_parameters(json.loads(args["model_config"]))
+        settings = config_parameters(json.loads(args["model_config"]))
         self.classifier = settings["classifier"]
-        self.size = int(settings["image_size"])
-        self.mode = settings["resize_mode"]
-        self.pad_value = int(settings["pad_value"])
-        self.max_pixels = int(settings["max_image_pixels"])
-        names = json.loads(settings["class_names"])
-        self.names = np.array([name.encode() for name in names], dtype=object)
+        self.info = ModelInfo.parse(settings)
+        self.names = np.array([name.encode() for name in self.info.class_names], dtype=object)
 
     def decode(self, request) -> np.ndarray:
         from flower_model.data.images import ImageDecodeError, load_image
 
-        files = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy().reshape(-1)
+        files = pb_utils.get_input_tensor_by_name(request, FILES).as_numpy().reshape(-1)
         arrays = []
         for index, encoded in enumerate(files):
             try:
-                arrays.append(
-                    load_image(
-                        bytes(encoded), self.size, self.mode, self.pad_value, self.max_pixels
-                    )
-                )
+                arrays.append(load_image(bytes(encoded), *self.info.image_settings))
             except ImageDecodeError as error:
                 raise ValueError(f"file {index} of the request: {error}") from None
         return np.stack(arrays)
@@ -50,13 +39,13 @@ class TritonPythonModel:
         """One BLS call to the classifier for the whole dynamic batch; returns its probs."""
         request = pb_utils.InferenceRequest(
             model_name=self.classifier,
-            requested_output_names=["probs"],
-            inputs=[pb_utils.Tensor(CLASSIFIER_INPUT, images)],
+            requested_output_names=[PROBS],
+            inputs=[pb_utils.Tensor(INPUT, images)],
         )
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"{self.classifier}: {response.error().message()}")
-        return pb_utils.get_output_tensor_by_name(response, "probs").as_numpy()
+        return pb_utils.get_output_tensor_by_name(response, PROBS).as_numpy()
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
@@ -83,8 +72,8 @@ class TritonPythonModel:
             rows = probs[start : start + len(images)]
             start += len(images)
             outputs = [
-                pb_utils.Tensor("probs", rows),
-                pb_utils.Tensor("labels", self.names[rows.argmax(axis=1)].reshape(-1, 1)),
+                pb_utils.Tensor(PROBS, rows),
+                pb_utils.Tensor(LABELS, self.names[rows.argmax(axis=1)].reshape(-1, 1)),
             ]
             responses[index] = pb_utils.InferenceResponse(output_tensors=outputs)
         return responses
