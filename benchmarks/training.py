@@ -10,7 +10,8 @@ OVERRIDE such as `train.num_workers=1`), fed by:
 - no-augment: the same loader with `train.augment.enabled=false` (the loader alone);
 - synthetic: float batches of that size already in memory (no loader, no augmentation).
 Paths alternate within each round, so a shared machine's load hits them alike. It prints each
-path's images/s (median over rounds, warm-up steps dropped), real / synthetic, and the data-wait
+path's images/s (median over every timed step of every round: a load spike moves a median
+less than a mean), real / synthetic, the load average, and the data-wait
 share: the time from one step's end to the next step's start (fetch, transfer and
 `on_after_batch_transfer`, where augmentation runs) over the whole step time.
 Goals (issue 28): real >= 95% of synthetic at 224 px, data wait < 5%.
@@ -96,7 +97,7 @@ class InMemoryBatches:
 
 
 def measure(root: Path, processed: str, size: int, path: str, steps: int, warmup: int, overrides):
-    """(images/s, data-wait share) of `steps` timed steps after `warmup` untimed ones."""
+    """(images/s, data-wait share) of each of `steps` timed steps after `warmup` untimed ones."""
     config = _config(root, processed, size, path, overrides)
     pl.seed_everything(config.train.seed)
     datamodule = FlowerDataModule(root / config.paths.processed_dir, config.train)
@@ -127,8 +128,8 @@ def measure(root: Path, processed: str, size: int, path: str, steps: int, warmup
         trainer.fit(module, train_dataloaders=batches)
     else:
         trainer.fit(module, datamodule=datamodule)
-    wait, compute = sum(clock.waits[warmup:]), sum(clock.computes[warmup:])
-    return sum(clock.images[warmup:]) / (wait + compute), wait / (wait + compute)
+    timed = zip(clock.images[warmup:], clock.waits[warmup:], clock.computes[warmup:])
+    return [(images / (wait + compute), wait / (wait + compute)) for images, wait, compute in timed]
 
 
 def _settings(overrides: list[str], root: Path) -> str:
@@ -169,15 +170,18 @@ def main(
     size_list = [int(size) for size in _listed(sizes)]
     chosen = {str(path) for path in _listed(paths)} | {"synthetic"}
     path_list = [path for path in PATHS if path in chosen]
-    print(f"host: {cpu_flags()}")
+    print(f"host: {cpu_flags()}; load average {os.getloadavg()[0]:.1f} at the start")
     print(_settings(list(overrides), root))
-    results: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    results: dict[tuple[int, str], list[tuple[float, float]]] = {}  # per step
     for _ in range(rounds):
         for size in size_list:
             for path in path_list:
-                figure = measure(root, processed, size, path, steps, warmup, list(overrides))
-                results.setdefault((size, path), []).append(figure)
-    print(f"{steps} timed steps after {warmup} warm-up, median of {rounds} rounds")
+                figures = measure(root, processed, size, path, steps, warmup, list(overrides))
+                results.setdefault((size, path), []).extend(figures)
+    print(
+        f"medians over {rounds} rounds x {steps} timed steps (after {warmup} warm-up steps); "
+        f"load average {os.getloadavg()[0]:.1f} at the end"
+    )
     print(f"{'size':>5} {'path':<11} {'images/s':>9} {'of synthetic':>13} {'data wait':>10}")
     for size in size_list:
         synthetic = statistics.median(rate for rate, _ in results[(size, "synthetic")])

@@ -422,7 +422,9 @@ def test_zero_head_makes_every_class_equally_likely_at_the_start():
     assert zeroed.criterion(logits, labels).item() == pytest.approx(math.log(5))
     kept = _module(make_config([*overrides, "train.zero_head=false"]))
     with torch.no_grad():
-        assert kept.criterion(kept.eval()(images), labels).item() > 2 * math.log(5)
+        random_logits = kept.eval()(images)
+    # Confident random guesses: logits several nats apart (a std of 1 already is).
+    assert random_logits.std() > 1
 
 
 def test_auto_precision_is_fp32_on_a_cpu_and_explicit_settings_stand():
