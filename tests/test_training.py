@@ -1,6 +1,7 @@
 """Training: tiny real runs, a real MLflow server; checkpoints, exact resume, determinism."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -400,6 +401,33 @@ def test_resume_checks_the_checkpoint_before_any_work(straight_run, tmp_path, ml
             assert code == 2, stderr
             lines = stderr.strip().splitlines()
             assert len(lines) == 1 and message in lines[0], lines
+
+
+def _module(config: Config) -> FlowerClassifier:
+    return FlowerClassifier(
+        model=config.model.model_dump(mode="json"),
+        train=config.train.model_dump(mode="json"),
+        class_names=["a", "b", "c", "d", "e"],
+        steps_per_epoch=1,
+    )
+
+
+def test_zero_head_makes_every_class_equally_likely_at_the_start():
+    """train.zero_head: the first loss is ln(classes), not the 6.6 that timm's +-1/sqrt(classes)
+    head init gave on the pretrained Lite0's features; off, the family's own init stays."""
+    overrides = ["train.label_smoothing=0"]
+    zeroed = _module(make_config([*overrides, "train.zero_head=true"]))
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255
+    labels = torch.tensor([0, 3])
+    with torch.no_grad():
+        logits = zeroed.eval()(images)
+    assert torch.equal(logits, torch.zeros_like(logits))
+    assert zeroed.criterion(logits, labels).item() == pytest.approx(math.log(5))
+    kept = _module(make_config([*overrides, "train.zero_head=false"]))
+    with torch.no_grad():
+        random_logits = kept.eval()(images)
+    # Confident random guesses: logits several nats apart (a std of 1 already is).
+    assert random_logits.std() > 1
 
 
 def test_auto_precision_is_fp32_on_a_cpu_and_explicit_settings_stand():

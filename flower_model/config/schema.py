@@ -205,6 +205,7 @@ class TrainConfig(Section):
     freeze_bn_stats: bool
     probe_lr: float = Field(gt=0, le=10)
     ema_decay: float = Field(ge=0, lt=1)
+    zero_head: bool = False
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "TrainConfig":

@@ -24,6 +24,16 @@ ONE_CYCLE_FINAL_DIV = 1e4  # end lr = start / 1e4 (PyTorch's default)
 ONE_CYCLE_MIN_PHASE_STEPS = 2
 
 
+def zero_head(net: nn.Module) -> None:
+    """Start the new classifier at zero (`train.zero_head`, as BiT's transfer recipe does): every
+    class equally likely, so the first loss is ln(classes), the pretrained layers get no random
+    gradients, and a linear probe starts from a neutral head. timm's Google-style init draws the
+    head's weights from +-1/sqrt(classes), +-0.45 for 5 classes: on Lite0's 1280 features the
+    first loss was 6.6 (ln 5 = 1.61) and a probe could not shrink it (docs/training.md)."""
+    for param in registry.head_module(net).parameters():
+        nn.init.zeros_(param)
+
+
 class FlowerClassifier(pl.LightningModule):
     def __init__(self, model: dict, train: dict, class_names: list[str], steps_per_epoch: int):
         super().__init__()
@@ -33,6 +43,8 @@ class FlowerClassifier(pl.LightningModule):
         self.class_names = class_names
         num_classes = len(class_names)
         self.net = registry.create_model(self.model_config, num_classes)
+        if self.train_config.zero_head:
+            zero_head(self.net)
         if self.train_config.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.register_buffer("mean", pixel_tensor(self.model_config.input_mean), persistent=False)
