@@ -160,3 +160,11 @@ def test_full_disk_output_is_one_line_and_leaves_nothing_partial(
         code, _, stderr = run_in_process(tmp_path, "infer", str(photo_folder), *flags)
         assert code != 0 and stderr.strip().splitlines() == [f"error: {caught.value}"], stderr
         assert leftovers(disk, name) == []
+
+
+def test_top_k_above_the_number_of_classes_is_one_line(tiny_onnx, photo_folder):
+    """`--top-k 99` was silently cut to the number of classes."""
+    from flower_model.errors import FlowerModelError
+
+    with pytest.raises(FlowerModelError, match=r"--top-k must be 1 to \d+ \(the model's classes\)"):
+        run_infer([str(photo_folder)], tiny_onnx, None, top_k=99)

@@ -147,7 +147,9 @@ def run_infer(
         print(f"error: --output must end in .csv or .json, got {output}", file=sys.stderr)
         return 2
     classifier = classifier or OnnxClassifier(model)
-    top_k = max(1, min(top_k, len(classifier.class_names)))
+    classes = len(classifier.class_names)
+    if not 1 <= top_k <= classes:
+        raise FlowerModelError(f"--top-k must be 1 to {classes} (the model's classes), got {top_k}")
     results = classify(expand_paths(items), classifier, top_k)
     if not results:
         print(f"error: no images found in {items}", file=sys.stderr)
