@@ -7,6 +7,12 @@ leave the last good model or arrays missing until `dvc checkout`. When a stage r
 dvc.lock from the DVC cache (DVC's own `Output.checkout`; the parent `dvc repro` holds the repo
 lock, which `Output.checkout` does not take). Whatever the failed run had already written is moved
 aside to `<out>.failed` first, so partial work (an interrupted training's checkpoints) is kept too.
+
+Why DVC internals (`Repo`, `stage.collect`, `Output.checkout`): no public API restores one stage's
+outs from inside the command `dvc repro` is running. `dvc checkout` wants the repo lock the parent
+`dvc repro` holds, and DVC has no hook after a failed command. pyproject pins the DVC versions this
+was tested with; tests/test_dvc_outs.py drives it through a real `dvc repro` and fails if DVC
+changes underneath.
 """
 
 import hashlib
