@@ -63,6 +63,15 @@ def checked_arguments(words: list[str], function: Callable, usage: str) -> list[
     """`words` as fire should see them; raise FlowerModelError for an unknown or misused flag."""
     flags = flags_of(function)
     valid = ", ".join(flags) or "none"
+    required = [
+        name.upper()
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        and parameter.default is inspect.Parameter.empty
+    ]
+    given = [word for word in words if not _is_flag(word)]
+    if len(given) < len(required):
+        raise FlowerModelError(f"`{usage}` needs {' '.join(required)} (see `{usage} --help`)")
     result = []
     for index, word in enumerate(words):
         if not _is_flag(word):

@@ -87,6 +87,8 @@ def infer(
     from flower_model.serving.infer import run_infer
 
     count = positive_int("--top-k", top_k)
+    if not paths:
+        raise FlowerModelError("no photo given: flower-model infer PHOTO_OR_FOLDER... (see --help)")
     if backend not in ("onnx", "tensorrt"):
         raise FlowerModelError(f"--backend must be onnx or tensorrt, got {backend!r}")
     model_path = Path(str(model))
@@ -102,8 +104,14 @@ def infer(
 
 
 def _pull_with_dvc(target: Path) -> None:
-    """Fetch a missing model with `dvc pull`; a one-line error if that fails."""
+    """Fetch a missing model with `dvc pull`; a one-line error if that fails. Only the project's
+    own outs can be pulled: a folder, or a path outside the project, is the flag's mistake."""
     from flower_model.pipeline.fetch import pull_outs
+
+    if target.is_dir():
+        raise FlowerModelError(f"--model {target} is a folder; give the .onnx file")
+    if not target.resolve().is_relative_to(Path.cwd().resolve()):
+        raise FlowerModelError(f"--model {target} does not exist; check the path")
 
     reason = pull_outs([target], Path.cwd())
     if reason is not None:
@@ -133,8 +141,8 @@ def serve(
       --backend B       onnx (default) or tensorrt
       --repository DIR  serve an existing model repository instead of writing one
     Ports, instances and threads are the `serve.*` keys (configs/serve/default.yaml). A server
-    that crashes is restarted after 1, 2, 4, 4... s, at most serve.max_restarts times in a row;
-    the count starts again once it has been ready for serve.restart_reset_s seconds.
+    that crashes after it was ready is always restarted (after 1, 2, 4, 4... s); serve gives up
+    only after serve.max_restarts restarts in a row that never became ready.
     """
     from flower_model.config import load_config
     from flower_model.serving.triton import serve as run_server
@@ -203,7 +211,7 @@ def client(
 
 
 def triton_repo(
-    output: str,
+    folder: str,
     model: str = DEFAULT_MODEL,
     flavour: str = "container",
     backend: str = "onnx",
@@ -221,7 +229,7 @@ def triton_repo(
 
     config = load_config(Path.cwd()).serve
     written = write_repository(
-        Path(str(output)), Path(str(model)), config, str(flavour), str(backend)
+        Path(str(folder)), Path(str(model)), config, str(flavour), str(backend)
     )
     for path in written:
         print(f"wrote {path}")
@@ -244,6 +252,11 @@ def multirun(
     from flower_model.pipeline.multirun import run_multirun
 
     words = [str(item) for item in overrides]
+    if not any("," in word for word in words):
+        raise FlowerModelError(
+            "multirun needs a sweep: at least one KEY=V1,V2 (e.g. train.seed=1,2,3); for one "
+            "experiment use `dvc exp run -S KEY=VALUE`"
+        )
     try:
         combinations = run_multirun(
             Path.cwd(), words, positive_int("--jobs", jobs), float(poll_s), launcher=str(launcher)

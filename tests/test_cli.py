@@ -171,6 +171,7 @@ def test_the_results_table_fits_100_columns_with_many_differing_params():
     assert lines[row - 1].startswith("main") and "workspace" in lines[-1]
 
 
+@pytest.mark.slow
 def test_results_reads_this_repository_through_dvc():
     """On the repository itself (a bare clone has the committed metrics): the HEAD row shows
     the committed test accuracy, and every line fits 100 columns."""
@@ -179,3 +180,35 @@ def test_results_reads_this_repository_through_dvc():
     accuracy = json.loads((REPO_ROOT / "reports" / "metrics.json").read_text())["test"]["accuracy"]
     assert f"{accuracy:.4f}" in stdout
     assert all(len(line) <= WIDTH for line in stdout.splitlines())
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        (["triton-repo"], "error: `flower-model triton-repo` needs FOLDER"),
+        (["infer"], "error: no photo given"),
+        (["infer", "x.jpg", "--model", "/nonexistent/m.onnx"], "does not exist; check the path"),
+        (["infer", "x.jpg", "--model", "."], "is a folder; give the .onnx file"),
+        (["multirun"], "error: multirun needs a sweep"),
+        (["multirun", "train.lr=0.1"], "error: multirun needs a sweep"),
+    ],
+)
+def test_missing_arguments_are_one_line_before_any_work(tmp_path, words, expected):
+    """Found by a hostile run: fire's usage block, a `dvc pull` of a path outside the project,
+    a 40 s experiment queued for a sweep of nothing."""
+    code, stdout, stderr = run_in_process(tmp_path, *words)
+    assert code == 2 and expected in stderr and len(stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_experiment_is_shown_as_failed_without_the_baselines_numbers():
+    from flower_model.pipeline.results import _rows
+
+    metrics = {"test": {"accuracy": 0.9474}}
+    failed = {**_experiment("sixty-pith", {"train": {"lr": 1}}, metrics), "error": {"msg": "x"}}
+    shown = [
+        {**_experiment("main", {"train": {"lr": 2}}, metrics), "experiments": [{"revs": [failed]}]}
+    ]
+    lines = render(_rows(shown)).splitlines()
+    row = next(line for line in lines if line.startswith("sixty-pith"))
+    assert "failed" in row and "0.9474" not in row

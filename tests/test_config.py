@@ -160,6 +160,7 @@ def test_compose_equals_dvc_hydra_output():
     assert compose_params(REPO_ROOT) == (REPO_ROOT / "params.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_cli_compose_check_and_dry_run(project):
     assert _cli(project, "compose", "--check").returncode == 0
     result = _cli(project, "download", "--dry-run")
@@ -401,3 +402,9 @@ def test_a_file_store_stops_the_stage_before_any_work(
     assert len(lines) == 1 and lines[0].startswith("error: mlflow.tracking_uri=file:"), lines
     assert "sqlite:///" in lines[0]
     assert sorted(path for path in project.rglob("*")) == before, "nothing written"
+
+
+def test_serve_ports_must_differ():
+    """Two endpoints on one port used to reach tritonserver, which printed ~400 lines of usage."""
+    with pytest.raises(ConfigError, match=r"three ports must differ.*serve.grpc_port=8000"):
+        make_config(["serve.http_port=8000", "serve.grpc_port=8000"])

@@ -19,6 +19,8 @@ import termios
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import (
     REPO_ROOT,
     stop_process,
@@ -89,6 +91,7 @@ def run_on_terminal(command: list[str], cwd: Path, timeout_s: float) -> tuple[in
         os.close(controller)
 
 
+@pytest.mark.slow
 def test_console_of_a_run_on_a_terminal(tmp_path, tiny_processed, mlflow_server):
     """`dvc repro` or `python pipeline_stages/train.py` in a terminal: the Rich bar, drawn and
     redrawn in place, and none of the per-epoch lines meant for logs."""

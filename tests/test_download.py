@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import shutil
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -290,6 +291,7 @@ def test_full_disk_during_an_http_download_is_one_line(tmp_path, mini_tarball):
     _assert_no_outs(root)
 
 
+@pytest.mark.slow
 def test_s3_source_is_fetched_and_cached_whole(tmp_path, mini_tarball, s3_server, monkeypatch):
     import fsspec
 
@@ -303,3 +305,20 @@ def test_s3_source_is_fetched_and_cached_whole(tmp_path, mini_tarball, s3_server
     assert chosen.url == url and (tmp_path / "data" / "raw" / "flower_photos").is_dir()
     cached = sorted(path.name for path in (tmp_path / "data" / "cache").iterdir())
     assert cached == [f"{sha256_file(mini_tarball)}.archive"], "one whole archive, no temp file"
+
+
+def test_a_relative_source_is_the_projects_inside_a_dvc_experiment_workspace(
+    tmp_path, mini_tarball, monkeypatch
+):
+    """Queued and temp experiments run in a copy under .dvc/tmp/exps/; a relative source
+    (the README's `../shared/...` mirror) is resolved from the project DVC names in DVC_ROOT,
+    where it used to be looked up beside the copy and never found."""
+    project = tmp_path / "project"
+    workspace = project / ".dvc" / "tmp" / "exps" / "tmpabc"
+    workspace.mkdir(parents=True)
+    shutil.copy(mini_tarball, tmp_path / "photos.tgz")
+    config = _config(("../photos.tgz", _sha(mini_tarball.read_bytes())))
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    download_dataset(config.data, config.paths, workspace)
+    assert (workspace / "data" / "raw" / "flower_photos").is_dir()
+    assert str(tmp_path) not in (workspace / "data" / "raw" / "source.json").read_text()

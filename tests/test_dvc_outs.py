@@ -87,6 +87,7 @@ def _assert_previous_outs(project: Path) -> None:
     assert all("changed outs" not in change for change in changes), changes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["bug", "interrupt"])
 def test_a_stage_failing_after_writing_restores_the_previous_outs_and_keeps_its_own(
     dvc_project, mode
@@ -105,6 +106,7 @@ def test_a_stage_failing_after_writing_restores_the_previous_outs_and_keeps_its_
     assert (dvc_project / "out.failed" / "a.txt").read_text() == mode
 
 
+@pytest.mark.slow
 def test_a_config_error_under_dvc_names_the_key_and_loses_no_out(dvc_project):
     params = yaml.safe_load((dvc_project / "params.yaml").read_text())
     params["train"]["lr"] = -1
@@ -119,6 +121,7 @@ def test_a_config_error_under_dvc_names_the_key_and_loses_no_out(dvc_project):
     assert not (dvc_project / "out.failed").exists()
 
 
+@pytest.mark.slow
 def test_outside_dvc_a_failing_stage_touches_nothing(dvc_project):
     """Run by hand, DVC deleted nothing, so there is nothing to restore or move aside."""
     (dvc_project / "mode").write_text("bug\n")

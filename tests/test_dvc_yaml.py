@@ -206,6 +206,7 @@ def test_deps_cover_every_project_module_the_stage_loads(name):
 HEADLINE_METRICS = 5  # test accuracy and macro-F1, val loss, INT8 delta, latency per image
 
 
+@pytest.mark.slow
 def test_dvc_shows_the_headline_metrics_only():
     """What `dvc exp show` and `dvc metrics diff` read: one metrics file of five scalars (was 140
     columns from five files). Reads the committed reports/metrics.json, so works on a bare clone."""

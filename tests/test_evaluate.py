@@ -50,6 +50,7 @@ def evaluated(tmp_path_factory, tiny_processed, tiny_checkpoint, mlflow_server):
     return root, config, run.info.run_id
 
 
+@pytest.mark.slow
 def test_headline_metrics_and_the_detail_beside_them(evaluated):
     """reports/metrics.json (the DVC metric) holds five headline scalars taken from the detail
     files, which hold everything else."""
@@ -125,6 +126,7 @@ def test_mlflow_gets_metrics_pictures_and_registry_aliases(evaluated, mlflow_ser
     assert float(best.tags["test_accuracy"]) == top
 
 
+@pytest.mark.slow
 def test_baseline_comparison(evaluated, tmp_path):
     root, config, _ = evaluated
     shutil.copy(root / "reports" / "predictions.csv", tmp_path / "baseline.csv")
@@ -198,6 +200,7 @@ def test_only_the_committed_pipeline_registers(
         assert git_state(committed_project)[1] == (not registers), "git_dirty agrees"
 
 
+@pytest.mark.slow
 def test_a_second_evaluation_gets_its_own_run(evaluated, mlflow_server, monkeypatch):
     """Evaluating a model whose training run was already evaluated (a `dvc exp run` that took
     train from the run cache) logs to a new run linked by tag, not into the old one."""
@@ -238,6 +241,7 @@ def _restore_tracking_uri():
     return lambda: mlflow.set_tracking_uri(previous)
 
 
+@pytest.mark.slow
 def test_evaluation_tracking_works_with_a_sqlite_store(evaluated, tmp_path, monkeypatch):
     """The README's serverless store, `sqlite:///<path>/mlflow.db`: the scores, files and the
     registry version with its `best` alias land there like on a server."""
@@ -300,6 +304,7 @@ def _registry_project(folder, tiny_processed, tiny_onnx, run_id: str, altered_te
     return folder
 
 
+@pytest.mark.slow
 def test_best_is_chosen_among_versions_scored_on_the_same_test_data(
     tmp_path, tiny_processed, tiny_onnx, mlflow_server
 ):
@@ -347,6 +352,7 @@ def test_best_is_chosen_among_versions_scored_on_the_same_test_data(
 CONSOLE_TEST_MODEL = "flower_classifier_console_test"
 
 
+@pytest.mark.slow
 def test_console_of_the_evaluate_stage(evaluated, tmp_path, mlflow_server):
     """What `dvc repro > log` shows for evaluate (output to pipes, not a terminal): the link to
     the runs table once, none of MLflow's own links (its GenAI overview), and no Python warning

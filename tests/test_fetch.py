@@ -37,6 +37,7 @@ def _project_with_pushed_photos(tmp_path: Path, mini_dataset: Path) -> Path:
     return project
 
 
+@pytest.mark.slow
 def test_pull_outs_restores_a_pushed_out(tmp_path, mini_dataset):
     project = _project_with_pushed_photos(tmp_path, mini_dataset)
     assert pull_outs([Path("data/raw/flower_photos")], project) is None
@@ -46,12 +47,14 @@ def test_pull_outs_restores_a_pushed_out(tmp_path, mini_dataset):
     ).read_bytes() == some.read_bytes()
 
 
+@pytest.mark.slow
 def test_stage_fetches_missing_inputs_before_running(tmp_path, mini_dataset):
     project = _project_with_pushed_photos(tmp_path, mini_dataset)
     execute("preprocess", preprocess.run, [], root=project)
     assert (project / "data" / "processed" / "train_images.npy").is_file()
 
 
+@pytest.mark.slow
 def test_unfetchable_input_is_a_clear_error(tmp_path, capsys):
     shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
@@ -62,6 +65,7 @@ def test_unfetchable_input_is_a_clear_error(tmp_path, capsys):
     assert "dvc pull" in capsys.readouterr().err  # the pull was tried and its failure said
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("relative", [True, False], ids=["relative", "absolute"])
 def test_a_remote_folder_that_does_not_exist_is_named_with_the_fix(
     tmp_path, mini_dataset, relative

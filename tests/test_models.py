@@ -63,6 +63,7 @@ def _module(name: str) -> FlowerClassifier:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODEL_NAMES))
 def test_forward_train_and_validation_step(name):
     torch.manual_seed(0)
@@ -111,6 +112,7 @@ def test_a_checkpoint_of_the_flat_config_gives_the_same_network(tmp_path):
         torch.testing.assert_close(wrapper(images)[0], expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODEL_NAMES))
 def test_onnx_export_matches_torch(name, tmp_path):
     from flower_model.export.onnx import export_model
@@ -132,6 +134,7 @@ NATIVE_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientn
 IMAGENET_CLASSES = 1000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LITE_MODELS)
 def test_wheel_weights_on_timm_equal_the_reference_implementation(name):
     import timm
@@ -285,6 +288,7 @@ def test_linear_probe_fits_the_head_and_leaves_the_backbone_alone():
         assert torch.equal(value, after[name]) == (name not in head), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frozen", [True, False])
 def test_freeze_bn_stats_keeps_batchnorm_in_eval_mode_through_lightning(frozen):
     import lightning.pytorch as pl

@@ -99,6 +99,7 @@ def straight_run(tmp_path_factory, tiny_processed, mlflow_server):
     return root, report
 
 
+@pytest.mark.slow
 def test_outs_are_written(straight_run):
     root, report = straight_run
     for path in (
@@ -117,6 +118,7 @@ def test_outs_are_written(straight_run):
     assert str(root) not in (root / "models" / "train_run.json").read_text()
 
 
+@pytest.mark.slow
 def test_weight_averaging_ships_the_average(straight_run, tmp_path, tiny_processed, mlflow_server):
     root = _copy_project(tiny_processed, tmp_path)
     _run(root, tiny_config(mlflow_server, ema_decay=0.5))
@@ -169,6 +171,7 @@ def test_checkpoint_round_trip(straight_run):
     assert str(root) not in repr(shipped["callbacks"]), "no absolute paths in the DVC out"
 
 
+@pytest.mark.slow
 def test_same_config_gives_identical_metrics(straight_run, tmp_path, tiny_processed, mlflow_server):
     root, report = straight_run
     again = _run(_copy_project(tiny_processed, tmp_path), tiny_config(mlflow_server))
@@ -178,6 +181,7 @@ def test_same_config_gives_identical_metrics(straight_run, tmp_path, tiny_proces
     ).read_text()
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(straight_run, tmp_path, tiny_processed, mlflow_server):
     root, report = straight_run
     project = _copy_project(tiny_processed, tmp_path)
@@ -268,6 +272,7 @@ EPOCH_LINE = re.compile(
 )
 
 
+@pytest.mark.slow
 def test_console_of_a_logged_run(tmp_path, tiny_processed, mlflow_server):
     """What `dvc repro > log` shows: a short header, one line per epoch, the MLflow link once, no
     notice or warning the project causes itself (was: 70 lines, 35 of them config), no JSON."""

@@ -3,6 +3,7 @@ the old one by a tag) when the old run is not on the tracking server."""
 
 import json
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -13,6 +14,7 @@ from tests.test_training import StopAfterFirstEpoch, _copy_project, _run, tiny_c
 CUSTOM_LR_FACTOR = 3
 
 
+@pytest.mark.slow
 def test_resume_after_a_customised_config_uses_the_runs_own(
     tmp_path, tiny_processed, mlflow_server, capsys, monkeypatch
 ):

@@ -21,7 +21,11 @@ def _describe(error: ValidationError) -> str:
         # Pydantic puts the model family's tag into the location (`model.torchvision.widths`).
         loc = [part for part in item["loc"] if part not in FAMILY_NAMES]
         key = ".".join(str(part) for part in loc) or "<root>"
-        shown = "(missing)" if item["type"] == "missing" else repr(item.get("input"))
+        value = item.get("input")
+        # A rule across keys reports the whole section as its input: the message names the keys.
+        shown = "(missing)" if item["type"] == "missing" else repr(value)
+        if isinstance(value, dict):
+            shown = "(these keys)"
         if item["type"] == "extra_forbidden":
             hint = "unknown key: remove it or fix its spelling (see configs/)"
         elif item["type"] in FAMILY_ERRORS:
@@ -68,6 +72,11 @@ def compose_raw(root: Path, overrides: list[str] | None = None) -> dict:
                 "spelling (see configs/)"
             ) from None
         raise ConfigError(f"cannot compose {CONFIG_DIR_NAME}/ with {overrides}: {error}") from None
+    except ValueError as error:  # Hydra's own check of a group override (`model=1.5`, `train=`)
+        raise ConfigError(
+            f"cannot compose {CONFIG_DIR_NAME}/ with {overrides}: {error}; a group takes the name "
+            f"of a file in {CONFIG_DIR_NAME}/<group>/ (e.g. model=efficientnet_lite1)"
+        ) from None
 
 
 def load_config(root: Path, overrides: list[str] | None = None) -> Config:
@@ -75,6 +84,11 @@ def load_config(root: Path, overrides: list[str] | None = None) -> Config:
     if overrides:
         return validate(compose_raw(root, overrides))
     params = root / PARAMS_FILE
+    if not params.is_file() and not (root / CONFIG_DIR_NAME).is_dir():
+        raise ConfigError(
+            f"{root} is not a flower-model project (no {PARAMS_FILE} or {CONFIG_DIR_NAME}/): run "
+            "flower-model from the project root, the folder with dvc.yaml"
+        )
     if not params.is_file():
         raise ConfigError(
             f"{params} is missing: run `flower-model compose` to write it from configs/"

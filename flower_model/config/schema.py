@@ -212,7 +212,7 @@ class TrainConfig(Section):
         if self.warmup_epochs >= self.max_epochs:
             raise ValueError(
                 f"warmup_epochs={self.warmup_epochs} must be smaller than "
-                f"max_epochs={self.max_epochs}"
+                f"max_epochs={self.max_epochs}; lower train.warmup_epochs or raise train.max_epochs"
             )
         return self
 
@@ -301,6 +301,15 @@ class ServeConfig(Section):
     int8: bool
     max_restarts: int = Field(ge=0)
     restart_reset_s: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> "ServeConfig":
+        ports = {"http_port": self.http_port, "grpc_port": self.grpc_port}
+        ports["metrics_port"] = self.metrics_port
+        if len(set(ports.values())) < len(ports):
+            shown = ", ".join(f"serve.{key}={port}" for key, port in ports.items())
+            raise ValueError(f"the three ports must differ, got {shown}; give each its own")
+        return self
 
 
 class SlurmConfig(Section):

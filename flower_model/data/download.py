@@ -42,6 +42,9 @@ class _RetryableError(Exception):
     """A transient HTTP failure: worth another attempt."""
 
 
+DVC_ROOT_ENV = "DVC_ROOT"  # set by DVC for every stage it runs: the project's root
+
+
 def sha256_file(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
@@ -148,7 +151,9 @@ def _fetch(source: ArchiveSource, data: DataConfig, paths: PathsConfig, root: Pa
         )
     else:
         local = Path(source.url)
-    local = local if local.is_absolute() else root / local
+    # A relative path is the project's: DVC's queued and temp experiments run in a copy under
+    # .dvc/tmp/exps/ and name the project they came from in DVC_ROOT (DVC's public env var).
+    local = local if local.is_absolute() else Path(os.environ.get(DVC_ROOT_ENV, root)) / local
     if not local.is_file():
         raise DownloadError(f"{local} does not exist")
     return local

@@ -68,7 +68,8 @@ def restore_previous_outs(stage_name: str, root: Path) -> list[str]:
         for out in stage.outs:
             relative = Path(os.path.relpath(out.fs_path, repo.root_dir))
             path = root / relative
-            if path.exists() or path.is_symlink():
+            existed = path.exists() or path.is_symlink()
+            if existed:
                 kept.append(f"{relative}{FAILED_SUFFIX}")
                 _move_aside(path)
             if not out.hash_info:
@@ -82,8 +83,9 @@ def restore_previous_outs(stage_name: str, root: Path) -> list[str]:
                 try:
                     out.checkout()
                     cached.append(str(relative))
-                except DvcException as error:
-                    problems.append(f"{relative}: not restored ({error}); try `dvc pull`")
+                except (DvcException, OSError) as error:
+                    if existed:  # absent before and not cached (a fresh clone): nothing lost
+                        problems.append(f"{relative}: not restored ({error}); try `dvc pull`")
     lines = [f"kept what the failed run wrote in {', '.join(kept)}"] if kept else []
     if cached:
         lines.append(f"restored the previous {', '.join(cached)} from the DVC cache")

@@ -105,7 +105,8 @@ def transfer(direction: str, targets: list[str], remote: str | None, root: Path)
     result = run_dvc([direction, *(["-r", remote] if remote else []), *targets], root)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
-    if result.returncode != 0:
-        hint = remote_hint(result.stdout + result.stderr)
+    output = result.stdout + result.stderr
+    if result.returncode != 0 or "Missing cache files" in output:
+        hint = absent_local_remote(root, remote) or remote_hint(output)
         print(f"hint: {hint}" if hint else "hint: see DVC's message above", file=sys.stderr)
     return result.returncode

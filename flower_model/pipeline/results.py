@@ -28,6 +28,7 @@ NAME_WIDTH = 18
 SHORT_REV = 7
 PARAMS_FILE = "params.yaml"
 INDENT = "    "
+FAILED = "failed"  # shown in the first metric column of a run that failed
 
 
 def _rows(shown: list[dict]) -> list[tuple[str, dict, dict]]:
@@ -44,6 +45,8 @@ def _rows(shown: list[dict]) -> list[tuple[str, dict, dict]]:
                 label = label[:SHORT_REV]
             params = (data.get("params") or {}).get(PARAMS_FILE, {}).get("data") or {}
             metrics = (data.get("metrics") or {}).get(METRICS_FILE, {}).get("data") or {}
+            if item.get("error"):  # DVC keeps the baseline's metrics file in a failed run
+                metrics = {COLUMNS[0][0]: FAILED}
             rows.append((label, flatten(params), flatten(metrics)))
     return rows
 
@@ -54,6 +57,8 @@ def _short(key: str) -> str:
 
 
 def _cell(value: object, pattern: str) -> str:
+    if value == FAILED:
+        return FAILED
     return pattern.format(value) if isinstance(value, (int, float)) else "-"
 
 

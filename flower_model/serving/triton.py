@@ -8,10 +8,10 @@ triton-backend`), the repository is written (`model_repository.py`, serve.flavou
 the native backend, else or when it is not built `python`) unless one is given, and
 `tritonserver` runs on it: logs pass through, SIGTERM/SIGINT are forwarded, its exit code is ours.
 
-Crash budget: a server that crashes after it was ready (tritonserver 2.51 aborts on some requests)
-is restarted after 1, 2, 4, 4... s, at most serve.max_restarts times in a row; a server that stays
-ready for serve.restart_reset_s starts the count again, so a stream of such requests spread over
-time never ends the service, while a server that cannot stay up does.
+Restarts: a server that crashes after it was ready (tritonserver 2.51 aborts on some requests) is
+always restarted, after 1, 2, 4, 4... s (the backoff starts again once a server stayed ready for
+serve.restart_reset_s), so no stream of requests ends the service. serve gives up only when the
+server cannot come back: serve.max_restarts restarts in a row that never became ready.
 """
 
 import collections
@@ -143,9 +143,9 @@ def _exit_code(returncode: int) -> int:
 def run_server(server: Path, repository: Path, config: ServeConfig) -> int:
     """Run tritonserver until stopped; restart it when it crashes; return the exit code.
 
-    A crash after start-up restarts it after a short backoff, at most serve.max_restarts times in
-    a row, the count starting again once a server stayed ready for serve.restart_reset_s; a
-    failure during start-up is not retried (a retry would fail the same way).
+    A crash after it was ready is always restarted after a short backoff; serve gives up after
+    serve.max_restarts restarts in a row that never became ready. A failure of the first start
+    is not retried (a retry would fail the same way).
     """
     stopping = threading.Event()
     running: list[subprocess.Popen] = []
@@ -157,30 +157,30 @@ def run_server(server: Path, repository: Path, config: ServeConfig) -> int:
 
     signal.signal(signal.SIGTERM, forward_signal)
     signal.signal(signal.SIGINT, forward_signal)
-    restarts = 0
+    burst, failed_restarts = 0, 0  # crashes close together (backoff); restarts that never came up
     while True:
         code, ready_s, reason = _run_once(server, repository, config, stopping, running)
-        if ready_s is None:  # stopped, or failed during start-up
-            return code
-        if ready_s >= config.restart_reset_s:
-            restarts = 0  # it served for a while: this crash starts a new count
-        if restarts >= config.max_restarts:
-            print(
-                f"error: tritonserver crashed (exit {code}: {reason}) and was restarted "
-                f"{restarts} times in a row, each time ready for less than "
-                f"serve.restart_reset_s={config.restart_reset_s:g} s "
-                f"(serve.max_restarts={config.max_restarts}); giving up",
-                file=sys.stderr,
-            )
-            return code or 1
-        restarts += 1
-        delay = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (restarts - 1))
-        print(
-            f"tritonserver crashed after {ready_s:.0f} s ready (exit {code}: {reason}); "
-            f"restart {restarts} of {config.max_restarts} in {delay:.0f} s",
-            file=sys.stderr,
-            flush=True,
-        )
+        if stopping.is_set() or (ready_s is None and not burst):
+            return code  # stopped, or the first start failed
+        if ready_s is None:
+            failed_restarts += 1
+            if failed_restarts >= config.max_restarts:
+                print(
+                    f"error: tritonserver did not come back after {failed_restarts} restarts in "
+                    f"a row (exit {code}: {reason}; serve.max_restarts={config.max_restarts}); "
+                    "giving up",
+                    file=sys.stderr,
+                )
+                return code or 1
+            what = f"restart {failed_restarts} of {config.max_restarts} failed (exit {code})"
+        else:
+            failed_restarts = 0
+            if ready_s >= config.restart_reset_s:
+                burst = 0  # it served for a while: the backoff starts short again
+            what = f"tritonserver crashed after {ready_s:.0f} s ready (exit {code}: {reason})"
+        burst += 1
+        delay = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (burst - 1))
+        print(f"{what}; restarting in {delay:.0f} s", file=sys.stderr, flush=True)
         if stopping.wait(delay):
             return code
 
