@@ -59,6 +59,14 @@ def _is_flag(word: str) -> bool:
     return word.startswith("-") and word != "--" and not word.lstrip("-")[:1].isdigit()
 
 
+def _takes_value(word: str, flags: dict[str, inspect.Parameter]) -> bool:
+    """Whether `word` is a valued flag written without `=` (the next word is its value)."""
+    if not _is_flag(word) or "=" in word:
+        return False
+    parameter = flags.get(flag_name(word.lstrip("-")))
+    return parameter is not None and not isinstance(parameter.default, bool)
+
+
 def checked_arguments(words: list[str], function: Callable, usage: str) -> list[str]:
     """`words` as fire should see them; raise FlowerModelError for an unknown or misused flag."""
     flags = flags_of(function)
@@ -69,7 +77,11 @@ def checked_arguments(words: list[str], function: Callable, usage: str) -> list[
         if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
         and parameter.default is inspect.Parameter.empty
     ]
-    given = [word for word in words if not _is_flag(word)]
+    given = [  # positional words: neither a flag nor the separate value of a valued flag
+        word
+        for index, word in enumerate(words)
+        if not _is_flag(word) and not (index and _takes_value(words[index - 1], flags))
+    ]
     if len(given) < len(required):
         raise FlowerModelError(f"`{usage}` needs {' '.join(required)} (see `{usage} --help`)")
     result = []

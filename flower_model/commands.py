@@ -190,6 +190,10 @@ def client(
     from flower_model.serving.client import TritonClassifier, classify_remote
     from flower_model.serving.infer import OUTPUT_FORMATS, render
 
+    if not paths:
+        raise FlowerModelError(
+            "no photo given: flower-model client PHOTO_OR_FOLDER... (see --help)"
+        )
     suffix = Path(str(output)).suffix.lower() if output else ".csv"
     if suffix not in OUTPUT_FORMATS:
         raise FlowerModelError(f"--output must end in .csv or .json, got {output}")

@@ -186,6 +186,8 @@ def test_results_reads_this_repository_through_dvc():
     ("words", "expected"),
     [
         (["triton-repo"], "error: `flower-model triton-repo` needs FOLDER"),
+        (["triton-repo", "--flavour", "python"], "error: `flower-model triton-repo` needs FOLDER"),
+        (["client", "--url", "127.0.0.1:9"], "error: no photo given"),
         (["infer"], "error: no photo given"),
         (["infer", "x.jpg", "--model", "/nonexistent/m.onnx"], "does not exist; check the path"),
         (["infer", "x.jpg", "--model", "."], "is a folder; give the .onnx file"),

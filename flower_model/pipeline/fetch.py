@@ -107,6 +107,11 @@ def transfer(direction: str, targets: list[str], remote: str | None, root: Path)
     sys.stderr.write(result.stderr)
     output = result.stdout + result.stderr
     if result.returncode != 0 or "Missing cache files" in output:
-        hint = absent_local_remote(root, remote) or remote_hint(output)
+        outside = "not inside of a DVC repository" in output
+        hint = (
+            "run it from the project root, the folder with dvc.yaml"
+            if outside
+            else absent_local_remote(root, remote) or remote_hint(output)
+        )
         print(f"hint: {hint}" if hint else "hint: see DVC's message above", file=sys.stderr)
     return result.returncode
