@@ -131,7 +131,10 @@ start_slurm() {
   fi
   sacctmgr -i show cluster format=cluster -n 2>/dev/null | grep -qw "$CLUSTER" \
     || sacctmgr -i add cluster "$CLUSTER" >/dev/null
-  alive "$RUN/slurmctld.pid" || slurmctld
+  # A slurmctld that was just told to stop no longer answers but still saves its state (its pid
+  # file alive): wait until it answers (starting) or is gone (stopping), then start one if needed.
+  wait_for "slurmctld to answer or exit" bash -c "scontrol ping || ! pgrep -x slurmctld"
+  scontrol ping >/dev/null 2>&1 || slurmctld
   wait_for slurmctld scontrol ping
   alive "$RUN/slurmd.pid" || slurmd
   wait_for "the node" bash -c "sinfo -h -o %T | grep -qx idle"

@@ -24,7 +24,7 @@ def _describe(error: ValidationError) -> str:
         value = item.get("input")
         # A rule across keys reports the whole section as its input: the message names the keys.
         shown = "(missing)" if item["type"] == "missing" else repr(value)
-        if isinstance(value, dict):
+        if isinstance(value, dict) and item["type"] != "missing":
             shown = "(these keys)"
         if item["type"] == "extra_forbidden":
             hint = "unknown key: remove it or fix its spelling (see configs/)"

@@ -106,7 +106,7 @@ def _python_source(module: str) -> Path:
     return Path(str(resources.files("flower_model.serving.triton_models") / f"{module}.py"))
 
 
-def _model_metadata(model: Path) -> dict[str, str]:
+def model_metadata(model: Path) -> dict[str, str]:
     """The exported model's metadata, refused with the fix when the file cannot serve."""
     if not model.is_file():
         raise FlowerModelError(f"{model} does not exist: run `dvc repro export_onnx` first")
@@ -186,7 +186,7 @@ def write_repository(
         raise FlowerModelError(f"--flavour must be one of {FLAVOURS}, got {flavour!r}")
     if engine not in ENGINES:
         raise FlowerModelError(f"--backend must be one of {ENGINES}, got {engine!r}")
-    metadata = _model_metadata(model)
+    metadata = model_metadata(model)
     labels = json.loads(metadata[CLASS_NAMES])
     shared = {
         CLASS_NAMES: json.dumps(labels, ensure_ascii=False),

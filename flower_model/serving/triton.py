@@ -289,7 +289,7 @@ def serve(
 ) -> int:
     """Serve `repository` (or one written from `model` in serve.flavour) until stopped; return
     the exit code. The CLI's `--flavour F` and `--int8` are serve.flavour / serve.int8."""
-    from flower_model.serving.model_repository import write_repository
+    from flower_model.serving.model_repository import model_metadata, write_repository
 
     if repository is not None and not sorted(repository.glob("*/config.pbtxt")):
         raise ServeError(
@@ -303,6 +303,8 @@ def serve(
         if reason:
             raise ServeError(f"--backend tensorrt cannot run here: {reason}; use --backend onnx")
     check_ports(config)
+    if repository is None:
+        model_metadata(served_model(model, config))  # a damaged model: its error, nothing else
     with tempfile.TemporaryDirectory(prefix="flower-model-serve-") as work:
         if repository is None:
             repository = Path(work) / "models"
