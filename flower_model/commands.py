@@ -256,7 +256,7 @@ def multirun(
     from flower_model.pipeline.multirun import run_multirun
 
     words = [str(item) for item in overrides]
-    if not any("," in word for word in words):
+    if not words:  # one combination is fine (a single Slurm job); none would rerun the defaults
         raise FlowerModelError(
             "multirun needs a sweep: at least one KEY=V1,V2 (e.g. train.seed=1,2,3); for one "
             "experiment use `dvc exp run -S KEY=VALUE`"

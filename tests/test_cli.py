@@ -192,7 +192,6 @@ def test_results_reads_this_repository_through_dvc():
         (["infer", "x.jpg", "--model", "/nonexistent/m.onnx"], "does not exist; check the path"),
         (["infer", "x.jpg", "--model", "."], "is a folder; give the .onnx file"),
         (["multirun"], "error: multirun needs a sweep"),
-        (["multirun", "train.lr=0.1"], "error: multirun needs a sweep"),
     ],
 )
 def test_missing_arguments_are_one_line_before_any_work(tmp_path, words, expected):
