@@ -311,7 +311,7 @@ def test_a_relative_source_is_the_projects_inside_a_dvc_experiment_workspace(
     tmp_path, mini_tarball, monkeypatch
 ):
     """Queued and temp experiments run in a copy under .dvc/tmp/exps/; a relative source
-    (the README's `../shared/...` mirror) is resolved from the project DVC names in DVC_ROOT,
+    (a mirror beside the clone) is resolved from the project DVC names in DVC_ROOT,
     where it used to be looked up beside the copy and never found."""
     project = tmp_path / "project"
     workspace = project / ".dvc" / "tmp" / "exps" / "tmpabc"

@@ -303,14 +303,15 @@ def serve(
         if reason:
             raise ServeError(f"--backend tensorrt cannot run here: {reason}; use --backend onnx")
     check_ports(config)
+    served = served_model(model, config) if repository is None else model
     if repository is None:
-        model_metadata(served_model(model, config))  # a damaged model: its error, nothing else
+        model_metadata(served)  # a damaged model: its error, nothing else
     with tempfile.TemporaryDirectory(prefix="flower-model-serve-") as work:
         if repository is None:
             repository = Path(work) / "models"
             write_repository(
                 repository,
-                served_model(model, config),
+                served,
                 config,
                 served_flavour(config, engine),
                 engine,
