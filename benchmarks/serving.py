@@ -4,20 +4,26 @@ flavours (container: Triton's native onnxruntime backend; python: the python-bac
     python benchmarks/serving.py [--model models/model.onnx] [--requests 1000] [--photo F.jpg]
                                  [--threads N]  (serve.ort_threads, on both sides)
                                  [--instances N]  (serve.instances)
+(threads and instances default to configs/serve/, what `flower-model serve` runs)
 
 Needs `make triton-backend` (the container flavour) and `make perf-analyzer` (NVIDIA's client).
 Starts `flower-model serve` on free loopback ports once per flavour and prints, from this one run:
 - in-process batch-1 p50/p99 and the best in-process throughput over batch sizes, with the
   server's thread settings (spinning as each flavour's server does it);
-- perf_analyzer over HTTP and gRPC at concurrency 1 and 8, batch 1: p50/p99, throughput as a
-  fraction of the best in-process figure, p50 minus in-process p50, and perf_analyzer's
-  server-side split (queue, compute input/infer/output, overhead), mean us per request;
+- batch-1 latency at concurrency 1 in alternating blocks: ROUNDS rounds, each an in-process block
+  and one perf_analyzer run per protocol (rotating order, so drift on the host hits every path
+  alike); p50/p99 over every request of the blocks (perf_analyzer's per-request profile export),
+  served p50 minus in-process p50, and perf_analyzer's server-side split (queue, compute
+  input/infer/output, overhead), mean us per request;
+- perf_analyzer at concurrency 8 over HTTP and gRPC: throughput as a fraction of the best
+  in-process figure, p50/p99 and the split;
 - the encoded-photo model (JPEG bytes in) beside in-process decode + ORT (own client: perf_analyzer
   sends synthetic tensors, not real photo files).
 Stops each server by PID. Goals (issue 27): native p50 overhead <= 0.5 ms gRPC / 0.7 ms HTTP;
 8 clients >= 95% of in-process throughput.
 """
 
+import json
 import os
 import platform
 import re
@@ -32,13 +38,16 @@ from pathlib import Path
 
 import numpy as np
 
+from flower_model.config import load_config
 from flower_model.serving.contract import FILES, INPUT, PROBS
 from flower_model.serving.infer import OnnxClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 PERF_ANALYZER = REPO / "build" / "perf_analyzer" / "bin" / "perf_analyzer"
 PERF_LIBS = REPO / "build" / "perf_analyzer" / "lib"  # libb64/libcudart links (make perf-analyzer)
-CONCURRENCIES = (1, 8)
+CONCURRENCY = 8  # the throughput rows; latency rows run at concurrency 1
+ROUNDS = 4  # alternating blocks per latency row (each perf_analyzer run has >= requests/ROUNDS)
+NS = 1e6  # profile export timestamps are nanoseconds
 PERF_TIMEOUT_S = 600
 US = 1000.0  # perf_analyzer reports microseconds
 # perf_analyzer accepts a measurement once 3 windows agree within this many percent (its default,
@@ -149,9 +158,11 @@ def _start(model: str, ports: dict[str, int], settings: dict[str, object]) -> su
 
 def perf_analyzer(url: str, protocol: str, model: str, concurrency: int, requests: int, shape):
     """Run NVIDIA's perf_analyzer (batch 1, random uint8 input, `requests` measured requests);
-    returns the count, throughput (infer/s), p50/p99 (ms) and the server-side split (us)."""
+    returns the count, throughput (infer/s), p50/p99 (ms), the server-side split (us) and the
+    latency (ms) of every request it sent (its profile export, stable windows or not)."""
     with tempfile.TemporaryDirectory() as work:
         csv_path = Path(work) / "result.csv"
+        export_path = Path(work) / "profile.json"
         command = [
             str(PERF_ANALYZER),
             f"-m{model}",
@@ -163,6 +174,7 @@ def perf_analyzer(url: str, protocol: str, model: str, concurrency: int, request
             "--percentile=50",
             f"--stability-percentage={STABILITY_PERCENT}",
             f"-f{csv_path}",
+            f"--profile-export-file={export_path}",
         ] + ([f"--shape={INPUT}:{','.join(map(str, shape))}"] if shape else [])
         env = {**os.environ, "LD_LIBRARY_PATH": str(PERF_LIBS)}
         run = subprocess.run(
@@ -172,6 +184,13 @@ def perf_analyzer(url: str, protocol: str, model: str, concurrency: int, request
             raise RuntimeError(f"perf_analyzer failed: {(run.stderr or run.stdout).strip()[-500:]}")
         header, values = csv_path.read_text().splitlines()[:2]
         row = dict(zip(header.split(","), values.split(",")))
+        sent = [
+            request
+            for experiment in json.loads(export_path.read_text())["experiments"]
+            for request in experiment["requests"]
+            if request.get("response_timestamps")
+        ]
+    latencies = [(item["response_timestamps"][-1] - item["timestamp"]) / NS for item in sent]
     split = SERVER_SPLIT.search(run.stdout)
     count = re.search(r"Request count: (\d+)", run.stdout)
     return {
@@ -180,6 +199,7 @@ def perf_analyzer(url: str, protocol: str, model: str, concurrency: int, request
         "p50_ms": float(row["p50 latency"]) / US,
         "p99_ms": float(row["p99 latency"]) / US,
         "server": {key: float(value) for key, value in split.groupdict().items()} if split else {},
+        "latencies_ms": np.array(latencies),
     }
 
 
@@ -205,18 +225,55 @@ def _in_process(
     return p50, best
 
 
-def _served_rows(ports: dict, name: str, requests: int, local_p50: float, best: float) -> None:
+def _split(results: list[dict]) -> str:
+    keys = results[0]["server"]
+    return ", ".join(
+        f"{key} {np.mean([result['server'][key] for result in results]):.0f}" for key in keys
+    )
+
+
+def _latency_rows(ports: dict, name: str, classifier, image, requests: int) -> None:
+    """Concurrency 1: in-process blocks and perf_analyzer runs over HTTP and gRPC, alternating
+    (ROUNDS rounds, the order rotating), so the served-minus-in-process p50 compares requests
+    timed under the same conditions."""
+    per_block = max(1, requests // ROUNDS)
+    paths = ("in-process", "http", "grpc")
+    latencies: dict[str, list[np.ndarray]] = {path: [] for path in paths}
+    splits: dict[str, list[dict]] = {"http": [], "grpc": []}
+    for round_index in range(ROUNDS):
+        shift = round_index % len(paths)
+        for path in paths[shift:] + paths[:shift]:
+            if path == "in-process":
+                latencies[path].append(_timed(lambda: classifier.probs(image), per_block))
+                continue
+            url = f"127.0.0.1:{ports[f'{path}_port']}"
+            result = perf_analyzer(url, path, name, 1, per_block, None)
+            latencies[path].append(result["latencies_ms"])
+            splits[path].append(result)
+    local = np.concatenate(latencies["in-process"])
+    local_p50 = float(np.median(local))
+    print(
+        f"  in-process c=1  p50 {local_p50:7.3f} ms  p99 {np.percentile(local, 99):7.3f} ms"
+        f"  ({local.size} calls)"
+    )
+    for protocol in ("http", "grpc"):
+        served = np.concatenate(latencies[protocol])
+        p50, p99 = np.percentile(served, PERCENTILES)
+        print(
+            f"  {protocol:4s} c=1  p50 {p50:7.3f} ms  p99 {p99:7.3f} ms  ({served.size} requests)"
+            f"  p50 - in-process {p50 - local_p50:+.3f} ms; server us: {_split(splits[protocol])}"
+        )
+
+
+def _throughput_rows(ports: dict, name: str, requests: int, best: float) -> None:
     for protocol in ("http", "grpc"):
         url = f"127.0.0.1:{ports[f'{protocol}_port']}"
-        for concurrency in CONCURRENCIES:
-            result = perf_analyzer(url, protocol, name, concurrency, requests, None)
-            split = ", ".join(f"{key} {value:.0f}" for key, value in result["server"].items())
-            print(
-                f"  {protocol:4s} c={concurrency}  p50 {result['p50_ms']:7.3f} ms  p99 "
-                f"{result['p99_ms']:7.3f} ms  {result['throughput']:8.1f}/s "
-                f"({result['throughput'] / best:4.0%} of in-process)  p50 - in-process "
-                f"{result['p50_ms'] - local_p50:+.3f} ms; server us: {split}"
-            )
+        result = perf_analyzer(url, protocol, name, CONCURRENCY, requests, None)
+        print(
+            f"  {protocol:4s} c={CONCURRENCY}  p50 {result['p50_ms']:7.3f} ms  p99 "
+            f"{result['p99_ms']:7.3f} ms  {result['throughput']:8.1f}/s "
+            f"({result['throughput'] / best:4.0%} of in-process); server us: {_split([result])}"
+        )
 
 
 def _image_rows(ports: dict, name: str, classifier, photo_path: Path, requests: int) -> None:
@@ -238,9 +295,12 @@ def main(
     model: str = "models/model.onnx",
     requests: int = 1000,
     photo: str | None = None,
-    threads: int = 0,
-    instances: int = 1,
+    threads: int | None = None,
+    instances: int | None = None,
 ) -> None:
+    serve = load_config(REPO).serve
+    threads = serve.ort_threads if threads is None else threads
+    instances = serve.instances if instances is None else instances
     if not PERF_ANALYZER.is_file():
         raise SystemExit(f"{PERF_ANALYZER} is missing: run `make perf-analyzer`")
     photo_path = Path(photo) if photo else next(Path("data/raw/flower_photos").rglob("*.jpg"))
@@ -266,7 +326,8 @@ def main(
         settings = {"flavour": flavour, "ort_threads": threads, "instances": instances}
         server = _start(model, ports, settings)
         try:
-            _served_rows(ports, name, requests, local_p50, best)
+            _latency_rows(ports, name, classifier, image, requests)
+            _throughput_rows(ports, name, requests, best)
             _image_rows(ports, name + "_image", classifier, photo_path, max(100, requests // 4))
         finally:
             os.killpg(server.pid, signal.SIGTERM)
