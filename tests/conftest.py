@@ -245,7 +245,9 @@ def tiny_checkpoint(tmp_path_factory):
     from flower_model.training.module import FlowerClassifier
 
     torch.manual_seed(0)
-    config = make_config(model=TINY_MODEL)
+    # A random head, so photos get different answers (the default's zero head, untrained, gives
+    # every photo the same uniform probabilities and nothing for parity or top-k to tell apart).
+    config = make_config(["train.zero_head=false"], model=TINY_MODEL)
     module = FlowerClassifier(config.model.model_dump(), config.train.model_dump(), CLASS_NAMES, 1)
     with torch.no_grad():  # move BatchNorm statistics off their defaults
         module.train()
