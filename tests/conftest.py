@@ -21,6 +21,7 @@ from tests.helpers.photos import write_photo_set
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES_PER_CLASS = 16
 TINY_SIZE = 32
+STOP_GRACE_S = 20.0  # seconds a server a fixture started gets to exit after SIGTERM, then SIGKILL
 # A complete small_cnn model section (the default model is the pretrained EfficientNet-Lite0).
 TINY_MODEL = {
     "family": "small_cnn",
@@ -153,16 +154,20 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float) -> None
     raise RuntimeError(f"{url} did not answer within {timeout_s} s")
 
 
-def stop_process(process: subprocess.Popen) -> None:
-    """SIGTERM the process group a fixture started, then SIGKILL what is left."""
+def stop_process(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM the process group a fixture started, then SIGKILL what is left after `grace_s`."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
 
+
+# `weed mini` holding data takes 20 s to exit after SIGTERM (measured: the S3 tests' teardowns
+# were 20.0 s each); its data is throwaway, so it gets this long before SIGKILL.
+S3_STOP_GRACE_S = 2.0
 
 # MLflow client settings a training run sets for its process; tests that train in-process put
 # them back so later tests see the defaults.
@@ -349,9 +354,9 @@ def s3_server(tmp_path):
     endpoint = f"http://127.0.0.1:{s3_port}"
     try:
         wait_for_s3_bucket(endpoint, "flower-model", process, S3_START_TIMEOUT_S)
-        yield endpoint, credentials, lambda: stop_process(process)
+        yield endpoint, credentials, lambda: stop_process(process, S3_STOP_GRACE_S)
     finally:
-        stop_process(process)
+        stop_process(process, S3_STOP_GRACE_S)
         log.close()
 
 
