@@ -8,7 +8,7 @@ flavours (container: Triton's native onnxruntime backend; python: the python-bac
 
 Needs `make triton-backend` (the container flavour) and `make perf-analyzer` (NVIDIA's client).
 Starts `flower-model serve` on free loopback ports once per flavour and prints, from this one run:
-- in-process batch-1 p50/p99 and the best in-process throughput over batch sizes, with the
+- the best in-process throughput over batch sizes, with the
   server's thread settings (spinning as each flavour's server does it);
 - batch-1 latency at concurrency 1 in alternating blocks: ROUNDS rounds, each an in-process block
   and one perf_analyzer run per protocol (rotating order, so drift on the host hits every path
@@ -212,17 +212,15 @@ def _rows(timings: dict[str, np.ndarray], base: str | None = None) -> None:
         print(f"  {name:30s} p50 {p50:7.3f} ms  p99 {p99:7.3f} ms{extra}")
 
 
-def _in_process(
-    classifier: OnnxClassifier, image: np.ndarray, requests: int
-) -> tuple[float, float]:
-    """(batch-1 p50 ms, best images/s over BATCH_SIZES) of one in-process session."""
-    p50 = float(np.median(_timed(lambda: classifier.probs(image), requests)))
+def _best_throughput(classifier: OnnxClassifier, image: np.ndarray, requests: int) -> float:
+    """Best images/s over BATCH_SIZES of one in-process session (the batch-1 latency is timed in
+    the alternating rounds of _latency_rows)."""
     best = 0.0
     for size in BATCH_SIZES:
         batch = np.repeat(image, size, axis=0)
         timings = _timed(lambda: classifier.probs(batch), max(10, requests // size))
         best = max(best, size * MS / float(np.median(timings)))
-    return p50, best
+    return best
 
 
 def _split(results: list[dict]) -> str:
@@ -314,13 +312,13 @@ def main(
     for flavour, spinning in (("container", True), ("python", False)):
         classifier = OnnxClassifier(Path(model), spinning=spinning, threads=threads)
         image = classifier.load(photo_path)[None]
-        local_p50, best = _in_process(classifier, image, requests)
+        best = _best_throughput(classifier, image, requests)
         if threads:  # the bar is the best the same cores do in-process, whatever the threads
             all_cores = OnnxClassifier(Path(model), spinning=spinning)
-            best = max(best, _in_process(all_cores, image, requests)[1])
+            best = max(best, _best_throughput(all_cores, image, requests))
         print(
             f"{flavour} flavour; in-process ORT (spinning={spinning}, threads={threads}): "
-            f"batch-1 p50 {local_p50:.3f} ms, best {best:.1f} images/s"
+            f"best {best:.1f} images/s"
         )
         ports = {key: _port() for key in ("http_port", "grpc_port", "metrics_port")}
         settings = {"flavour": flavour, "ort_threads": threads, "instances": instances}
