@@ -419,3 +419,15 @@ def slurm_cluster():
     if not was_up:
         stopped = slurm_command("down")
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+SLURM_GROUP = "slurm"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for `pytest -n 2 --dist loadgroup` (`make test`): a test file runs on one worker,
+    so its module-scoped servers start once; every test on the one Slurm cluster runs on the
+    same worker (its session fixture brings the cluster up and down)."""
+    for item in items:
+        group = SLURM_GROUP if "slurm_cluster" in item.fixturenames else item.path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
