@@ -71,6 +71,11 @@ def dvc_project(tmp_path, monkeypatch) -> Path:
         monkeypatch.setenv(f"GIT_AUTHOR_{name}", value)
         monkeypatch.setenv(f"GIT_COMMITTER_{name}", value)
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    # the stages' `python` is this environment's, as with the venv activated (`.venv/bin/pytest`
+    # run without activating it would otherwise start the system Python)
+    monkeypatch.setenv(
+        "PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    )
     for command in (["git", "init", "-q"], [DVC, "init", "-q"], [DVC, "repro", "-q"]):
         assert _run(project, *command).returncode == 0
     assert _run(project, "git", "add", "-A").returncode == 0

@@ -60,10 +60,8 @@ def absent_local_remote(root: Path, remote: str | None) -> str:
     """Why a pull cannot work when the remote is a local folder that does not exist ('' when that
     is not the case): DVC itself only says `Checkout failed for following targets:.`."""
     name = remote or run_dvc(["config", "core.remote"], root).stdout.strip()
-    # `dvc remote list` prints `NAME URL [(default)]` per line.
-    listed = [line.split() for line in run_dvc(["remote", "list"], root).stdout.splitlines()]
-    urls = {words[0]: words[1] for words in listed if len(words) >= 2}
-    url = urls.get(name, "")
+    # `dvc config` prints the value as stored (`dvc remote list` wraps it to the terminal width).
+    url = run_dvc(["config", f"remote.{name}.url"], root).stdout.strip() if name else ""
     if not name or "://" in url or not url:
         return "" if name else NO_REMOTE
     # DVC resolves a local remote's relative path from the folder of its config file, .dvc/.
