@@ -7,17 +7,16 @@
 #
 # Sources: ../shared/vendor/triton-r24.10 when present (TRITON_VENDOR overrides; see its
 # SOURCE.md), else `git clone --branch r24.10` of the four upstream repositories. ONNX Runtime:
-# the library of the npm package onnxruntime-node (ORT_VERSION, the release closest to the Python
-# onnxruntime in poetry.lock that npm has) with the vendored 1.21.0 C API headers (older headers
-# work with a newer library; never the reverse); without the vendor folder, ONNX Runtime's own
-# release archive of ORT_VERSION (headers and library of one version).
+# the library inside the Python onnxruntime wheel of poetry.lock (the very binary in-process
+# inference runs, so served and in-process figures compare one runtime), with the vendored 1.21.0
+# C API headers (older headers work with a newer library; never the reverse); without the vendor
+# folder, the headers of ONNX Runtime's own release archive of that version.
 # Build tools (cmake, g++, rapidjson-dev, patchelf) come from `make triton-build-deps` (root).
 # Idempotent: a stamp of every input is kept; a second run with the same inputs does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TRITON_TAG=r24.10
-ORT_VERSION="${ORT_VERSION:-1.31.1}"
 VENDOR="${TRITON_VENDOR:-../shared/vendor/triton-${TRITON_TAG}}"
 OUT="$(realpath -m "${TRITON_BACKEND_DIR:-build/triton-backend}")"
 DOWNLOADS=build/triton-backend/downloads  # kept in the checkout, whatever OUT is
@@ -41,6 +40,18 @@ need_tool g++
 need_tool patchelf
 [[ -f /usr/include/rapidjson/document.h ]] || fail "rapidjson headers are missing; $DEPS_HINT"
 [[ -x "$PYTHON" ]] || fail "$PYTHON is missing; run \`make setup\` first"
+# The wheel's library: the runtime `infer`, `evaluate` and the benchmarks' in-process rows use.
+ORT_LIBRARY=$("$PYTHON" - <<'EOF'
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.find_spec("onnxruntime")
+capi = Path(next(iter(spec.submodule_search_locations))) / "capi" if spec else None
+print(next((str(p) for p in sorted(capi.glob("libonnxruntime.so.*"))), "") if capi else "")
+EOF
+)
+[[ -f "$ORT_LIBRARY" ]] || fail "the Python onnxruntime wheel (libonnxruntime.so) is missing; run \`make setup\`"
+ORT_VERSION="${ORT_LIBRARY##*/libonnxruntime.so.}"
 # The wheel renames libtritonserver.so (auditwheel); the backend must name the bundled copy.
 SERVER_LIB=$("$PYTHON" - <<'EOF'
 import importlib.util
@@ -88,16 +99,8 @@ sed -i 's/^add_subdirectory(test)/# add_subdirectory(test)  (skipped: downloads 
 # --- ONNX Runtime: headers and library --------------------------------------------------------
 if [[ -d "$VENDOR" ]]; then
     need_tool dpkg-deb
-    need_tool npm
     dpkg-deb -x "$VENDOR"/libonnxruntime-dev_*_amd64.deb "$WORK/deb"
     cp -r "$WORK/deb/usr/include/onnxruntime/." "$WORK/ort/include/"
-    package="$DOWNLOADS/onnxruntime-node-$ORT_VERSION.tgz"
-    if [[ ! -f "$package" ]]; then
-        (cd "$DOWNLOADS" && npm pack --silent "onnxruntime-node@$ORT_VERSION" >/dev/null) ||
-            fail "cannot fetch onnxruntime-node@$ORT_VERSION with npm (registry unreachable?)"
-    fi
-    tar xzf "$package" -C "$WORK" --wildcards 'package/bin/napi-v*/linux/x64/libonnxruntime.so*'
-    library=$(find "$WORK/package" -name 'libonnxruntime.so*' -type f | sort | head -n1)
 else
     archive="$DOWNLOADS/onnxruntime-linux-x64-$ORT_VERSION.tgz"
     if [[ ! -f "$archive" ]]; then
@@ -105,12 +108,10 @@ else
             fail "cannot download ONNX Runtime $ORT_VERSION's release archive (no network?)"
         mv "$archive.tmp" "$archive"
     fi
-    tar xzf "$archive" -C "$WORK"
+    tar xzf "$archive" -C "$WORK" "onnxruntime-linux-x64-$ORT_VERSION/include"
     cp -r "$WORK/onnxruntime-linux-x64-$ORT_VERSION/include/." "$WORK/ort/include/"
-    library=$(find "$WORK/onnxruntime-linux-x64-$ORT_VERSION/lib" -name 'libonnxruntime.so.*.*' | head -n1)
 fi
-[[ -f "$library" ]] || fail "no libonnxruntime.so in ONNX Runtime $ORT_VERSION's package"
-cp "$library" "$WORK/ort/lib/libonnxruntime.so.1"
+cp "$ORT_LIBRARY" "$WORK/ort/lib/libonnxruntime.so.1"
 ln -sf libonnxruntime.so.1 "$WORK/ort/lib/libonnxruntime.so"
 
 # --- configure, build, install ----------------------------------------------------------------

@@ -728,7 +728,8 @@ def test_serve_falls_back_to_python_when_the_backend_is_not_built(tmp_path, tiny
 
 @pytest.mark.slow
 def test_backend_builds_from_vendored_sources_and_a_second_run_does_nothing(tmp_path):
-    """The build script in a clean folder (the npm package cache is shared), then again."""
+    """The build script in a clean folder, then again. The served runtime is the very library
+    of the Python onnxruntime wheel, so served and in-process figures compare one runtime."""
     script = REPO_ROOT / "scripts" / "build_triton_backend.sh"
     vendor = REPO_ROOT.parent / "shared" / "vendor" / "triton-r24.10"
     if not vendor.is_dir():
@@ -747,6 +748,13 @@ def test_backend_builds_from_vendored_sources_and_a_second_run_does_nothing(tmp_
         ["readelf", "-d", str(built / "libtriton_onnxruntime.so")], capture_output=True, text=True
     ).stdout
     assert "libtritonserver-" in needed and "[libtritonserver.so]" not in needed
+    import onnxruntime
+
+    wheel_library = (
+        Path(onnxruntime.__file__).parent / "capi" / f"libonnxruntime.so.{onnxruntime.__version__}"
+    )
+    assert (built / "libonnxruntime.so.1").read_bytes() == wheel_library.read_bytes()
+    assert f"(ONNX Runtime {onnxruntime.__version__})" in first.stdout
     mtime = (built / "libtriton_onnxruntime.so").stat().st_mtime_ns
     second = subprocess.run([script], env=env, capture_output=True, text=True, timeout=60)
     assert second.returncode == 0 and "up to date" in second.stdout, second.stderr
