@@ -40,28 +40,30 @@ need_tool g++
 need_tool patchelf
 [[ -f /usr/include/rapidjson/document.h ]] || fail "rapidjson headers are missing; $DEPS_HINT"
 [[ -x "$PYTHON" ]] || fail "$PYTHON is missing; run \`make setup\` first"
-# The wheel's library: the runtime `infer`, `evaluate` and the benchmarks' in-process rows use.
-ORT_LIBRARY=$("$PYTHON" - <<'EOF'
+# Two libraries come from wheels in .venv, one line each (empty when the wheel is missing):
+# - ONNX Runtime's, the runtime `infer`, `evaluate` and the benchmarks' in-process rows use;
+# - libtritonserver, which the pytriton wheel renames (auditwheel): the backend must name that copy.
+mapfile -t WHEEL_LIBS < <("$PYTHON" - <<'EOF'
 import importlib.util
 from pathlib import Path
 
-spec = importlib.util.find_spec("onnxruntime")
-capi = Path(next(iter(spec.submodule_search_locations))) / "capi" if spec else None
-print(next((str(p) for p in sorted(capi.glob("libonnxruntime.so.*"))), "") if capi else "")
+
+def first(package: str, folder: str, pattern: str) -> str:
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        return ""
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return next((str(path) for path in sorted((root / folder).glob(pattern))), "")
+
+
+print(first("onnxruntime", "capi", "libonnxruntime.so.*"))
+print(Path(first("pytriton", "../nvidia_pytriton.libs", "libtritonserver*.so*")).name)
 EOF
 )
+ORT_LIBRARY="${WHEEL_LIBS[0]:-}"
+SERVER_LIB="${WHEEL_LIBS[1]:-}"
 [[ -f "$ORT_LIBRARY" ]] || fail "the Python onnxruntime wheel (libonnxruntime.so) is missing; run \`make setup\`"
 ORT_VERSION="${ORT_LIBRARY##*/libonnxruntime.so.}"
-# The wheel renames libtritonserver.so (auditwheel); the backend must name the bundled copy.
-SERVER_LIB=$("$PYTHON" - <<'EOF'
-import importlib.util
-from pathlib import Path
-
-spec = importlib.util.find_spec("pytriton")
-libs = Path(next(iter(spec.submodule_search_locations))).parent / "nvidia_pytriton.libs" if spec else None
-print(next((p.name for p in sorted(libs.glob("libtritonserver*.so*"))), "") if libs else "")
-EOF
-)
 [[ -n "$SERVER_LIB" ]] || fail "the nvidia-pytriton wheel (libtritonserver) is missing; run \`make setup\`"
 
 if [[ -d "$VENDOR" ]]; then
