@@ -97,6 +97,24 @@ def _backup_of(target: Path) -> Path:
     return target.with_name(f".{target.name}.old")
 
 
+def temp_pattern(target: Path) -> str:
+    """The glob of the temp files and folders `atomic_path`/`atomic_dir` make for `target`."""
+    return f".{target.name}.*.tmp"
+
+
+def remove_stale(folder: Path, pattern: str) -> list[str]:
+    """Delete what a killed run left in `folder` under its own temporary names (`pattern`, a
+    glob of names only this project makes): `kill -9` runs no `finally`. The names removed."""
+    removed = []
+    for stale in sorted(folder.glob(pattern)):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+        removed.append(stale.name)
+    return removed
+
+
 def recover_dir(target: Path) -> None:
     """Undo what a run killed inside `atomic_dir` left: restore the old folder, drop temp ones."""
     backup = _backup_of(target)
@@ -105,8 +123,7 @@ def recover_dir(target: Path) -> None:
             shutil.rmtree(backup)  # the swap completed; only the clean-up was cut short
         else:
             backup.rename(target)  # killed between the two renames: the old folder comes back
-    for stale in target.parent.glob(f".{target.name}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale(target.parent, temp_pattern(target))
 
 
 @contextmanager

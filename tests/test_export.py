@@ -96,6 +96,32 @@ def test_int8_variant(tmp_path, exported, val_images, checkpoint):
     assert np.abs(probs - reference).max() < 0.2, "INT8 must stay close to fp32"
 
 
+def test_export_removes_what_a_killed_export_left(
+    tmp_path, exported, checkpoint, val_images, capsys
+):
+    """`kill -9` runs no clean-up; the next run removes the temp names it makes itself, only."""
+    path, _ = exported
+    stale_scratch = tmp_path / ".quantize.k1ll3d"
+    stale_scratch.mkdir()
+    (stale_scratch / "prepared.onnx").write_bytes(b"\0" * 1024)
+    stale_files = [tmp_path / ".model.int8.onnx.k1ll3d.tmp", tmp_path / ".model.onnx.k1ll3d.tmp"]
+    for stale in stale_files:
+        stale.write_bytes(b"partial")
+    others = [tmp_path / ".model.onnx.keep", tmp_path / "notes.tmp", tmp_path / ".other.x.tmp"]
+    for other in others:
+        other.write_text("not ours")
+    quantize_int8(path, tmp_path / "model.int8.onnx", val_images[:4])
+    assert not stale_scratch.exists() and not stale_files[0].exists()
+    assert stale_files[1].exists(), "model.onnx's temp is the ONNX export's to remove"
+    assert "removed what a killed export left" in capsys.readouterr().err
+    export_model(checkpoint, tmp_path / "model.onnx", make_config().export, val_images, {})
+    assert not stale_files[1].exists()
+    assert all(other.read_text() == "not ours" for other in others)
+    assert sorted(item.name for item in tmp_path.iterdir()) == sorted(
+        [other.name for other in others] + ["model.int8.onnx", "model.onnx"]
+    )
+
+
 def test_trt_skip_path_is_real(tmp_path, tiny_processed):
     # This machine has no TensorRT and no GPU: the stage must say so and write no engine.
     import shutil

@@ -5,11 +5,14 @@ listing order or timing, so the same inputs and params give the same bytes on an
 """
 
 import hashlib
+import signal
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
-from multiprocessing import get_context
+from multiprocessing import get_context, resource_tracker
+from multiprocessing.pool import Pool
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +121,27 @@ def _decode_all(
         yield from map(_decode, jobs)
         return
     # imap keeps input order, so the result does not depend on which worker finishes first.
-    with get_context("spawn").Pool(config.num_workers) as pool:
+    with _worker_pool(config.num_workers) as pool:
         yield from pool.imap(_decode, jobs, chunksize=POOL_CHUNK)
+
+
+def _worker_pool(processes: int) -> Pool:
+    """A spawn pool whose workers never see Ctrl-C: only this process handles it.
+
+    A terminal's Ctrl-C reaches every process of the group. A worker that got it died with
+    KeyboardInterrupt, sometimes while holding the task queue's lock, and then the pool's
+    terminate() waited for that lock forever (zombie workers, this process on a futex, the
+    semaphores never unlinked). So SIGINT is blocked while the workers start (a blocked mask is
+    inherited through spawn's fork and exec, and Python leaves it so); a Ctrl-C meanwhile is
+    delivered here as soon as it is unblocked, and terminate() then stops the workers itself.
+    The resource tracker starts first: starting it unblocks SIGINT again.
+    """
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return get_context("spawn").Pool(processes)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def drop_duplicates(decoded: list[Decoded]) -> tuple[list[Decoded], list[Decoded]]:
@@ -227,10 +249,11 @@ def preprocess_dataset(
     started = time.perf_counter()
     classes, files, unusable = list_dataset(dataset, config)
     decoded, failed = [], list(unusable)
-    decoding = _decode_all(dataset, files, config)
-    # disable=None: a bar on a terminal only; in a log the summary line below says it all.
-    for item in tqdm(decoding, total=len(files), desc="decode", unit="img", disable=None):
-        (failed if item.reason else decoded).append(item)
+    # closing: on Ctrl-C the worker pool is stopped here, before the error is reported.
+    with closing(_decode_all(dataset, files, config)) as decoding:
+        # disable=None: a bar on a terminal only; in a log the summary line below says it all.
+        for item in tqdm(decoding, total=len(files), desc="decode", unit="img", disable=None):
+            (failed if item.reason else decoded).append(item)
     kept, duplicates = drop_duplicates(decoded)
     _require_every_class(classes, kept, failed, dataset)
     splits = split_stratified(kept, config)

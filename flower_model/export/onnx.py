@@ -7,6 +7,7 @@ names, image size, normalisation, git SHA and config hash ride along as metadata
 
 import hashlib
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,13 +18,14 @@ import torch
 from flower_model.config import ExportConfig
 from flower_model.errors import FlowerModelError
 from flower_model.export.runtime import compare, onnx_probs
-from flower_model.io_utils import atomic_path
+from flower_model.io_utils import atomic_path, remove_stale, temp_pattern
 from flower_model.models.classifier import ExportWrapper, load_classifier
 from flower_model.serving.contract import read_metadata  # noqa: F401  (its callers' import)
 from flower_model.serving.contract import INPUT, OUTPUTS
 
 BATCH_AXIS = "batch"
 EXAMPLE_BATCH = 2
+QUANTIZE_SCRATCH_PREFIX = ".quantize."  # quantize_int8's scratch folder beside the output
 
 
 def config_hash(resolved: dict) -> str:
@@ -52,6 +54,21 @@ def torch_probs(wrapper: ExportWrapper, images: np.ndarray, batch: int = 64) -> 
     return torch.cat(outputs).numpy()
 
 
+def remove_killed_runs_temps(output: Path, *scratch_patterns: str) -> None:
+    """Delete the temp file (and scratch folders matching `scratch_patterns`) that a killed
+    export of `output` left beside it (`kill -9` runs no clean-up: a 13 MB `.quantize.*` folder
+    and a `.model.int8.onnx.*.tmp` file stayed for good), saying so."""
+    removed = []
+    for pattern in (temp_pattern(output), *scratch_patterns):
+        removed += remove_stale(output.parent, pattern)
+    if removed:
+        print(
+            f"removed what a killed export left in {output.parent}: {', '.join(removed)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def export_model(
     checkpoint: Path,
     output: Path,
@@ -63,6 +80,7 @@ def export_model(
     wrapper, _ = load_classifier(checkpoint)
     size = parity_images.shape[1]
     example = torch.zeros((EXAMPLE_BATCH, size, size, 3), dtype=torch.uint8)
+    remove_killed_runs_temps(output)
     with atomic_path(output) as tmp:
         kwargs = (
             {"dynamic_shapes": ({0: torch.export.Dim(BATCH_AXIS)},)}
@@ -134,9 +152,10 @@ def quantize_int8(
 
     # The pre-processed graph is scratch: it lives in a temporary folder beside the output (it
     # used to be renamed into place and stayed behind as model.int8.pre.onnx, an undeclared out).
+    remove_killed_runs_temps(output, f"{QUANTIZE_SCRATCH_PREFIX}*")
     with (
         atomic_path(output) as tmp,
-        tempfile.TemporaryDirectory(prefix=".quantize.", dir=output.parent) as scratch,
+        tempfile.TemporaryDirectory(prefix=QUANTIZE_SCRATCH_PREFIX, dir=output.parent) as scratch,
     ):
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=True)

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from flower_model.pipeline.dvc_lock import read_lock
+
+LOCK_FREE_COMMANDS = (["config"], ["remote"])  # dvc commands that do not read dvc.lock
 # Words in DVC/boto/fsspec errors, lower-cased, that tell the two common failures apart.
 DENIED_MARKERS = (
     "forbidden",
@@ -50,7 +53,11 @@ def remote_hint(message: str) -> str:
 
 def run_dvc(args: list[str], root: Path) -> subprocess.CompletedProcess:
     """The `dvc` CLI in `root`, output captured. DVC, its queue workers and the stages they start
-    come from this environment (its bin dir first on PATH), even when it is not activated."""
+    come from this environment (its bin dir first on PATH), even when it is not activated.
+    A damaged dvc.lock, which every command but `dvc config`/`dvc remote` would trip over with
+    DVC's multi-line report, is DamagedLockError's one line with the fix first."""
+    if args[:1] not in LOCK_FREE_COMMANDS:
+        read_lock(root)
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
     return subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, env=env)

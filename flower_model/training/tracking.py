@@ -24,6 +24,7 @@ from flower_model.config import (
 )
 from flower_model.constants import DVC_LOCK_FILE, PARAMS_FILE
 from flower_model.errors import FlowerModelError
+from flower_model.pipeline.dvc_lock import read_lock
 
 UNKNOWN = "unknown"
 HTTP_SCHEMES = ("http://", "https://")
@@ -80,10 +81,7 @@ def content_hash(folder: Path) -> str:
 
 def dvc_lock_hash(root: Path, out_path: str) -> str:
     """The md5 dvc.lock records for `out_path` (any stage), or 'unknown'."""
-    lock = root / DVC_LOCK_FILE
-    if not lock.is_file():
-        return UNKNOWN
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    stages = read_lock(root).get("stages", {})
     for stage in stages.values():
         for out in stage.get("outs", []):
             if out.get("path") == out_path:

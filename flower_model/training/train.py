@@ -8,6 +8,7 @@ models/checkpoints/ holds best/last/periodic checkpoints for `resume=last`.
 import functools
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -178,11 +179,27 @@ def _trainer(
     )
 
 
+def _fit_interruptible(trainer, module, datamodule, resume: Path | None) -> None:
+    """trainer.fit, with Ctrl-C raised as KeyboardInterrupt (the CLI prints `interrupted`, exits
+    130, and a stage under DVC restores its outs).
+
+    Lightning catches Ctrl-C itself, tears the run down, ignores SIGINT from then on and calls
+    sys.exit(1): that exit, with the trainer marked interrupted, is turned back into Ctrl-C.
+    """
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt from None
+
+
 def _fit(trainer, module, datamodule, resume: Path | None, root: Path, log_event) -> float:
     """trainer.fit; a failure is logged with where to resume from, then re-raised. Seconds."""
     started = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        _fit_interruptible(trainer, module, datamodule, resume)
     except BaseException as error:
         last = Path(trainer.default_root_dir) / f"{LAST}.ckpt"
         log_event(
