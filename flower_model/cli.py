@@ -14,6 +14,7 @@ import contextlib
 import errno
 import inspect
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 
@@ -21,6 +22,7 @@ from flower_model.errors import FlowerModelError
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
+EXIT_TERMINATED = 143  # and for SIGTERM
 ERROR_PREFIX = "error: "  # how a known failure starts its one line (sweeps look for it)
 HELP_FLAGS = ("--help", "-h")
 TRACEBACK_ENV = "FLOWER_MODEL_TRACEBACK"
@@ -34,6 +36,25 @@ OS_ERROR_FIXES = {
     errno.ENOTDIR: "check the path",
     errno.EISDIR: "give a file, not a folder",
 }
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM inside `terminate_as_interrupt`: a KeyboardInterrupt, so whatever Ctrl-C cleans up
+    (a sweep's queued experiments, its Slurm jobs) is cleaned up for it too."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated where the program is (main thread only)."""
+
+    def _raise(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def flag_name(parameter: str) -> str:
@@ -129,11 +150,12 @@ def error_boundary() -> Iterator[None]:
             raise
         print(f"{ERROR_PREFIX}{_oserror_line(error)}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:  # Ctrl-C; SIGTERM where it is Terminated; a note if any
         if verbose:
             raise
-        print("interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        terminated = isinstance(error, Terminated)
+        print(str(error) or ("terminated" if terminated else "interrupted"), file=sys.stderr)
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 def command_help(function: Callable) -> str:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pipeline_stages
-from flower_model.cli import run_cli
+from flower_model.cli import Terminated, run_cli, terminate_as_interrupt
 from flower_model.errors import FlowerModelError
 
 ABOUT = "flower-model: a flower photo classifier whose whole life is one DVC pipeline."
@@ -262,12 +262,18 @@ def multirun(
             "experiment use `dvc exp run -S KEY=VALUE`"
         )
     try:
-        combinations = run_multirun(
-            Path.cwd(), words, positive_int("--jobs", jobs), float(poll_s), launcher=str(launcher)
-        )
-    except KeyboardInterrupt:
-        raise FlowerModelError(
-            "interrupted: stopped the sweep's queued and running experiments (Slurm jobs "
+        with terminate_as_interrupt():  # `kill` stops the sweep's experiments as Ctrl-C does
+            combinations = run_multirun(
+                Path.cwd(),
+                words,
+                positive_int("--jobs", jobs),
+                float(poll_s),
+                launcher=str(launcher),
+            )
+    except KeyboardInterrupt as error:  # the boundary prints this line, exits 130 (SIGTERM 143)
+        word = "terminated" if isinstance(error, Terminated) else "interrupted"
+        raise type(error)(
+            f"{word}: stopped the sweep's queued and running experiments (Slurm jobs "
             "cancelled); run the same command again to finish it (combinations with results "
             "are skipped)"
         ) from None

@@ -14,25 +14,22 @@ def preflight(config: Config, root: Path) -> None:
 
 def run(config: Config, root: Path, params: dict) -> None:
     from flower_model.evaluation.evaluate import evaluate
-    from flower_model.evaluation.tracking import (
-        log_evaluation,
-        register_onnx_model,
-        registration,
-    )
+    from flower_model.evaluation.tracking import MLFLOW_GONE, track_evaluation
+    from flower_model.training.tracking import bound_mlflow_requests, warn_tracking_lost
 
+    bound_mlflow_requests(config.mlflow)  # MLflow's own defaults retried for over 4 minutes
     result = evaluate(config, root)
-    log_evaluation(config, root, result)
     test = result["metrics"]["test"]
-    reason = registration(config, root)
-    name = config.mlflow.registered_model_name
-    if reason is None:
-        print(
-            f"not registered in {name}: a DVC experiment or uncommitted code/params "
-            "(mlflow.register_model=always registers anyway)"
+    try:
+        track_evaluation(config, root, result)
+    except MLFLOW_GONE as error:  # like train: one warning, and the reports and plots stay
+        warn_tracking_lost(
+            config.mlflow.tracking_uri,
+            "evaluate",
+            error,
+            "the reports and plots are written; log them with `dvc repro -f evaluate` once "
+            "MLflow is back",
         )
-    else:
-        aliases = register_onnx_model(config, root, test["accuracy"])
-        print(f"registered {name} ({reason}): aliases {aliases}")
     print(
         f"evaluate: onnx_fp32 test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}"
     )

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -358,6 +359,33 @@ def s3_server(tmp_path):
     finally:
         stop_process(process, S3_STOP_GRACE_S)
         log.close()
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A loopback TCP server that accepts every connection and never answers; yields
+    (endpoint URL, the connections it accepted)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", accepted
+    finally:
+        stop.set()
+        thread.join()
+        for connection in [*accepted, server]:
+            connection.close()
 
 
 def wait_for_s3_bucket(endpoint: str, bucket: str, process: subprocess.Popen, timeout_s: float):

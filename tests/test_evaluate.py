@@ -2,21 +2,34 @@
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from flower_model.config import flatten
 from pipeline_stages import build_trt, evaluate, export_onnx
-from tests.conftest import CLASS_NAMES, REPO_ROOT, TINY_SIZE, copy_pipeline, make_config
+from tests.conftest import (
+    CLASS_NAMES,
+    MLFLOW_REQUEST_VARIABLES,
+    REPO_ROOT,
+    TINY_SIZE,
+    copy_pipeline,
+    free_port,
+    make_config,
+)
 from tests.helpers.cli import run_stage_script
 
 PAGE_WIDTH_PX = 620  # half of `dvc plots diff`'s page: two revisions side by side, none cut off
 VAL_LOSS = 1.234567  # the train stage's best val/loss, as reports/train.json gives it
 # A Python warning as `warnings` prints it ("...: FutureWarning: ...") or a logged one ("WARNING").
+# MLflow's own retries took 266 s before a traceback; bounded, the whole tiny evaluation is
+# well under this (its tracking part: a refused connection, 2 retries with 1 s backoff).
+TRACKING_GONE_LIMIT_S = 120
 WARNING_LINE = re.compile(r"\w+Warning: |\bWARNING\b|^warning: ")
 
 
@@ -46,7 +59,10 @@ def evaluated(tmp_path_factory, tiny_processed, tiny_checkpoint, mlflow_server):
     config = make_config(overrides, preprocess={"image_size": TINY_SIZE})
     export_onnx.run(config, root, {})
     build_trt.run(config, root, {})
-    evaluate.run(config, root, {})
+    with pytest.MonkeyPatch.context() as patch:
+        for name in MLFLOW_REQUEST_VARIABLES:  # evaluate sets them; later tests get them back
+            patch.setenv(name, os.environ.get(name, ""))
+        evaluate.run(config, root, {})
     return root, config, run.info.run_id
 
 
@@ -382,3 +398,31 @@ def test_console_of_the_evaluate_stage(evaluated, tmp_path, mlflow_server):
     assert not warnings, warnings
     written = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert client.get_run(run_id).data.metrics["test/accuracy"] == written["test"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_mlflow_gone_is_one_warning_and_the_reports_stay(evaluated, tmp_path, capsys):
+    """The server answered the stage's preflight, then went away (nothing listens on its port
+    now): one warning line, like train's, no traceback, and every report and plot written."""
+    source, config, _ = evaluated
+    for folder in ("data", "models"):
+        shutil.copytree(source / folder, tmp_path / folder)
+    (tmp_path / "reports").mkdir()
+    shutil.copy(source / "reports" / "train.json", tmp_path / "reports" / "train.json")
+    gone = f"http://127.0.0.1:{free_port()}"
+    config = config.model_copy(
+        update={"mlflow": config.mlflow.model_copy(update={"tracking_uri": gone})}
+    )
+    started = time.monotonic()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in MLFLOW_REQUEST_VARIABLES:
+            patch.setenv(name, os.environ.get(name, ""))
+        evaluate.run(config, tmp_path, {})
+    elapsed = time.monotonic() - started
+    errors = capsys.readouterr().err
+    warnings = [line for line in errors.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and f"MLflow at {gone} stopped answering" in warnings[0], errors
+    assert "dvc repro -f evaluate" in warnings[0] and "Traceback" not in errors, errors
+    assert elapsed < TRACKING_GONE_LIMIT_S, f"{elapsed:.0f} s"
+    for written in ("reports/metrics.json", "reports/evaluation.json", "plots/confusion.png"):
+        assert (tmp_path / written).is_file(), written

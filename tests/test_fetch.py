@@ -3,12 +3,13 @@
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from flower_model.errors import MissingInputError
-from flower_model.pipeline.fetch import pull_outs
+from flower_model.pipeline.fetch import UNREACHABLE_HINT, pull_outs, transfer
 from flower_model.pipeline.stage import execute
 from pipeline_stages import preprocess
 from tests.conftest import REPO_ROOT, copy_pipeline
@@ -80,3 +81,46 @@ def test_a_remote_folder_that_does_not_exist_is_named_with_the_fix(
     assert reason.startswith(f"the DVC remote 'store' is the folder {tmp_path / 'remote'}")
     assert "does not exist" in reason and "dvc remote add -d" in reason
     assert "following targets" not in reason
+
+
+STALL_S = 5.0  # the pull's bound in these tests (PULL_STALL_S is minutes)
+SPEAK_LIMIT_S = 60  # the promise: every wait on an outside service ends or speaks within this
+
+
+def silent_remote_project(folder: Path, endpoint: str) -> Path:
+    """A DVC project with one `dvc add`ed file, not in the cache, and its default remote an S3
+    bucket at `endpoint`."""
+    folder.mkdir()
+    _run(["git", "init", "-q"], folder)
+    _run([DVC, "init", "-q"], folder)
+    (folder / "photo.txt").write_text("a photo\n")
+    _run([DVC, "add", "-q", "photo.txt"], folder)
+    (folder / "photo.txt").unlink()
+    shutil.rmtree(folder / ".dvc" / "cache")
+    _run([DVC, "remote", "add", "-d", "s3", "s3://flower-model/store"], folder)
+    _run([DVC, "remote", "modify", "s3", "endpointurl", endpoint], folder)
+    return folder
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "silent", "AWS_SECRET_ACCESS_KEY": "silent-secret"}
+
+
+@pytest.mark.slow
+def test_a_pull_from_a_remote_that_never_answers_is_stopped(
+    tmp_path, silent_endpoint, monkeypatch, capsys
+):
+    endpoint, accepted = silent_endpoint
+    project = silent_remote_project(tmp_path / "project", endpoint)
+    for name, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    started = time.monotonic()
+    code = transfer("pull", [], None, project, stall_s=STALL_S)
+    elapsed = time.monotonic() - started
+    errors = capsys.readouterr().err
+    assert accepted, "DVC never reached the server"
+    assert code != 0 and STALL_S <= elapsed < SPEAK_LIMIT_S, (code, elapsed, errors)
+    assert f"ERROR: no data from the remote for {STALL_S:.0f} s: stopped" in errors, errors
+    assert errors.strip().splitlines()[-1] == f"hint: {UNREACHABLE_HINT}", errors
+    assert not (project / "photo.txt").exists()
+    reason = pull_outs([Path("photo.txt")], project, stall_s=STALL_S)
+    assert reason and "timed out" in reason and UNREACHABLE_HINT in reason, reason

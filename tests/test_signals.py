@@ -6,6 +6,7 @@ session and send SIGINT to that group, worker processes included.
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,9 @@ from tests.conftest import (
     train_stage_project,
 )
 from tests.helpers.photos import write_photo_set
+from tests.test_fetch import S3_CREDENTIALS, SPEAK_LIMIT_S, silent_remote_project
+from tests.test_multirun import DVC, FLOWER_MODEL, _dvc_project
+from tests.test_multirun import _queued as queued_experiments
 
 EXIT_INTERRUPTED = 130
 READY_TIMEOUT_S = 300  # a loaded machine takes ~15 s to import torch; this only bounds a hang
@@ -33,6 +37,22 @@ POLL_S = 0.05
 PHOTOS_PER_CLASS = 120  # enough that decoding outlasts the interrupt
 SHM = Path("/dev/shm")
 SEMAPHORE_PREFIX = "sem.mp-"  # multiprocessing's named semaphores
+DRAIN_REASON = "flower-model-test-drain"
+SLEEPY_LR = 0.5  # the sleepy stage's combination that runs until it is stopped
+SLEEPY_STAGE = f"""\
+import time
+from pathlib import Path
+
+import yaml
+
+lr = yaml.safe_load(Path("params.yaml").read_text())["train"]["lr"]
+if lr == {SLEEPY_LR}:
+    time.sleep(600)
+Path("out.txt").write_text(str(lr))
+"""
+SLEEPY_DVC_YAML = "stages:\n  step:\n    cmd: python step.py\n    deps: [step.py]\n" + (
+    "    params: [train.lr]\n    outs: [out.txt]\n"
+)
 
 
 def descendants(pid: int) -> set[int]:
@@ -61,9 +81,14 @@ def semaphores() -> set[str]:
 
 
 def interrupt(
-    command: list[str], cwd: Path, ready: Callable[[str, set[int]], bool], logs: Path
+    command: list[str],
+    cwd: Path,
+    ready: Callable[[str, set[int]], bool],
+    logs: Path,
+    signum: int = signal.SIGINT,
 ) -> tuple[int, str, str, set[int]]:
-    """Run `command`, send its process group SIGINT once `ready(stdout so far, its descendants)`;
+    """Run `command`; once `ready(its output so far, its descendants)`, send SIGINT to its process
+    group (as a terminal's Ctrl-C does) or another `signum` to the process alone (as `kill`);
     (exit code, stdout, stderr, every descendant PID seen)."""
     out_file, err_file = logs / "stdout.txt", logs / "stderr.txt"
     with out_file.open("w") as out, err_file.open("w") as err:
@@ -73,11 +98,15 @@ def interrupt(
         deadline = time.monotonic() + READY_TIMEOUT_S
         while process.poll() is None and time.monotonic() < deadline:
             seen |= descendants(process.pid)
-            if ready(out_file.read_text(errors="replace"), seen):
+            said = out_file.read_text(errors="replace") + err_file.read_text(errors="replace")
+            if ready(said, seen):
                 break
             time.sleep(POLL_S)
         assert process.poll() is None, f"ended before the interrupt:\n{err_file.read_text()}"
-        os.killpg(process.pid, signal.SIGINT)
+        if signum == signal.SIGINT:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
         seen |= descendants(process.pid)
         try:
             code = process.wait(timeout=EXIT_TIMEOUT_S)
@@ -87,7 +116,7 @@ def interrupt(
                 capture_output=True,
                 text=True,
             ).stdout
-            raise AssertionError(f"no exit {EXIT_TIMEOUT_S} s after SIGINT:\n{hung}") from None
+            raise AssertionError(f"no exit {EXIT_TIMEOUT_S} s after {signum}:\n{hung}") from None
     finally:
         stop_process(process)
     return code, out_file.read_text(), err_file.read_text(), seen
@@ -157,3 +186,109 @@ def test_ctrl_c_in_train_exits_130(tmp_path, tiny_processed, mlflow_server):
     code, _, stderr, pids = interrupt(command, project, lambda out, _: "epoch 1/" in out, logs)
     assert_interrupted(code, stderr)
     assert_nothing_left(pids, set())
+
+
+@pytest.fixture
+def sleepy_project(tmp_path, monkeypatch) -> Path:
+    """The project's configs/ (so the CLI's validation passes) in a DVC repository whose one stage
+    sleeps at train.lr=SLEEPY_LR and is done at once otherwise."""
+    project = tmp_path / "sleepy"
+    shutil.copytree(REPO_ROOT / "configs", project / "configs")
+    shutil.copy(REPO_ROOT / "params.yaml", project / "params.yaml")
+    (project / "step.py").write_text(SLEEPY_STAGE)
+    (project / "dvc.yaml").write_text(SLEEPY_DVC_YAML)
+    yield _dvc_project(project, monkeypatch)
+    subprocess.run([DVC, "queue", "stop"], cwd=project, capture_output=True, timeout=120)
+
+
+STOPPED = {signal.SIGINT: ("interrupted", EXIT_INTERRUPTED), signal.SIGTERM: ("terminated", 143)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", sorted(STOPPED))
+def test_ctrl_c_or_sigterm_to_multirun_stops_its_experiments(sleepy_project, tmp_path, signum):
+    """The local launcher: the running experiment (the toy stage sleeps at lr 0.5) is killed and
+    the queued one removed, for `kill` as for Ctrl-C; one line, 130 or 143."""
+    word, exit_code = STOPPED[signum]
+    command = [FLOWER_MODEL, "multirun", f"train.lr={SLEEPY_LR},0.1", "--poll-s", "0.5"]
+    code, _, stderr, _ = interrupt(
+        command, sleepy_project, lambda out, _: "running:" in out, tmp_path, signum
+    )
+    assert code == exit_code, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{word}: stopped the sweep's"), stderr
+    assert queued_experiments(sleepy_project) == []
+
+
+def _scontrol_node(node: str, *settings: str) -> None:
+    subprocess.run(["scontrol", "update", f"NodeName={node}", *settings], check=True)
+
+
+@pytest.mark.slow
+def test_a_sweep_on_a_drained_node_says_why_and_sigterm_cancels_its_job(
+    sleepy_project, tmp_path, slurm_cluster
+):
+    """Nothing can start on a drained node: after PENDING_NOTICE_S the sweep names squeue's
+    reason and the drained node with its reason; `kill` then cancels the job as Ctrl-C does."""
+    from flower_model.pipeline.slurm_sweep import PENDING_NOTICE_S
+
+    node = subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    _scontrol_node(node, "State=DRAIN", f"Reason={DRAIN_REASON}")
+    try:
+        command = [FLOWER_MODEL, "multirun", "train.lr=0.1", "--launcher", "slurm"]
+        started = time.monotonic()
+        code, out, stderr, _ = interrupt(
+            [*command, "--poll-s", "0.5"],
+            sleepy_project,
+            lambda out, _: "has started after" in out,
+            tmp_path,
+            signal.SIGTERM,
+        )
+        waited = time.monotonic() - started
+    finally:
+        _scontrol_node(node, "State=RESUME")
+    notice = next(line for line in out.splitlines() if "has started after" in line)
+    assert PENDING_NOTICE_S <= waited < PENDING_NOTICE_S + EXIT_TIMEOUT_S, out
+    assert "squeue: " in notice and f"node {node} " in notice and DRAIN_REASON in notice, notice
+    assert code == 143 and stderr.strip().startswith("terminated: stopped the sweep's"), stderr
+    job_id = re.search(r"submitted Slurm job (\d+)", out)[1]
+    deadline = time.monotonic() + EXIT_TIMEOUT_S
+    while (state := _sacct_state(job_id)) in ("", "PENDING"):
+        assert time.monotonic() < deadline, f"job {job_id} still {state or 'unaccounted'}"
+        time.sleep(POLL_S)
+    assert state.startswith("CANCELLED"), state
+
+
+def _sacct_state(job_id: str) -> str:
+    listed = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True
+    )
+    return (listed.stdout.split() or [""])[0]
+
+
+@pytest.mark.slow
+def test_a_pull_from_a_silent_remote_speaks_and_ctrl_c_stops_it(
+    tmp_path, silent_endpoint, monkeypatch
+):
+    """`flower-model pull` from an S3 endpoint that accepts and never answers (it used to wait
+    over 6 minutes in silence): a line within SPEAK_LIMIT_S, and Ctrl-C ends it and DVC."""
+    endpoint, _ = silent_endpoint
+    project = silent_remote_project(tmp_path / "project", endpoint)
+    for name, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "logs").mkdir()
+    started = time.monotonic()
+    code, _, stderr, pids = interrupt(
+        [FLOWER_MODEL, "pull"],
+        project,
+        lambda said, _: "no data from the remote for" in said,
+        tmp_path / "logs",
+    )
+    assert time.monotonic() - started < SPEAK_LIMIT_S + EXIT_TIMEOUT_S
+    notices = [line for line in stderr.splitlines() if line.startswith("dvc pull: no data")]
+    assert len(notices) == 1 and "Ctrl-C stops it now" in notices[0], stderr
+    assert code == EXIT_INTERRUPTED and stderr.strip().splitlines()[-1] == "interrupted", stderr
+    assert_nothing_left(pids, semaphores())

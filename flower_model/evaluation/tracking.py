@@ -4,9 +4,15 @@ import hashlib
 import os
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+from requests.exceptions import RequestException
+
 from flower_model.config import Config
 from flower_model.io_utils import read_json
 
+# What a tracking server that went away raises once MLflow's bounded retries are spent:
+# MlflowException wrapping the HTTP error, or requests' own error unwrapped.
+MLFLOW_GONE: tuple[type[BaseException], ...] = (MlflowException, RequestException)
 TEST_DATA_TAG = "test_data_sha256"
 EVALUATED_METRIC = "test/accuracy"  # a run that has it has been evaluated already
 TRAINING_RUN_TAG = "training_run_id"  # on an evaluation run of an earlier training run
@@ -87,6 +93,21 @@ def log_evaluation(config: Config, root: Path, result: dict) -> str:
     if url:
         print(f"mlflow: evaluation logged to run {run_id}; the runs table: {url}", flush=True)
     return run_id
+
+
+def track_evaluation(config: Config, root: Path, result: dict) -> None:
+    """Log the evaluation to MLflow and register the model when `registration` says so."""
+    log_evaluation(config, root, result)
+    reason = registration(config, root)
+    name = config.mlflow.registered_model_name
+    if reason is None:
+        print(
+            f"not registered in {name}: a DVC experiment or uncommitted code/params "
+            "(mlflow.register_model=always registers anyway)"
+        )
+    else:
+        aliases = register_onnx_model(config, root, result["metrics"]["test"]["accuracy"])
+        print(f"registered {name} ({reason}): aliases {aliases}")
 
 
 def registration(config: Config, root: Path) -> str | None:

@@ -4,11 +4,20 @@ when the remote is down or refuses us (DVC's own message plus a hint)."""
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 from flower_model.pipeline.dvc_lock import read_lock
 
-LOCK_FREE_COMMANDS = (["config"], ["remote"])  # dvc commands that do not read dvc.lock
+LOCK_FREE_COMMANDS = (["config"], ["remote"], ["cache"])  # dvc commands not reading dvc.lock
+# A pull that gets no data from the remote says so every PULL_NOTICE_S, and is stopped after
+# PULL_STALL_S (DVC's listing of a large remote sends no data either: minutes are not unusual).
+PULL_NOTICE_S = 20.0
+PULL_STALL_S = 180.0
+WATCH_POLL_S = 1.0
+STOP_GRACE_S = 10.0  # DVC's time to exit after SIGTERM, then SIGKILL
+BYTES_PER_MB = 1e6
 # Words in DVC/boto/fsspec errors, lower-cased, that tell the two common failures apart.
 DENIED_MARKERS = (
     "forbidden",
@@ -51,16 +60,85 @@ def remote_hint(message: str) -> str:
     return ""
 
 
-def run_dvc(args: list[str], root: Path) -> subprocess.CompletedProcess:
-    """The `dvc` CLI in `root`, output captured. DVC, its queue workers and the stages they start
-    come from this environment (its bin dir first on PATH), even when it is not activated.
-    A damaged dvc.lock, which every command but `dvc config`/`dvc remote` would trip over with
-    DVC's multi-line report, is DamagedLockError's one line with the fix first."""
+def _dvc_env() -> dict[str, str]:
+    """DVC, its queue workers and the stages they start come from this environment (its bin dir
+    first on PATH), even when it is not activated."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _cache_bytes(cache: Path) -> int:
+    """Bytes under DVC's cache folder: a pull's progress (downloads land there first)."""
+    total = 0
+    for path in cache.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:  # a temporary file renamed away meanwhile
+            continue
+    return total
+
+
+def _watch_pull(process: subprocess.Popen, root: Path, stall_s: float) -> str:
+    """Wait for a `dvc pull`: say so every PULL_NOTICE_S while no data arrives, and stop it
+    after `stall_s` without any (a remote that accepts connections and never answers kept DVC
+    silent for over 6 minutes). '' or the line that says why it was stopped."""
+    cache = Path(run_dvc(["cache", "dir"], root).stdout.strip() or root / ".dvc" / "cache")
+    size, changed = _cache_bytes(cache), time.monotonic()
+    noticed = changed
+    while process.poll() is None:
+        time.sleep(WATCH_POLL_S)
+        now, now_size = time.monotonic(), _cache_bytes(cache)
+        if now_size != size:
+            size, changed = now_size, now
+        if now - changed >= stall_s:
+            _stop(process)
+            return f"ERROR: no data from the remote for {stall_s:.0f} s: stopped (timed out)"
+        if now - max(changed, noticed) >= PULL_NOTICE_S:
+            print(
+                f"dvc pull: no data from the remote for {now - changed:.0f} s "
+                f"({size / BYTES_PER_MB:.1f} MB in the cache); stopping at {stall_s:.0f} s "
+                "without data, Ctrl-C stops it now",
+                file=sys.stderr,
+                flush=True,
+            )
+            noticed = now
+    return ""
+
+
+def run_dvc(
+    args: list[str], root: Path, stall_s: float | None = None
+) -> subprocess.CompletedProcess:
+    """The `dvc` CLI in `root`, output captured. A damaged dvc.lock, which every command but
+    `dvc config`/`dvc remote`/`dvc cache` would trip over with DVC's multi-line report, is
+    DamagedLockError's one line with the fix first. `stall_s` (a pull): watched, see _watch_pull.
+    """
     if args[:1] not in LOCK_FREE_COMMANDS:
         read_lock(root)
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
-    return subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, env=env)
+    # Output to files, not pipes: `dvc queue start` forks queue workers that keep its stdout and
+    # stderr open, so reading pipes to their end waited for the last worker, the whole sweep.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(
+            ["dvc", *args], cwd=root, stdout=out, stderr=err, text=True, env=_dvc_env()
+        )
+        try:
+            stopped = _watch_pull(process, root, stall_s) if stall_s else ""
+            process.wait()
+        except BaseException:  # Ctrl-C, SIGTERM: DVC stops with us
+            _stop(process)
+            raise
+        out.seek(0)
+        err.seek(0)
+        errors = err.read() + (f"\n{stopped}\n" if stopped else "")
+        return subprocess.CompletedProcess(process.args, process.returncode, out.read(), errors)
 
 
 def absent_local_remote(root: Path, remote: str | None) -> str:
@@ -82,13 +160,15 @@ def absent_local_remote(root: Path, remote: str | None) -> str:
     )
 
 
-def pull_outs(targets: list[Path], root: Path, remote: str | None = None) -> str | None:
+def pull_outs(
+    targets: list[Path], root: Path, remote: str | None = None, stall_s: float = PULL_STALL_S
+) -> str | None:
     """`dvc pull` each target from the remote; return None on success, else why not."""
     print(f"missing {', '.join(map(str, targets))}; trying `dvc pull`", file=sys.stderr, flush=True)
     # Targets resolve against the working directory, so give them absolute.
     paths = [str((root / target).resolve()) for target in targets]
     try:
-        result = run_dvc(["pull", *(["-r", remote] if remote else []), *paths], root)
+        result = run_dvc(["pull", *(["-r", remote] if remote else []), *paths], root, stall_s)
     except FileNotFoundError as error:
         return f"DVC is not installed ({error})"
     if result.returncode != 0:
@@ -103,11 +183,19 @@ def pull_outs(targets: list[Path], root: Path, remote: str | None = None) -> str
     return f"`dvc pull` did not produce {still_missing}" if still_missing else None
 
 
-def transfer(direction: str, targets: list[str], remote: str | None, root: Path) -> int:
-    """`dvc push|pull [-r REMOTE] [TARGETS]` with DVC's output as is, plus our hint on failure."""
+def transfer(
+    direction: str,
+    targets: list[str],
+    remote: str | None,
+    root: Path,
+    stall_s: float = PULL_STALL_S,
+) -> int:
+    """`dvc push|pull [-r REMOTE] [TARGETS]` with DVC's output as is, plus our hint on failure;
+    a pull is watched (`stall_s`, see _watch_pull)."""
     if direction not in ("push", "pull"):
         raise ValueError(f"direction must be push or pull, got {direction!r}")
-    result = run_dvc([direction, *(["-r", remote] if remote else []), *targets], root)
+    watch = stall_s if direction == "pull" else None
+    result = run_dvc([direction, *(["-r", remote] if remote else []), *targets], root, watch)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     output = result.stdout + result.stderr

@@ -37,6 +37,9 @@ UNFINISHED_STATES = ("", "PENDING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZI
 # `dvc exp run --temp` works in a folder under here and leaves it behind when it is killed
 TEMP_WORKSPACES = Path(".dvc") / "tmp" / "exps" / "standalone"
 START_CLUSTER = "start a local cluster with `sudo scripts/slurm_cluster.sh up`"
+# A sweep none of whose jobs has started after this long says why, from squeue (a drained node,
+# resources, a down partition), and says it again every as long while nothing starts.
+PENDING_NOTICE_S = 30.0
 
 
 class SlurmSweepError(FlowerModelError):
@@ -241,6 +244,36 @@ def _outcome(job) -> tuple[str, str | None, str]:
     return "success", result["name"], ""
 
 
+def pending_reasons(job_ids: list[str]) -> list[str]:
+    """squeue's reason for each pending job among `job_ids` (`Resources`, `ReqNodeNotAvail,
+    UnavailableNodes:n1`...), and each node sinfo lists as down or drained with its reason."""
+    listed = _slurm("squeue", "-h", "-j", ",".join(job_ids), "-o", "%i|%T|%r")
+    reasons = sorted(
+        {
+            fields[2]
+            for fields in (line.split("|", 2) for line in listed.stdout.splitlines())
+            if len(fields) == 3 and fields[1] == "PENDING"
+        }
+    )
+    down = _slurm("sinfo", "-h", "-R", "-o", "%N|%T|%E")
+    nodes = [
+        f"node {fields[0]} {fields[1]} ({fields[2]})"
+        for fields in (line.split("|", 2) for line in down.stdout.splitlines())
+        if len(fields) == 3
+    ]
+    return [f"squeue: {reason}" for reason in reasons] + nodes
+
+
+def pending_notice(job_ids: list[str], waited_s: float) -> str:
+    """The line a sweep prints while none of its jobs has started."""
+    reasons = pending_reasons(job_ids) or ["squeue gives no reason"]
+    return (
+        f"no Slurm job of the sweep has started after {waited_s:.0f} s ({'; '.join(reasons)}); "
+        "`sinfo -R` lists unavailable nodes, `scontrol update NodeName=NODE State=RESUME` "
+        "brings a drained one back; Ctrl-C cancels the sweep's jobs"
+    )
+
+
 def _submit(root: Path, combinations: list, out) -> dict:
     """One job per combination without a result; all or none (sbatch's refusal, one line)."""
     import submitit
@@ -257,9 +290,11 @@ def _submit(root: Path, combinations: list, out) -> dict:
         executor.update_parameters(name="flower-model-sweep", **resources(item.params))
         try:
             job = executor.submit(run_experiment, str(root), hydra_overrides(item.params, baseline))
-        except submitit.core.utils.FailedJobError as error:
+        except (submitit.core.utils.FailedJobError, KeyboardInterrupt) as error:
             for submitted in jobs.values():
                 submitted.cancel(check=False)
+            if isinstance(error, KeyboardInterrupt):  # Ctrl-C, SIGTERM: none of it stays queued
+                raise
             said = str(error).strip().splitlines()[-1]
             raise SlurmSweepError(f"sbatch refused the job of {item.label}: {said}") from None
         jobs[item.name] = job
@@ -274,10 +309,18 @@ def run_on_slurm(root: Path, combinations: list, poll_s: float, out) -> None:
 
     jobs = _submit(root, combinations, out)
     pending = {item.name: item for item in combinations if item.name in jobs}
-    last_line = ""
+    last_line, submitted = "", time.monotonic()
+    last_notice = submitted
     try:
         while pending:
             time.sleep(poll_s)
+            now = time.monotonic()
+            if now - last_notice >= PENDING_NOTICE_S and all(
+                item.state == "queued" for item in combinations if item.name in jobs
+            ):
+                ids = [str(job.job_id) for job in jobs.values()]
+                print(pending_notice(ids, now - submitted), file=out, flush=True)
+                last_notice = now
             for key, item in list(pending.items()):
                 job = jobs[key]
                 if job.done():

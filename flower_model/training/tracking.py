@@ -178,6 +178,19 @@ def run_to_continue(uri: str, run_id: str | None) -> str | None:
     return run_id
 
 
+def warn_tracking_lost(uri: str, what: str, error: BaseException, going_on: str) -> str:
+    """The one warning line when MLflow at `uri` stopped answering during `what` (after the
+    bounded retries of bound_mlflow_requests), ending with what the command does instead; the
+    reason, for the caller to keep."""
+    lost = f"{what}: {error}".splitlines()[0]
+    print(
+        f"warning: MLflow at {uri} stopped answering ({lost}); {going_on}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return lost
+
+
 class TolerantMLFlowLogger(MLFlowLogger):
     """MLFlowLogger that lets training finish when the tracking server goes away mid-run.
 
@@ -202,12 +215,11 @@ class TolerantMLFlowLogger(MLFlowLogger):
         try:
             return call(*args, **kwargs)
         except Exception as error:  # MlflowException, requests' errors...: all mean "gone" here
-            self.lost = f"{what}: {error}".splitlines()[0]
-            print(
-                f"warning: MLflow at {self.uri} stopped answering ({self.lost}); training goes "
-                "on and writes every out, but nothing more is logged to this run",
-                file=sys.stderr,
-                flush=True,
+            self.lost = warn_tracking_lost(
+                self.uri,
+                what,
+                error,
+                "training goes on and writes every out, but nothing more is logged to this run",
             )
             return None
 
