@@ -231,7 +231,7 @@ def test_a_sweep_on_a_drained_node_says_why_and_sigterm_cancels_its_job(
 ):
     """Nothing can start on a drained node: after PENDING_NOTICE_S the sweep names squeue's
     reason and the drained node with its reason; `kill` then cancels the job as Ctrl-C does."""
-    from flower_model.pipeline.slurm_sweep import PENDING_NOTICE_S
+    from flower_model.pipeline.slurm_queue import PENDING_NOTICE_S
 
     node = subprocess.run(
         ["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, check=True

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from flower_model.config import compose_raw, flatten
 from flower_model.errors import FlowerModelError
+from flower_model.pipeline.slurm_queue import PENDING_NOTICE_S, pending_notice, slurm_command
 from flower_model.pipeline.stage import ERROR_PREFIX
 
 RAN_NAME = re.compile(r"Ran experiment\(s\): (\S+)")
@@ -29,7 +30,6 @@ SUBMITIT_RENAMED = {"partition": "slurm_partition"}
 SUBMITIT_NOTICE_S = 90  # submitit's default signal_delay_s: its time-out notice before the limit
 WORKSPACE_WAIT_S = 30.0  # < SUBMITIT_NOTICE_S: for `dvc exp run --temp` to enter its workspace
 LOG_TAIL_LINES = 20
-COMMAND_TIMEOUT_S = 60  # sinfo/scontrol/sacct against a controller that hangs
 MIB_PER_GB = 1024
 # How long the accounting may lag behind a job's result file before its state is final.
 ACCOUNTING_WAIT_S = 30.0
@@ -37,20 +37,10 @@ UNFINISHED_STATES = ("", "PENDING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZI
 # `dvc exp run --temp` works in a folder under here and leaves it behind when it is killed
 TEMP_WORKSPACES = Path(".dvc") / "tmp" / "exps" / "standalone"
 START_CLUSTER = "start a local cluster with `sudo scripts/slurm_cluster.sh up`"
-# A sweep none of whose jobs has started after this long says why, from squeue (a drained node,
-# resources, a down partition), and says it again every as long while nothing starts.
-PENDING_NOTICE_S = 30.0
 
 
 class SlurmSweepError(FlowerModelError):
     """A Slurm sweep that cannot be submitted."""
-
-
-def _slurm(*args: str) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(args, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return subprocess.CompletedProcess(args, 1, "", f"no answer in {COMMAND_TIMEOUT_S} s")
 
 
 def check_controller() -> None:
@@ -59,7 +49,7 @@ def check_controller() -> None:
         raise SlurmSweepError(
             f"--launcher slurm: no `sbatch` on PATH; run on a Slurm login node, or {START_CLUSTER}"
         )
-    ping = _slurm("scontrol", "ping")
+    ping = slurm_command("scontrol", "ping")
     if ping.returncode != 0 or "is UP" not in ping.stdout:
         said = (ping.stdout + ping.stderr).strip().replace("\n", "; ")
         raise SlurmSweepError(
@@ -84,7 +74,7 @@ def resources(params: dict) -> dict:
 
 def _nodes() -> tuple[dict[str, list[dict]], str | None]:
     """Partition -> its nodes' CPUs, memory (MiB) and GPUs, from `sinfo`; the default partition."""
-    listed = _slurm("sinfo", "-h", "-N", "-o", "%P|%c|%m|%G")
+    listed = slurm_command("sinfo", "-h", "-N", "-o", "%P|%c|%m|%G")
     if listed.returncode != 0:
         raise SlurmSweepError(f"--launcher slurm: `sinfo` failed: {listed.stderr.strip()}")
     partitions: dict = {}
@@ -211,7 +201,7 @@ def final_state(job_id: str) -> str:
     waiting for the accounting to catch up with the job's result file."""
     deadline = time.monotonic() + ACCOUNTING_WAIT_S
     while True:
-        listed = _slurm("sacct", "-n", "-X", "-P", "-o", "State", "-j", str(job_id))
+        listed = slurm_command("sacct", "-n", "-X", "-P", "-o", "State", "-j", str(job_id))
         state = (listed.stdout.split() or [""])[0]  # "CANCELLED by 0" -> CANCELLED
         if state not in UNFINISHED_STATES or time.monotonic() > deadline:
             return state or "UNKNOWN"
@@ -242,36 +232,6 @@ def _outcome(job) -> tuple[str, str | None, str]:
         why = f"Slurm job {job.job_id}: `dvc exp run` exited {code} ({last}); log {log}"
         return "failed", result["name"], why
     return "success", result["name"], ""
-
-
-def pending_reasons(job_ids: list[str]) -> list[str]:
-    """squeue's reason for each pending job among `job_ids` (`Resources`, `ReqNodeNotAvail,
-    UnavailableNodes:n1`...), and each node sinfo lists as down or drained with its reason."""
-    listed = _slurm("squeue", "-h", "-j", ",".join(job_ids), "-o", "%i|%T|%r")
-    reasons = sorted(
-        {
-            fields[2]
-            for fields in (line.split("|", 2) for line in listed.stdout.splitlines())
-            if len(fields) == 3 and fields[1] == "PENDING"
-        }
-    )
-    down = _slurm("sinfo", "-h", "-R", "-o", "%N|%T|%E")
-    nodes = [
-        f"node {fields[0]} {fields[1]} ({fields[2]})"
-        for fields in (line.split("|", 2) for line in down.stdout.splitlines())
-        if len(fields) == 3
-    ]
-    return [f"squeue: {reason}" for reason in reasons] + nodes
-
-
-def pending_notice(job_ids: list[str], waited_s: float) -> str:
-    """The line a sweep prints while none of its jobs has started."""
-    reasons = pending_reasons(job_ids) or ["squeue gives no reason"]
-    return (
-        f"no Slurm job of the sweep has started after {waited_s:.0f} s ({'; '.join(reasons)}); "
-        "`sinfo -R` lists unavailable nodes, `scontrol update NodeName=NODE State=RESUME` "
-        "brings a drained one back; Ctrl-C cancels the sweep's jobs"
-    )
 
 
 def _submit(root: Path, combinations: list, out) -> dict:
