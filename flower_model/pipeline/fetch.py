@@ -91,7 +91,7 @@ def _watch_pull(process: subprocess.Popen, root: Path, stall_s: float) -> str:
     """Wait for a `dvc pull`: say so every PULL_NOTICE_S while no data arrives, and stop it
     after `stall_s` without any (a remote that accepts connections and never answers kept DVC
     silent for over 6 minutes). '' or the line that says why it was stopped."""
-    cache = Path(run_dvc(["cache", "dir"], root).stdout.strip() or root / ".dvc" / "cache")
+    cache = root / (run_dvc(["cache", "dir"], root).stdout.strip() or Path(".dvc", "cache"))
     size, changed = _cache_bytes(cache), time.monotonic()
     noticed = changed
     while process.poll() is None:
