@@ -30,6 +30,9 @@ QUEUED_NAME = re.compile(r"Queued experiment '([^']+)'")
 DVC_ADVERT = "Having any troubles?"  # the line DVC ends each error with
 DONE_STATES = ("success", "failed")
 PENDING_STATES = ("queued", "running")
+SHOW_ATTEMPTS = 3  # `dvc exp show` tries while a queue worker's temporary workspace changes
+SHOW_RETRY_S = 1.0
+TEMP_WORKSPACE_RACE = "does not exist"  # how DVC fails on a workspace made or removed meanwhile
 # A dead worker (killed, machine slept) would leave the wait endless: this long with work
 # pending and no state changing ends it with an error.
 STALL_LIMIT_S = 600.0
@@ -59,7 +62,13 @@ class Combination:
 
 def read_experiments(root: Path) -> dict[str, dict]:
     """Experiments of the current commit by name: state, params, metrics (`dvc exp show`)."""
-    result = run_dvc(["exp", "show", "--json"], root)
+    for _ in range(SHOW_ATTEMPTS):
+        result = run_dvc(["exp", "show", "--json"], root)
+        # DVC fails when a queue worker makes or removes its temporary workspace meanwhile
+        # ("directory '.dvc/tmp/exps/tmp.../.dvc' does not exist"): a moment later it works.
+        if result.returncode == 0 or TEMP_WORKSPACE_RACE not in result.stderr:
+            break
+        time.sleep(SHOW_RETRY_S)
     if result.returncode != 0:
         raise MultirunError(f"`dvc exp show --json` failed: {result.stderr.strip()}")
     found = {}
