@@ -198,7 +198,8 @@ def sleepy_project(tmp_path, monkeypatch) -> Path:
     (project / "step.py").write_text(SLEEPY_STAGE)
     (project / "dvc.yaml").write_text(SLEEPY_DVC_YAML)
     yield _dvc_project(project, monkeypatch)
-    subprocess.run([DVC, "queue", "stop"], cwd=project, capture_output=True, timeout=120)
+    # --kill: a failed test may have left the sleeping experiment running
+    subprocess.run([DVC, "queue", "stop", "--kill"], cwd=project, capture_output=True, timeout=120)
 
 
 STOPPED = {signal.SIGINT: ("interrupted", EXIT_INTERRUPTED), signal.SIGTERM: ("terminated", 143)}
