@@ -18,6 +18,7 @@ PULL_STALL_S = 180.0
 WATCH_POLL_S = 1.0
 STOP_GRACE_S = 10.0  # DVC's time to exit after SIGTERM, then SIGKILL
 BYTES_PER_MB = 1e6
+DVC_TIMED_OUT = -1  # run_dvc's exit code for a DVC command it stopped at its timeout_s
 # Words in DVC/boto/fsspec errors, lower-cased, that tell the two common failures apart.
 DENIED_MARKERS = (
     "forbidden",
@@ -115,11 +116,12 @@ def _watch_pull(process: subprocess.Popen, root: Path, stall_s: float) -> str:
 
 
 def run_dvc(
-    args: list[str], root: Path, stall_s: float | None = None
+    args: list[str], root: Path, stall_s: float | None = None, timeout_s: float | None = None
 ) -> subprocess.CompletedProcess:
     """The `dvc` CLI in `root`, output captured. A damaged dvc.lock, which every command but
     `dvc config`/`dvc remote`/`dvc cache` would trip over with DVC's multi-line report, is
     DamagedLockError's one line with the fix first. `stall_s` (a pull): watched, see _watch_pull.
+    `timeout_s`: stopped after that long, exit code DVC_TIMED_OUT and a line saying so.
     """
     if args[:1] not in LOCK_FREE_COMMANDS:
         read_lock(root)
@@ -131,7 +133,11 @@ def run_dvc(
         )
         try:
             stopped = _watch_pull(process, root, stall_s) if stall_s else ""
-            process.wait()
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _stop(process)
+            process.returncode = DVC_TIMED_OUT
+            stopped = f"ERROR: `dvc {' '.join(args)}` gave no answer in {timeout_s:.0f} s"
         except BaseException:  # Ctrl-C, SIGTERM: DVC stops with us
             _stop(process)
             raise

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from flower_model.config import flatten, validate
 from flower_model.errors import FlowerModelError
-from flower_model.pipeline.fetch import run_dvc
+from flower_model.pipeline.fetch import DVC_TIMED_OUT, run_dvc
 from flower_model.pipeline.stage import ERROR_PREFIX
 
 LAUNCHERS = ("local", "slurm")
@@ -32,6 +32,7 @@ DONE_STATES = ("success", "failed")
 PENDING_STATES = ("queued", "running")
 SHOW_ATTEMPTS = 3  # `dvc exp show` tries while a queue worker's temporary workspace changes
 SHOW_RETRY_S = 1.0
+SHOW_TIMEOUT_S = 60.0  # `dvc exp show` answers in seconds; past this it is stuck (see below)
 TEMP_WORKSPACE_RACE = "does not exist"  # how DVC fails on a workspace made or removed meanwhile
 # A dead worker (killed, machine slept) would leave the wait endless: this long with work
 # pending and no state changing ends it with an error.
@@ -63,10 +64,12 @@ class Combination:
 def read_experiments(root: Path) -> dict[str, dict]:
     """Experiments of the current commit by name: state, params, metrics (`dvc exp show`)."""
     for _ in range(SHOW_ATTEMPTS):
-        result = run_dvc(["exp", "show", "--json"], root)
-        # DVC fails when a queue worker makes or removes its temporary workspace meanwhile
-        # ("directory '.dvc/tmp/exps/tmp.../.dvc' does not exist"): a moment later it works.
-        if result.returncode == 0 or TEMP_WORKSPACE_RACE not in result.stderr:
+        result = run_dvc(["exp", "show", "--json"], root, timeout_s=SHOW_TIMEOUT_S)
+        # DVC fails ("directory '.dvc/tmp/exps/tmp.../.dvc' does not exist"), or once hung on a
+        # lock for minutes, when a queue worker removes its temporary workspace meanwhile: a
+        # moment later it works.
+        raced = TEMP_WORKSPACE_RACE in result.stderr or result.returncode == DVC_TIMED_OUT
+        if result.returncode == 0 or not raced:
             break
         time.sleep(SHOW_RETRY_S)
     if result.returncode != 0:
