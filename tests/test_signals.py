@@ -38,6 +38,7 @@ PHOTOS_PER_CLASS = 120  # enough that decoding outlasts the interrupt
 SHM = Path("/dev/shm")
 SEMAPHORE_PREFIX = "sem.mp-"  # multiprocessing's named semaphores
 DRAIN_REASON = "flower-model-test-drain"
+QUEUE_RUN_S = 5.0  # after `dvc queue start`: its worker has taken up the sleeping experiment
 SLEEPY_LR = 0.5  # the sleepy stage's combination that runs until it is stopped
 SLEEPY_STAGE = f"""\
 import time
@@ -188,6 +189,13 @@ def test_ctrl_c_in_train_exits_130(tmp_path, tiny_processed, mlflow_server):
     assert_nothing_left(pids, set())
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 @pytest.fixture
 def sleepy_project(tmp_path, monkeypatch) -> Path:
     """The project's configs/ (so the CLI's validation passes) in a DVC repository whose one stage
@@ -212,9 +220,14 @@ def test_ctrl_c_or_sigterm_to_multirun_stops_its_experiments(sleepy_project, tmp
     the queued one removed, for `kill` as for Ctrl-C; one line, 130 or 143."""
     word, exit_code = STOPPED[signum]
     command = [FLOWER_MODEL, "multirun", f"train.lr={SLEEPY_LR},0.1", "--poll-s", "0.5"]
-    code, _, stderr, _ = interrupt(
-        command, sleepy_project, lambda out, _: "running:" in out, tmp_path, signum
-    )
+    started: list[float] = []  # when `dvc queue start` was seen running
+
+    def running(_: str, seen: set[int]) -> bool:
+        if not started and any(b"queue\0start" in _cmdline(pid) for pid in seen):
+            started.append(time.monotonic())
+        return bool(started) and time.monotonic() - started[0] >= QUEUE_RUN_S
+
+    code, _, stderr, _ = interrupt(command, sleepy_project, running, tmp_path, signum)
     assert code == exit_code, stderr
     assert "Traceback" not in stderr, stderr
     lines = stderr.strip().splitlines()

@@ -125,19 +125,25 @@ def run_dvc(
     """
     if args[:1] not in LOCK_FREE_COMMANDS:
         read_lock(root)
-    # Output to files, not pipes: `dvc queue start` forks queue workers that keep its stdout and
-    # stderr open, so reading pipes to their end waited for the last worker, the whole sweep.
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(
-            ["dvc", *args], cwd=root, stdout=out, stderr=err, text=True, env=_dvc_env()
-        )
+    if stall_s is None:
         try:
-            stopped = _watch_pull(process, root, stall_s) if stall_s else ""
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _stop(process)
-            process.returncode = DVC_TIMED_OUT
-            stopped = f"ERROR: `dvc {' '.join(args)}` gave no answer in {timeout_s:.0f} s"
+            return subprocess.run(
+                ["dvc", *args],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                env=_dvc_env(),
+                timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired as expired:  # subprocess.run has stopped it
+            said = f"ERROR: `dvc {' '.join(args)}` gave no answer in {timeout_s:.0f} s"
+            return subprocess.CompletedProcess(expired.cmd, DVC_TIMED_OUT, "", said)
+    # A watched pull writes to files, read once it ended, while the watch speaks meanwhile.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(["dvc", *args], cwd=root, stdout=out, stderr=err, env=_dvc_env())
+        try:
+            stopped = _watch_pull(process, root, stall_s)
+            process.wait()
         except BaseException:  # Ctrl-C, SIGTERM: DVC stops with us
             _stop(process)
             raise

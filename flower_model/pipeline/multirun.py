@@ -33,7 +33,8 @@ PENDING_STATES = ("queued", "running")
 SHOW_ATTEMPTS = 3  # `dvc exp show` tries while a queue worker's temporary workspace changes
 SHOW_RETRY_S = 1.0
 SHOW_TIMEOUT_S = 60.0  # `dvc exp show` answers in seconds; past this it is stuck (see below)
-TEMP_WORKSPACE_RACE = "does not exist"  # how DVC fails on a workspace made or removed meanwhile
+# How `dvc exp show` fails when a queue worker makes or removes a workspace or run file meanwhile
+TEMP_WORKSPACE_RACES = ("does not exist", "No such file or directory")
 # A dead worker (killed, machine slept) would leave the wait endless: this long with work
 # pending and no state changing ends it with an error.
 STALL_LIMIT_S = 600.0
@@ -65,10 +66,12 @@ def read_experiments(root: Path) -> dict[str, dict]:
     """Experiments of the current commit by name: state, params, metrics (`dvc exp show`)."""
     for _ in range(SHOW_ATTEMPTS):
         result = run_dvc(["exp", "show", "--json"], root, timeout_s=SHOW_TIMEOUT_S)
-        # DVC fails ("directory '.dvc/tmp/exps/tmp.../.dvc' does not exist"), or once hung on a
-        # lock for minutes, when a queue worker removes its temporary workspace meanwhile: a
-        # moment later it works.
-        raced = TEMP_WORKSPACE_RACE in result.stderr or result.returncode == DVC_TIMED_OUT
+        # DVC fails ("directory '.dvc/tmp/exps/tmp.../.dvc' does not exist", a missing .run
+        # file), or once hung on a lock for minutes, when a queue worker removes its temporary
+        # workspace meanwhile: a moment later it works.
+        raced = result.returncode == DVC_TIMED_OUT or any(
+            race in result.stderr for race in TEMP_WORKSPACE_RACES
+        )
         if result.returncode == 0 or not raced:
             break
         time.sleep(SHOW_RETRY_S)
