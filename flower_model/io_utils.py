@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 
 from flower_model.constants import JSON_INDENT
-from flower_model.errors import FlowerModelError, OutputError
+from flower_model.errors import FlowerModelError, OutputError, ProtectedPathError
 
 FILE_MODE = 0o666
 DIR_MODE = 0o777
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Entries that make a folder a project (this one or another), never a stage's output folder.
+PROJECT_MARKERS = (".git", ".dvc", "dvc.yaml", "pyproject.toml")
 
 
 def _umask() -> int:
@@ -93,6 +95,34 @@ def atomic_path(target: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def check_replaceable(target: Path) -> None:
+    """Refuse to replace or delete `target` if it is the filesystem root, the home folder, the
+    working folder or a parent of it, or a folder holding a project.
+
+    The second guard behind the config's path rules (config/project_paths.py): whatever path a
+    caller computes, an output folder is only ever a folder of its own.
+    """
+    resolved = target.resolve()
+    here = Path.cwd().resolve()
+    if resolved in (Path(resolved.anchor), Path.home().resolve(), here) or resolved in here.parents:
+        why = "is the working folder or one of its parents (or /, or home)"
+    else:
+        found = [name for name in PROJECT_MARKERS if (target / name).exists()]
+        if not found:
+            return
+        why = f"holds {found[0]}, so it is a project, not an output folder"
+    raise ProtectedPathError(
+        f"refusing to replace {target}: it {why}; nothing was changed. Give this output a "
+        "folder of its own"
+    )
+
+
+def remove_tree(target: Path) -> None:
+    """shutil.rmtree for an output folder, after `check_replaceable`."""
+    check_replaceable(target)
+    shutil.rmtree(target)
+
+
 def _backup_of(target: Path) -> Path:
     return target.with_name(f".{target.name}.old")
 
@@ -115,8 +145,10 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 
     The old folder is renamed aside, never deleted, until the new one is in place, so a kill at
     any moment leaves either the old or the new folder whole (`recover_dir`, run first, restores
-    the old one after a kill between the two renames).
+    the old one after a kill between the two renames). A folder that is not an output's
+    (`check_replaceable`) is refused before anything is written.
     """
+    check_replaceable(target)
     with _output_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         recover_dir(target)

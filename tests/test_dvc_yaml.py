@@ -128,6 +128,8 @@ PLUMBING = {
     "flower_model/config/__init__.py",
     "flower_model/config/schema.py",
     "flower_model/config/loading.py",
+    "flower_model/config/project_paths.py",  # which paths are allowed: checked, not computed
+    "flower_model/config/strict_yaml.py",  # how params.yaml is read, not what it says
     "flower_model/constants.py",
     "flower_model/errors.py",
     "flower_model/io_utils.py",

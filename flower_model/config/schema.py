@@ -4,16 +4,22 @@ Every class here mirrors one file of configs/ (`extra="forbid"`: a key the schem
 an error, so a typo never silently falls back to a default).
 """
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from flower_model.config.project_paths import check_cache, check_inside, overlapping
 from flower_model.errors import FlowerModelError
 
 Probability = float
 RGB_CHANNELS = 3
 EFFICIENTNET_STAGES = 7  # block stages of EfficientNet(-Lite): what `freeze_stages` counts
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit: a larger one fails after the stage began its work
+# A name that becomes one folder (data.name under paths.raw_dir): no separators, not `.`/`..`.
+FOLDER_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._-]*$"
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 
 class ConfigError(FlowerModelError):
@@ -25,12 +31,31 @@ class Section(BaseModel):
 
 
 class PathsConfig(Section):
+    """Folders relative to the project root; see config/project_paths.py for what they may name."""
+
     raw_dir: Path
     processed_dir: Path
     download_cache_dir: Path
     models_dir: Path
     reports_dir: Path
     plots_dir: Path
+
+    @field_validator("raw_dir", "processed_dir", "models_dir", "reports_dir", "plots_dir")
+    @classmethod
+    def _inside_project(cls, value: Path) -> Path:
+        return check_inside(value)
+
+    @field_validator("download_cache_dir")
+    @classmethod
+    def _cache_folder(cls, value: Path) -> Path:
+        return check_cache(value)
+
+    @model_validator(mode="after")
+    def _folders_of_their_own(self) -> "PathsConfig":
+        clash = overlapping(dict(self))
+        if clash:
+            raise ValueError(clash)
+        return self
 
 
 class ArchiveSource(Section):
@@ -40,7 +65,7 @@ class ArchiveSource(Section):
 
 
 class DataConfig(Section):
-    name: str = Field(min_length=1)
+    name: str  # the folder under paths.raw_dir the photos are extracted to
     sources: list[ArchiveSource] = Field(min_length=1)
     max_archive_members: int = Field(gt=0)
     max_extracted_bytes: int = Field(gt=0)
@@ -49,6 +74,16 @@ class DataConfig(Section):
     http_timeout_s: float = Field(gt=0, le=600)
     chunk_bytes: int = Field(ge=1024)
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, value: str) -> str:
+        if not re.fullmatch(FOLDER_NAME, value):
+            raise ValueError(
+                "becomes a folder under paths.raw_dir: use letters, digits, '_', '-', '.' "
+                "(no '/', not '.' or '..'), e.g. my_photos"
+            )
+        return value
+
 
 class PreprocessConfig(Section):
     image_size: int = Field(ge=16, le=1024)
@@ -56,7 +91,7 @@ class PreprocessConfig(Section):
     pad_value: int = Field(ge=0, le=255)
     val_fraction: Probability = Field(gt=0, lt=1)
     test_fraction: Probability = Field(gt=0, lt=1)
-    seed: int = Field(ge=0)
+    seed: Seed
     max_images_per_class: int | None = Field(default=..., ge=3)
     max_image_pixels: int = Field(gt=0)
     num_workers: int = Field(ge=0, le=64)
@@ -181,7 +216,7 @@ class EarlyStoppingConfig(Section):
 
 
 class TrainConfig(Section):
-    seed: int = Field(ge=0)
+    seed: Seed
     max_epochs: int = Field(ge=1, le=10000)
     batch_size: int = Field(ge=1, le=4096)
     eval_batch_size: int = Field(ge=1, le=4096)
@@ -258,11 +293,11 @@ class TrtConfig(Section):
 
 
 class EvaluateConfig(Section):
-    batch_sizes: list[int] = Field(min_length=1)
+    batch_sizes: list[PositiveInt] = Field(min_length=1)
     warmup_iterations: int = Field(ge=0)
     timed_iterations: int = Field(ge=1)
     bootstrap_samples: int = Field(ge=10)
-    seed: int = Field(ge=0)
+    seed: Seed
     baseline_predictions: Path | None
     gallery_size: int = Field(ge=1, le=100)
 

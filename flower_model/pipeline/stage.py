@@ -34,10 +34,16 @@ def reads(name: str, config: Config, root: Path) -> dict:
     for key in dvc_yaml.stage(name, root).params:
         *parents, leaf = key.split(".")
         source, target = dumped, picked
-        for part in parents:
-            source = source[part]
-            target = target.setdefault(part, {})
-        target[leaf] = source[leaf]
+        try:
+            for part in parents:
+                source = source[part]
+                target = target.setdefault(part, {})
+            target[leaf] = source[leaf]
+        except (KeyError, TypeError):
+            raise ConfigError(
+                f"dvc.yaml: stage {name} reads params key {key!r}, which the config does not "
+                "have; fix the key in dvc.yaml (see configs/) or `git checkout dvc.yaml`"
+            ) from None
     return picked
 
 
@@ -100,7 +106,8 @@ def _load(name: str, root: Path, overrides: list[str]) -> Config:
             # reports a key another stage reads: say that nothing ran, and where to fix it.
             raise ConfigError(
                 f"{error}\n(stage {name} checked params.yaml before doing any work; no stage "
-                "ran. Fix the key in configs/ or in `dvc exp run -S`)"
+                "ran. Fix the key in configs/ or in `dvc exp run -S`; `dvc exp run -S` left "
+                "the value in params.yaml: `flower-model compose` writes configs/' values back)"
             ) from None
         raise
 
@@ -119,6 +126,7 @@ def execute(
     restore = running_under_dvc(name) and not dry_run and not show_config
     try:
         config = _load(name, root, overrides)
+        params = reads(name, config, root)  # a dvc.yaml key the config lacks: before any work
         print(describe(name, config, root, overrides, show_config), flush=True)
         if show_config:
             return
@@ -128,7 +136,7 @@ def execute(
         if dry_run:
             print(f"dry run: stage {name} config and inputs OK; nothing done")
             return
-        run(config, root, reads(name, config, root))
+        run(config, root, params)
     except BaseException:  # a known error, a bug, Ctrl-C: the old outs come back, then report
         if restore:
             report_restore(name, root)

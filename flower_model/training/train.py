@@ -7,7 +7,6 @@ models/checkpoints/ holds best/last/periodic checkpoints for `resume=last`.
 
 import functools
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from flower_model.config import Config, ConfigError, compose_raw, flatten, valid
 from flower_model.constants import RESOLVED_CONFIG_NAME
 from flower_model.data.datamodule import FlowerDataModule
 from flower_model.figures import training_curves
-from flower_model.io_utils import write_json, write_text
+from flower_model.io_utils import remove_tree, write_json, write_text
 from flower_model.models.registry import check_model
 from flower_model.naming import run_name
 from flower_model.training.callbacks import (
@@ -261,7 +260,7 @@ def train_model(
     checkpoints = models / CHECKPOINT_DIR
     events = EventLog(models / EVENTS_FILE, (config.paths.models_dir / EVENTS_FILE).as_posix())
     if resume is None and checkpoints.exists():
-        shutil.rmtree(checkpoints)  # a fresh run must not pick up another run's "best"
+        remove_tree(checkpoints)  # a fresh run must not pick up another run's "best"
 
     pl.seed_everything(config.train.seed, workers=True)
     datamodule, module = _data_and_model(config, root)
