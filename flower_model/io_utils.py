@@ -197,7 +197,8 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _damaged(path: Path, error: BaseException) -> FlowerModelError:
+def damaged(path: Path, error: BaseException | str) -> FlowerModelError:
+    """The one-line error for an input file that is not what its stage wrote."""
     first = (str(error).splitlines() or [type(error).__name__])[0]
     return FlowerModelError(
         f"{path} is damaged ({first}): restore it with `dvc checkout {path}` or rebuild it "
@@ -212,7 +213,7 @@ def load_array(path: Path, mmap: bool = False) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r" if mmap else None)
     except (ValueError, EOFError, OSError, pickle.UnpicklingError) as error:
-        raise _damaged(path, error) from None
+        raise damaged(path, error) from None
 
 
 def load_checkpoint(path: Path, weights_only: bool) -> dict:
@@ -224,4 +225,4 @@ def load_checkpoint(path: Path, weights_only: bool) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as error:
-        raise _damaged(path, error) from None
+        raise damaged(path, error) from None

@@ -9,14 +9,15 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
 from flower_model.config import ConfigError, load_config
 from flower_model.config.project_paths import PROJECT_OWN
-from flower_model.errors import ProtectedPathError
+from flower_model.errors import FlowerModelError, ProtectedPathError
 from flower_model.io_utils import atomic_dir, remove_tree, write_text
-from tests.conftest import REPO_ROOT
+from tests.conftest import CLASS_NAMES, REPO_ROOT
 from tests.helpers.cli import run_in_process
 
 OUT_KEYS = ("raw_dir", "processed_dir", "models_dir", "reports_dir", "plots_dir")
@@ -255,3 +256,73 @@ class TestValues:
         code, _, err = run_in_process(project, "download")
         assert code == 2
         assert "`flower-model compose` writes configs/' values back" in err
+
+
+class TestDamagedInputs:
+    """Inputs a stage reads that another tool or a hand edit broke: one line naming the file."""
+
+    @pytest.fixture
+    def processed(self, tmp_path, tiny_processed):
+        shutil.copytree(tiny_processed / "data", tmp_path / "data")
+        return tmp_path / "data" / "processed"
+
+    @pytest.mark.parametrize(
+        ("file", "content"),
+        [
+            ("classes.json", "not json"),
+            ("classes.json", '{"daisy": 0}'),
+            ("classes.json", '["daisy"]'),
+            ("classes.json", '["daisy", "daisy"]'),
+        ],
+    )
+    def test_garbage_class_names(self, processed, file, content):
+        from flower_model.data.layout import read_classes
+
+        (processed / file).write_text(content)
+        with pytest.raises(FlowerModelError, match=f"{file} is damaged.*dvc checkout"):
+            read_classes(processed)
+
+    @pytest.mark.parametrize(
+        ("file", "array"),
+        [
+            ("test_images.npy", np.zeros((4, 8, 3), np.uint8)),  # rank 3
+            ("test_images.npy", np.zeros((4, 8, 8, 3), np.float32)),
+            ("test_labels.npy", np.full(999, 0, np.int64)),  # count differs from the images
+            ("test_labels.npy", "out_of_range"),
+        ],
+    )
+    def test_arrays_of_the_wrong_shape_or_labels_out_of_range(self, processed, file, array):
+        from flower_model.data.layout import read_split
+
+        if isinstance(array, str):
+            labels = np.load(processed / file)
+            array = np.where(np.arange(labels.size) == 0, len(CLASS_NAMES), labels)
+        np.save(processed / file, array)
+        with pytest.raises(FlowerModelError, match=f"{file} is damaged"):
+            read_split(processed, "test", len(CLASS_NAMES))
+
+    @pytest.mark.parametrize("content", ["garbage\n\x00\x01", "a,b\n1,2\n", ""])
+    def test_a_garbage_manifest(self, processed, content):
+        from flower_model.data.layout import read_manifest_files
+
+        (processed / "manifest.csv").write_text(content)
+        with pytest.raises(FlowerModelError, match="manifest.csv is damaged"):
+            read_manifest_files(processed, "test")
+
+    def test_a_foreign_checkpoint_is_one_line(self, tmp_path):
+        import torch
+
+        from flower_model.models.classifier import load_classifier
+
+        foreign = tmp_path / "other.ckpt"
+        torch.save({"state_dict": {}, "epoch": 3}, foreign)
+        with pytest.raises(FlowerModelError, match="not a flower-model training checkpoint"):
+            load_classifier(foreign)
+
+    def test_a_one_class_photo_set_is_refused(self, tmp_path, mini_dataset):
+        from flower_model.data.preprocess import list_dataset
+
+        shutil.copytree(mini_dataset / "daisy", tmp_path / "photos" / "daisy")
+        config = load_config(REPO_ROOT).preprocess
+        with pytest.raises(FlowerModelError, match="one class folder \\(daisy\\).*at least 2"):
+            list_dataset(tmp_path / "photos", config)

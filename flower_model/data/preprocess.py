@@ -19,7 +19,13 @@ from tqdm import tqdm
 from flower_model.config import PreprocessConfig
 from flower_model.constants import IMAGE_SUFFIXES, RESOLVED_CONFIG_NAME, SPLITS
 from flower_model.data.images import ImageDecodeError, decode_image, resize_image
-from flower_model.data.layout import CLASSES_FILE, MANIFEST_FILE, images_path, labels_path
+from flower_model.data.layout import (
+    CLASSES_FILE,
+    MANIFEST_FILE,
+    MIN_CLASSES,
+    images_path,
+    labels_path,
+)
 from flower_model.errors import FlowerModelError
 from flower_model.io_utils import atomic_dir, csv_text, write_json, write_text
 
@@ -81,6 +87,11 @@ def list_dataset(
         raise FlowerModelError(
             f"{dataset} has no class folders: it must hold one folder of photos per class "
             "(<class>/*.jpg); rerun `flower-model download` or fix paths.raw_dir"
+        )
+    if len(classes) < MIN_CLASSES:
+        raise FlowerModelError(
+            f"{dataset} has one class folder ({classes[0]}): a classifier needs at least "
+            f"{MIN_CLASSES}; add a folder of photos per class beside it"
         )
     files, unusable = [], _loose_photos(dataset)
     for label, name in enumerate(classes):

@@ -1,20 +1,24 @@
 """Evaluate every available backend on the test split: accuracy, speed, agreement, pictures."""
 
 import csv
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from flower_model.config import Config
-from flower_model.data.layout import CLASSES_FILE, MANIFEST_FILE, images_path, labels_path
+from flower_model.data.layout import (
+    MANIFEST_FILE,
+    read_classes,
+    read_manifest_files,
+    read_split,
+)
 from flower_model.evaluation import eval_figures
 from flower_model.evaluation.latency import Predictor, measure, thread_info
 from flower_model.evaluation.metrics import mcnemar, summarise
 from flower_model.export.runtime import compare
 from flower_model.export.tensorrt import BUILD_FILE, PLAN_FILE
-from flower_model.io_utils import csv_text, load_array, read_json, write_json, write_text
+from flower_model.io_utils import csv_text, damaged, read_json, write_json, write_text
 from flower_model.models.classifier import load_classifier
 from flower_model.serving.contract import run_probs, session
 
@@ -106,17 +110,12 @@ def _baseline(
 
 def _test_split(processed: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """(images, labels, class names, file names) of the test split, in manifest order."""
-    files = [
-        row["file"]
-        for row in csv.DictReader((processed / MANIFEST_FILE).open())
-        if row["split"] == "test"
-    ]
-    return (
-        load_array(images_path(processed, "test")),
-        load_array(labels_path(processed, "test")),
-        json.loads((processed / CLASSES_FILE).read_text()),
-        files,
-    )
+    classes = read_classes(processed)
+    images, labels = read_split(processed, "test", len(classes))
+    files = read_manifest_files(processed, "test")
+    if len(files) != len(labels):
+        raise damaged(processed / MANIFEST_FILE, f"{len(files)} test rows for {len(labels)} photos")
+    return images, labels, classes, files
 
 
 def _score(probs: dict[str, np.ndarray], labels: np.ndarray, classes: list[str], settings) -> dict:
