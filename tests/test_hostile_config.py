@@ -180,6 +180,12 @@ class TestYamlFiles:
         assert "flower-model compose" in str(raised.value)
         assert len(str(raised.value)) < 400, "one line, not an expanded document"
 
+    def test_a_duplicate_key_in_configs_is_one_line(self, project):
+        finetune = project / "configs" / "train" / "finetune.yaml"
+        finetune.write_text(finetune.read_text() + "lr: 0.1\n")
+        with pytest.raises(ConfigError, match="found duplicate key lr.*restore it with git"):
+            load_config(project, ["train.seed=1"])
+
     def test_a_bom_and_windows_line_ends_are_read(self, project):
         target = project / "params.yaml"
         text = target.read_text().replace("\n", "\r\n")

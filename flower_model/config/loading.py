@@ -57,6 +57,7 @@ def compose_raw(root: Path, overrides: list[str] | None = None) -> dict:
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
 
     config_dir = (root / CONFIG_DIR_NAME).resolve()
     if not config_dir.is_dir():
@@ -77,6 +78,11 @@ def compose_raw(root: Path, overrides: list[str] | None = None) -> dict:
                 "spelling (see configs/)"
             ) from None
         raise ConfigError(f"cannot compose {CONFIG_DIR_NAME}/ with {overrides}: {error}") from None
+    except YAMLError as error:  # a configs/ file OmegaConf cannot read (a duplicate key)
+        raise ConfigError(
+            f"a {CONFIG_DIR_NAME}/ file cannot be read: {' '.join(str(error).split())}; fix it "
+            "or restore it with git"
+        ) from None
     except ValueError as error:  # Hydra's own check of a group override (`model=1.5`, `train=`)
         raise ConfigError(
             f"cannot compose {CONFIG_DIR_NAME}/ with {overrides}: {error}; a group takes the name "
