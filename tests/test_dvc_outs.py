@@ -140,15 +140,8 @@ def test_outside_dvc_a_failing_stage_touches_nothing(dvc_project):
     assert (dvc_project / "out" / "a.txt").read_text() == "bug"
 
 
-PATH_DVC_YAML = """\
-stages:
-  step:
-    cmd: python step.py
-    deps: [step.py, mode]
-    params: [paths.processed_dir]
-    outs: [out, single.txt]
-    metrics: [{reports/metrics.json: {cache: false}}]
-"""
+# The same step reading a path key (the keys of `paths` are what a stage deletes and writes).
+PATH_DVC_YAML = DVC_YAML.replace("params: [train.lr]", "params: [paths.processed_dir]")
 
 
 @pytest.mark.slow
