@@ -171,6 +171,17 @@ def atomic_dir(target: Path) -> Iterator[Path]:
             backup.rename(target)  # the new folder could not be moved in: the old one comes back
 
 
+def check_writable(*folders: Path) -> None:
+    """Create and remove a temp file in each folder (made if missing), before a stage that
+    writes into several of them does any work: an unwritable one is an OutputError up front,
+    not after the first files were already replaced."""
+    for folder in folders:
+        with _output_errors(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check.", suffix=".tmp"):
+                pass  # removed again on close
+
+
 def write_text(target: Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -382,3 +382,19 @@ def test_console_of_the_evaluate_stage(evaluated, tmp_path, mlflow_server):
     assert not warnings, warnings
     written = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert client.get_run(run_id).data.metrics["test/accuracy"] == written["test"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_an_unwritable_plots_folder_stops_evaluate_before_any_report_changes(evaluated, tmp_path):
+    from flower_model.errors import OutputError
+    from flower_model.evaluation.evaluate import evaluate as evaluate_all
+
+    source, config, _ = evaluated
+    root = tmp_path / "root"
+    shutil.copytree(source, root)
+    shutil.rmtree(root / "plots")
+    (root / "plots").write_text("a file where the plots folder should be\n")  # root ignores chmod
+    before = {path.name: path.read_bytes() for path in (root / "reports").iterdir()}
+    with pytest.raises(OutputError, match="plots"):
+        evaluate_all(config, root)
+    assert {path.name: path.read_bytes() for path in (root / "reports").iterdir()} == before

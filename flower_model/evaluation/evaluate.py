@@ -18,7 +18,14 @@ from flower_model.evaluation.latency import Predictor, measure, thread_info
 from flower_model.evaluation.metrics import mcnemar, summarise
 from flower_model.export.runtime import compare
 from flower_model.export.tensorrt import BUILD_FILE, PLAN_FILE
-from flower_model.io_utils import csv_text, damaged, read_json, write_json, write_text
+from flower_model.io_utils import (
+    check_writable,
+    csv_text,
+    damaged,
+    read_json,
+    write_json,
+    write_text,
+)
 from flower_model.models.classifier import load_classifier
 from flower_model.serving.contract import run_probs, session
 
@@ -179,6 +186,7 @@ def evaluate(config: Config, root: Path) -> dict:
     paths, settings = config.paths, config.evaluate
     processed, models = root / paths.processed_dir, root / paths.models_dir
     reports, plots = root / paths.reports_dir, root / paths.plots_dir
+    check_writable(reports, plots)  # before the work: never some outputs new, others old
     images, labels, classes, files = _test_split(processed)
 
     predictors = backends(models)
