@@ -295,7 +295,7 @@ def push(*targets: str, remote: str | None = None) -> None:
 
 
 def results(*revisions: str) -> None:
-    """Experiments x headline metrics, and only the params that differ, in <= 100 columns.
+    """Experiments x headline metrics and the params that differ, in <= 100 columns.
 
     usage: flower-model results [REV ...]
       REV   experiment names or commits to show (default: the workspace, HEAD and HEAD's

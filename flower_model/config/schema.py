@@ -8,7 +8,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from flower_model.config.project_paths import check_cache, check_inside, overlapping
 from flower_model.errors import FlowerModelError
@@ -38,9 +46,12 @@ class PathsConfig(Section):
     download_cache_dir: Path
     models_dir: Path
     reports_dir: Path
+    features_dir: Path
     plots_dir: Path
 
-    @field_validator("raw_dir", "processed_dir", "models_dir", "reports_dir", "plots_dir")
+    @field_validator(
+        "raw_dir", "processed_dir", "models_dir", "reports_dir", "features_dir", "plots_dir"
+    )
     @classmethod
     def _inside_project(cls, value: Path) -> Path:
         return check_inside(value)
@@ -347,6 +358,19 @@ class ServeConfig(Section):
         return self
 
 
+class LabelIssuesConfig(Section):
+    """configs/label_issues: the label-issue search (evaluation/label_issues.py)."""
+
+    backbone: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    input_mean: list[float] = Field(min_length=RGB_CHANNELS, max_length=RGB_CHANNELS)
+    input_std: list[PositiveFloat] = Field(min_length=RGB_CHANNELS, max_length=RGB_CHANNELS)
+    batch_size: int = Field(ge=1, le=1024)
+    folds: int = Field(ge=2, le=20)
+    seed: Seed
+    regularization: float = Field(gt=0)
+    gallery_size: int = Field(ge=1, le=100)
+
+
 class SlurmConfig(Section):
     timeout_min: int = Field(ge=1)
     nodes: int = Field(ge=1)
@@ -370,4 +394,5 @@ class Config(Section):
     mlflow: MlflowConfig
     serve: ServeConfig
     slurm: SlurmConfig
+    label_issues: LabelIssuesConfig
     resume: str | None
