@@ -71,8 +71,11 @@ def pushed_main(tmp_path, mini_tarball):
         **os.environ,
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
         "PYTHONPATH": str(project),
-        **{f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
-           for what, value in (("NAME", "ci"), ("EMAIL", "ci@localhost"))},
+        **{
+            f"GIT_{who}_{what}": value
+            for who in ("AUTHOR", "COMMITTER")
+            for what, value in (("NAME", "ci"), ("EMAIL", "ci@localhost"))
+        },
     }
     env.pop("CI_EXPECT_UNCHANGED", None)
     _run(["git", "init", "-q", "-b", "main"], project, env)
@@ -85,7 +88,8 @@ def pushed_main(tmp_path, mini_tarball):
 
 
 def _script(clone: Path, remote: Path, env: dict, **extra: str):
-    return _run([str(clone / "scripts" / "ci_reproduce.sh"), str(remote)], clone, {**env, **extra}, check=False)
+    command = [str(clone / "scripts" / "ci_reproduce.sh"), str(remote)]
+    return _run(command, clone, {**env, **extra}, check=False)
 
 
 def _predictions(text: str) -> dict[str, bool]:
@@ -102,14 +106,16 @@ def test_unchanged_reruns_nothing_and_a_param_change_retrains_and_is_reported(
     project, remote, env = pushed_main
     clone = tmp_path / "runner"
     _run(["git", "clone", "-q", str(project), str(clone)], tmp_path, env)
-    env = {**env, "PYTHONPATH": str(clone)}
+    reports = tmp_path / "ci-report"  # the workflow's default, ci-report/, is git-ignored
+    env = {**env, "PYTHONPATH": str(clone), "CI_REPORT_DIR": str(reports)}
 
     unchanged = _script(clone, remote, env, CI_EXPECT_UNCHANGED="1")
     assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
-    assert (clone / "ci-report" / "reran.txt").read_text() == ""
-    report = (clone / "ci-report" / "report.md").read_text()
-    assert "p = 1)" in report and "0 went wrong → right and 0 right → wrong" in report
+    assert (reports / "reran.txt").read_text() == ""
+    report = (reports / "report.md").read_text()
     assert max(len(line) for line in report.splitlines()) <= 100
+    report = " ".join(report.split())  # the sentences as read, not as wrapped
+    assert "p = 1)" in report and "0 went wrong → right and 0 right → wrong" in report
     _run([DVC, "status"], clone, env)  # still a valid DVC repository
     assert not _run(["git", "status", "--porcelain"], clone, env).stdout.strip()
 
@@ -127,11 +133,12 @@ def test_unchanged_reruns_nothing_and_a_param_change_retrains_and_is_reported(
 
     changed = _script(clone, remote, env)
     assert changed.returncode == 0, changed.stdout + changed.stderr
-    assert (clone / "ci-report" / "reran.txt").read_text().split() == RETRAINED
-    report = (clone / "ci-report" / "report.md").read_text()
+    assert (reports / "reran.txt").read_text().split() == RETRAINED
+    table = (reports / "report.md").read_text()
+    report = " ".join(table.split())
     base_lr = yaml.safe_load((project / "params.yaml").read_text())["train"]["lr"]
     assert f"- `train.lr`: {base_lr} → {CHANGED_LR}" in report
-    assert "Stages run by this CI job\n\n" + " ".join(RETRAINED) in report
+    assert "Stages run by this CI job " + " ".join(RETRAINED) in report
 
     # McNemar from the two predictions files, computed here.
     base = _predictions((project / "reports" / "predictions.csv").read_text())
@@ -146,7 +153,7 @@ def test_unchanged_reruns_nothing_and_a_param_change_retrains_and_is_reported(
     # The metric table agrees with `dvc metrics diff`.
     diff = json.loads(_run([DVC, "metrics", "diff", "main", "--json"], clone, env).stdout)
     accuracy = diff["reports/metrics.json"]["test.accuracy"]
-    row = next(line for line in report.splitlines() if line.startswith("| test acc"))
+    row = next(line for line in table.splitlines() if line.startswith("| test acc"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[1:] == [
         f"{accuracy['old']:.4f}",

@@ -107,8 +107,8 @@ def _dvc_out(root: Path, side: Side, path: str) -> str:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         reason = f"{message}; {remote_hint(message) or 'check the DVC remote'}"
     raise FlowerModelError(
-        f"cannot read {path} of {side.label}: {reason}. `dvc pull {path}` (at that revision) "
-        "from the remote that holds it, or run the pipeline there"
+        f"cannot read {path} of {side.label}: {reason}; make the remote that holds it the "
+        "default (`dvc remote default NAME`), or run the pipeline there and `dvc push`"
     )
 
 
@@ -155,7 +155,9 @@ def mcnemar(base: dict[str, tuple[str, str]], target: dict[str, tuple[str, str]]
 def changed_params(base: dict, target: dict) -> list[tuple[str, object, object]]:
     """(key, base value, target value) for every flat param that differs, params.yaml order."""
     keys = [*target, *(key for key in base if key not in target)]
-    return [(key, base.get(key), target.get(key)) for key in keys if base.get(key) != target.get(key)]
+    return [
+        (key, base.get(key), target.get(key)) for key in keys if base.get(key) != target.get(key)
+    ]
 
 
 def changed_stages(base_lock: str | None, target_lock: str | None) -> list[str]:
@@ -170,7 +172,10 @@ def _metric_rows(base: dict, target: dict) -> list[str]:
     for key, title, pattern in COLUMNS:
         old, new = base.get(key), target.get(key)
         numbers = isinstance(old, (int, float)) and isinstance(new, (int, float))
-        cells = [pattern.format(value) if isinstance(value, (int, float)) else "-" for value in (old, new)]
+        cells = [
+            pattern.format(value) if isinstance(value, (int, float)) else "-"
+            for value in (old, new)
+        ]
         signed = "{:+" + pattern.removeprefix("{:").removeprefix("+")  # a change shows its sign
         change = signed.format(new - old) if numbers else "-"
         rows.append(f"| {title:<{METRIC_WIDTH}} | {cells[0]:>10} | {cells[1]:>10} | {change:>10} |")
