@@ -309,7 +309,7 @@ def results(*revisions: str) -> None:
 
 
 def report(*revisions: str, output: str | None = None) -> None:
-    """What a change did to the model: metrics of two revisions and McNemar's test, as Markdown.
+    """What a change did: two revisions' metrics and McNemar's test on them, as Markdown.
 
     usage: flower-model report [BASE] [TARGET] [--output F.md]
       BASE      a branch, commit or DVC experiment (default main)

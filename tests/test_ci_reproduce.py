@@ -128,7 +128,7 @@ def test_unchanged_reruns_nothing_and_a_param_change_retrains_and_is_reported(
 
     strict = _script(clone, remote, env, CI_EXPECT_UNCHANGED="1")
     assert strict.returncode != 0
-    assert "FAILED at step 2: dvc.lock is not in step" in strict.stderr
+    assert "FAILED at step 3: dvc.lock is not in step" in strict.stderr
     assert "train" in strict.stderr
 
     changed = _script(clone, remote, env)
