@@ -183,6 +183,9 @@ def test_bad_input_is_one_line_naming_it(history, capsys):
         code, out, err = _report(capsys, *words)
         assert (code, out) == (2, "") and err.count("\n") == 1 and named in err, err
 
+    (history / "reports" / "metrics.json").write_text("{not json")
+    code, _, err = _report(capsys, "main")
+    assert code == 2 and "metrics.json of workspace is not a JSON object of metrics" in err
     (history / "reports" / "metrics.json").unlink()
     code, _, err = _report(capsys, "main")
     assert code == 2 and "workspace has no reports/metrics.json: run the pipeline" in err

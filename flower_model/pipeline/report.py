@@ -119,7 +119,12 @@ def metrics_of(root: Path, side: Side) -> dict:
             f"{side.label} has no {METRICS_FILE}: run the pipeline there (`dvc repro`, or "
             "`dvc exp run`) and commit it, or compare another revision"
         )
-    return flatten(json.loads(text))
+    try:
+        return flatten(json.loads(text))
+    except (json.JSONDecodeError, AttributeError):  # not JSON, or not an object of metrics
+        raise FlowerModelError(
+            f"{METRICS_FILE} of {side.label} is not a JSON object of metrics: rerun evaluate there"
+        ) from None
 
 
 def predictions_of(root: Path, side: Side) -> dict[str, tuple[str, str]]:
