@@ -314,21 +314,25 @@ def report(*revisions: str, output: str | None = None) -> None:
     usage: flower-model report [BASE] [TARGET] [--output F.md]
       BASE      a branch, commit or DVC experiment (default main)
       TARGET    the same, or `workspace` (default)
-      --output  write the Markdown to F.md instead of printing it
+      --output  write the Markdown to F.md instead of printing it, and the plots that changed
+                (base and target side by side) to F_plots/ beside it
     Headline metrics of both sides and the change; whether the accuracy change is significant
     (McNemar's exact test on the paired test predictions, reports/predictions.csv, read through
-    DVC); the params that differ; the stages whose dvc.lock entries differ. <= 100 columns.
+    DVC); the params that differ; the stages whose dvc.lock entries differ; the plots that
+    changed. <= 100 columns.
     """
     from flower_model.io_utils import write_text
     from flower_model.pipeline.report import WORKSPACE, build_report
+    from flower_model.pipeline.report_plots import folder_for
 
     names = [str(item) for item in revisions]
     if len(names) > 2:
         raise FlowerModelError(f"report compares two revisions, got {len(names)}: {names}")
     base, target = names + [DEFAULT_BASE, WORKSPACE][len(names) :]
-    text = build_report(Path.cwd(), base, target)
-    if output:
-        write_text(Path(str(output)), text)
+    markdown = Path(str(output)) if output else None
+    text = build_report(Path.cwd(), base, target, folder_for(markdown) if markdown else None)
+    if markdown:
+        write_text(markdown, text)
     else:
         sys.stdout.write(text)
 

@@ -140,6 +140,15 @@ def test_unchanged_reruns_nothing_and_a_param_change_retrains_and_is_reported(
     assert f"- `train.lr`: {base_lr} → {CHANGED_LR}" in report
     assert "Stages run by this CI job " + " ".join(RETRAINED) in report
 
+    # The pictures that changed, side by side beside the Markdown.
+    assert "![target](report_plots/target-confusion.png)" in report
+    assert (reports / "report_plots" / "target-confusion.png").read_bytes() == (
+        clone / "plots" / "confusion.png"
+    ).read_bytes()
+    assert (reports / "report_plots" / "base-confusion.png").read_bytes() == (
+        project / "plots" / "confusion.png"
+    ).read_bytes()
+
     # McNemar from the two predictions files, computed here.
     base = _predictions((project / "reports" / "predictions.csv").read_text())
     target = _predictions((clone / "reports" / "predictions.csv").read_text())

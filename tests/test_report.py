@@ -110,10 +110,24 @@ def _commit(root, accuracy: float, rights: list[bool], lr: float, message: str) 
     ]
     (root / "reports" / "predictions.csv").write_text("\n".join(rows) + "\n")
     (root / "params.yaml").write_text(yaml.safe_dump({"train": {"lr": lr, "seed": 1}}))
-    lock = {"schema": "2.0", "stages": {"train": {"params": {"lr": lr}}, "download": {}}}
+    (root / "plots").mkdir(exist_ok=True)
+    (root / "plots" / "confusion.png").write_bytes(_picture(lr))
+    outs = [
+        {"path": "plots/confusion.png", "md5": f"{lr}"},
+        {"path": "plots/same.png", "md5": "0"},
+    ]
+    lock = {
+        "schema": "2.0",
+        "stages": {"train": {"params": {"lr": lr}}, "download": {}, "evaluate": {"outs": outs}},
+    }
     (root / "dvc.lock").write_text(yaml.safe_dump(lock))
     _git(root, "add", "-A")
     _git(root, "commit", "-qm", message)
+
+
+def _picture(lr: float) -> bytes:
+    """Stand-in bytes of a PNG out (the report copies pictures, it never decodes them)."""
+    return b"\x89PNG\r\n\x1a\n" + str(lr).encode()
 
 
 BASE_RIGHTS = [True] * 20 + [False] * 5
@@ -156,7 +170,10 @@ def test_report_of_two_branches_as_a_user_types_it(history, capsys):
     assert f"p = {binomtest(3, 8, 0.5).pvalue:.4g})" in words
     assert "Of 25 test photos, 5 went wrong → right and 3 right → wrong" in words
     assert "- `train.lr`: 0.1 → 0.2" in out and "seed" not in out
-    assert out.rstrip().endswith("train")  # the stage whose dvc.lock entry differs
+    assert "their dvc.lock entries)\n\nevaluate, train\n" in out  # the lock's order
+    assert out.rstrip().endswith(
+        "- `plots/confusion.png`\n\n(`--output F.md` saves them side by side in F_plots/)"
+    )
 
     # Defaults: main against the workspace (here the `change` branch, plus an edit).
     (history / "reports" / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.7}}))
@@ -170,7 +187,18 @@ def test_report_of_two_branches_as_a_user_types_it(history, capsys):
     _git(history, "update-ref", f"refs/exps/ab/cdef/{commit}/tidy-moat", commit)
     code, out, err = _report(capsys, "--output", "pr.md", "main", "tidy-moat")
     assert (code, out) == (0, ""), err
-    assert f"→ tidy-moat ({commit[:7]})\n" in (history / "pr.md").read_text()
+    written = (history / "pr.md").read_text()
+    assert f"→ tidy-moat ({commit[:7]})\n" in written
+    assert written.endswith(
+        "| base | target |\n|---|---|\n"
+        "| ![base](pr_plots/base-confusion.png) | ![target](pr_plots/target-confusion.png) |\n"
+    )
+    assert (history / "pr_plots" / "base-confusion.png").read_bytes() == _picture(0.1)
+    assert (history / "pr_plots" / "target-confusion.png").read_bytes() == _picture(0.2)
+    assert sorted(path.name for path in (history / "pr_plots").iterdir()) == [
+        "base-confusion.png",
+        "target-confusion.png",
+    ]
 
 
 @pytest.mark.slow  # git and DVC in a fresh repository: ~3 s

@@ -92,15 +92,15 @@ def _tracked(root: Path, side: Side, path: str) -> str | None:
     return shown.stdout if shown.returncode == 0 else None
 
 
-def _dvc_out(root: Path, side: Side, path: str) -> str:
+def read_out(root: Path, side: Side, path: str, binary: bool = False) -> str | bytes:
     """A DVC out at `side`: the workspace file, else the cache or the default remote."""
     if side.commit is None and (root / path).is_file():
-        return (root / path).read_text()
+        return (root / path).read_bytes() if binary else (root / path).read_text()
     import dvc.api
     from dvc.exceptions import DvcException, PathMissingError
 
     try:
-        return dvc.api.read(path, repo=str(root), rev=side.commit)
+        return dvc.api.read(path, repo=str(root), rev=side.commit, mode="rb" if binary else "r")
     except PathMissingError:
         reason = "it is not in the DVC cache or on the default remote"
     except DvcException as error:
@@ -129,7 +129,7 @@ def metrics_of(root: Path, side: Side) -> dict:
 
 def predictions_of(root: Path, side: Side) -> dict[str, tuple[str, str]]:
     """file -> (true label, the shipped model's prediction)."""
-    rows = csv.DictReader(io.StringIO(_dvc_out(root, side, PREDICTIONS_FILE)))
+    rows = csv.DictReader(io.StringIO(str(read_out(root, side, PREDICTIONS_FILE))))
     if rows.fieldnames is None or PREDICTED not in rows.fieldnames:
         raise FlowerModelError(
             f"{PREDICTIONS_FILE} of {side.label} has no {PREDICTED} column: rerun evaluate there"
@@ -222,8 +222,11 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def build_report(root: Path, base_name: str, target_name: str) -> str:
-    """The Markdown report; every input is checked (one-line errors) before any is compared."""
+def build_report(root: Path, base_name: str, target_name: str, pictures: Path | None = None) -> str:
+    """The Markdown report; every input is checked (one-line errors) before any is compared.
+    With `pictures`, a folder, the plots that changed are saved there (report_plots.py)."""
+    from flower_model.pipeline.report_plots import changed_pictures, picture_section
+
     base, target = resolve(root, base_name), resolve(root, target_name)
     metrics = (metrics_of(root, base), metrics_of(root, target))
     predictions = predictions_of(root, base), predictions_of(root, target)
@@ -233,7 +236,14 @@ def build_report(root: Path, base_name: str, target_name: str) -> str:
         significance = f"**Accuracy change: not tested**: {error}."
     base_params = flatten(yaml.safe_load(_tracked(root, base, PARAMS_FILE) or "") or {})
     target_params = flatten(yaml.safe_load(_tracked(root, target, PARAMS_FILE) or "") or {})
-    stages = changed_stages(_tracked(root, base, LOCK_FILE), _tracked(root, target, LOCK_FILE))
-    return render(
-        base, target, metrics, significance, changed_params(base_params, target_params), stages
+    locks = _tracked(root, base, LOCK_FILE), _tracked(root, target, LOCK_FILE)
+    text = render(
+        base,
+        target,
+        metrics,
+        significance,
+        changed_params(base_params, target_params),
+        changed_stages(*locks),
     )
+    plots = picture_section(root, (base, target), changed_pictures(*locks), pictures)
+    return text + "\n".join(plots) + "\n"
