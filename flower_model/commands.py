@@ -15,6 +15,7 @@ from flower_model.errors import FlowerModelError
 
 ABOUT = "flower-model: a flower photo classifier whose whole life is one DVC pipeline."
 DEFAULT_MODEL = "models/model.onnx"
+DEFAULT_BASE = "main"  # what `flower-model report` compares against: the branch a PR targets
 
 
 def _stage(name: str):
@@ -307,6 +308,35 @@ def results(*revisions: str) -> None:
     print_results(Path.cwd(), [str(item) for item in revisions])
 
 
+def report(*revisions: str, output: str | None = None) -> None:
+    """What a change did: two revisions' metrics and McNemar's test on them, as Markdown.
+
+    usage: flower-model report [BASE] [TARGET] [--output F.md]
+      BASE      a branch, commit or DVC experiment (default main)
+      TARGET    the same, or `workspace` (default)
+      --output  write the Markdown to F.md instead of printing it, and the plots that changed
+                (base and target side by side) to F_plots/ beside it
+    Headline metrics of both sides and the change; whether the accuracy change is significant
+    (McNemar's exact test on the paired test predictions, reports/predictions.csv, read through
+    DVC); the params that differ; the stages whose dvc.lock entries differ; the plots that
+    changed. <= 100 columns.
+    """
+    from flower_model.io_utils import write_text
+    from flower_model.pipeline.report import WORKSPACE, build_report
+    from flower_model.pipeline.report_plots import folder_for
+
+    names = [str(item) for item in revisions]
+    if len(names) > 2:
+        raise FlowerModelError(f"report compares two revisions, got {len(names)}: {names}")
+    base, target = names + [DEFAULT_BASE, WORKSPACE][len(names) :]
+    markdown = Path(str(output)) if output else None
+    text = build_report(Path.cwd(), base, target, folder_for(markdown) if markdown else None)
+    if markdown:
+        write_text(markdown, text)
+    else:
+        sys.stdout.write(text)
+
+
 def commands() -> dict:
     """Every command: the stages first, in pipeline order."""
     table = {name: _stage(name) for name in stage_names()}
@@ -314,6 +344,7 @@ def commands() -> dict:
         {
             "compose": compose,
             "results": results,
+            "report": report,
             "infer": infer,
             "serve": serve,
             "client": client,
