@@ -304,6 +304,15 @@ def _registry_project(folder, tiny_processed, tiny_onnx, run_id: str, altered_te
     return folder
 
 
+def resave_onnx(onnx_path, target, doc_string: str) -> None:
+    """The same network saved with another doc string: other bytes, as another training run."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    model.doc_string = doc_string
+    onnx.save(model, str(target))
+
+
 @pytest.mark.slow
 def test_best_is_chosen_among_versions_scored_on_the_same_test_data(
     tmp_path, tiny_processed, tiny_onnx, mlflow_server
@@ -336,7 +345,9 @@ def test_best_is_chosen_among_versions_scored_on_the_same_test_data(
     registrations = [(other, 0.9, 1), (ours, 0.6, 2), (ours, 0.55, 2), (ours, 0.7, 4)]
     restore = _restore_tracking_uri()
     try:
-        for root, accuracy, best in registrations:
+        for number, (root, accuracy, best) in enumerate(registrations):
+            # Each its own training run's bytes: identical bytes would keep their version.
+            resave_onnx(tiny_onnx, root / "models" / "model.onnx", f"training run {number}")
             aliases = register_onnx_model(config, root, accuracy)
             assert aliases["best"] == str(best), (accuracy, aliases)
     finally:
