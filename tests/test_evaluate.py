@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flower_model.config import flatten
+from flower_model.constants import CONSOLE_WIDTH
 from pipeline_stages import build_trt, evaluate, export_onnx
 from tests.conftest import CLASS_NAMES, REPO_ROOT, TINY_SIZE, copy_pipeline, make_config
 from tests.helpers.cli import run_stage_script
@@ -387,9 +388,11 @@ def test_console_of_the_evaluate_stage(evaluated, tmp_path, mlflow_server):
     ]
     result = run_stage_script(tmp_path, "evaluate", *overrides)
     everything = result.stdout + result.stderr
-    assert everything.count("the runs table: ") == 1, everything
+    assert everything.count("the runs table:\n  http") == 1, everything
     assert "View run" not in everything and "View experiment" not in everything, everything
     warnings = [line for line in everything.splitlines() if WARNING_LINE.search(line)]
     assert not warnings, warnings
+    wide = [line for line in everything.splitlines() if len(line) > CONSOLE_WIDTH]
+    assert not wide, wide
     written = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert client.get_run(run_id).data.metrics["test/accuracy"] == written["test"]["accuracy"]

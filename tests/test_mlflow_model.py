@@ -2,9 +2,11 @@
 registered by `register_onnx_model`, and `mlflow.pyfunc.load_model(...).predict(...)` in a fresh
 Python process on full-size photo files, compared with what `infer` answers for the same files."""
 
+import ast
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,21 +17,17 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from flower_model.evaluation.tracking import CLASS_NAMES_TAG, MODEL_DIGEST_TAG
-from tests.conftest import CLASS_NAMES, make_config
+from tests.conftest import CLASS_NAMES, REPO_ROOT, make_config
 from tests.test_evaluate import resave_onnx
 
 MODEL_NAME = "flower_classifier_pyfunc_test"  # its own name: other tests register too
 FULL_SIZE = (3024, 4032)  # a phone photo, width x height
 PNG_SIZE = (517, 389)  # another size and format
 LOAD_TIMEOUT_S = 300
-# What a user types (docs/experiments.md's model registry), then one line reporting the answer
-# and where the flower_model code came from.
-USER_LINES = """\
-import mlflow
-model = mlflow.pyfunc.load_model("models:/{name}@best")
-names = model.predict([open(path, "rb").read() for path in {paths!r}])
-import json, sys; print(json.dumps([names, sys.modules["flower_model"].__file__]))
-"""
+# The README's three lines (its python block), then one line reporting where the flower_model
+# code came from.
+README_LINES = re.search(r"```python\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.S)[1]
+ORIGIN_LINE = 'import sys; print(sys.modules["flower_model"].__file__)\n'
 
 
 def _photo(path, size, seed: int) -> None:
@@ -106,29 +104,32 @@ def test_three_lines_predict_class_names_for_full_size_photos(
     `models:/<name>@best` and names full-size photos like `infer` does, with no warning."""
     from flower_model.serving.infer import OnnxClassifier, classify
 
-    paths = [tmp_path / "phone.jpg", tmp_path / "small.png"]
+    paths = [tmp_path / "photo.jpg", tmp_path / "small.png"]
     _photo(paths[0], FULL_SIZE, 1)
     _photo(paths[1], PNG_SIZE, 2)
-    script = USER_LINES.format(name=MODEL_NAME, paths=[str(path) for path in paths])
-    assert len(script.splitlines()) - 1 == 3, "three lines a user types"
+    lines = README_LINES.replace("flower_classifier@best", f"{MODEL_NAME}@best")
+    assert len(lines.splitlines()) == 3 and '"photo.jpg"' in lines, "three lines a user types"
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["MLFLOW_TRACKING_URI"] = mlflow_server
     env["TMPDIR"] = str(tmp_path)  # load_model downloads the model into a temporary folder
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=LOAD_TIMEOUT_S,
-    )
-    assert result.returncode == 0, result.stderr
-    names, package = json.loads(result.stdout.splitlines()[-1])
+    answers = []
+    for path in paths:
+        result = subprocess.run(
+            [sys.executable, "-c", lines.replace("photo.jpg", path.name) + ORIGIN_LINE],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=LOAD_TIMEOUT_S,
+        )
+        assert result.returncode == 0, result.stderr
+        printed, package = result.stdout.splitlines()[-2:]
+        answers += ast.literal_eval(printed)
+        assert "/code/flower_model/" in package, f"flower_model came from {package}, not the model"
+        assert "CUDAExecutionProvider" not in result.stderr, result.stderr
+        assert "WARNING" not in result.stderr and "Warning" not in result.stderr, result.stderr
     expected = [item.predicted for item in classify(paths, OnnxClassifier(tiny_onnx), top_k=1)]
-    assert names == expected and set(names) <= set(CLASS_NAMES)
-    assert "/code/flower_model/" in package, f"flower_model came from {package}, not the model"
-    assert "CUDAExecutionProvider" not in result.stderr, result.stderr
-    assert "WARNING" not in result.stderr and "Warning" not in result.stderr, result.stderr
+    assert answers == expected and set(answers) <= set(CLASS_NAMES)
 
 
 @pytest.mark.slow

@@ -86,7 +86,7 @@ def log_evaluation(config: Config, root: Path, result: dict) -> str:
     set_runs_view(client, experiment_id)
     url = runs_table_url(config.mlflow.tracking_uri, experiment_id)
     if url:
-        print(f"mlflow: evaluation logged to run {run_id}; the runs table: {url}", flush=True)
+        print(f"mlflow: evaluation logged to run {run_id}; the runs table:\n  {url}", flush=True)
     return run_id
 
 
