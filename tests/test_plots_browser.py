@@ -3,8 +3,10 @@ project's .dvc/config makes DVC's default, and the check catches DVC's own (CDN)
 draws nothing without a network."""
 
 import configparser
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +146,49 @@ def test_the_configured_template_draws_every_plot_offline(plots_project, tmp_pat
     _with_project_template(plots_project, _require(TEMPLATE, str(TEMPLATE), CI_DEPS))
     report = check_rendered(_show(plots_project, "default"), tmp_path / "default.png", browser)
     assert report.drawn == report.expected == ["loss", "confusion", "per_class"], report.summary()
+
+
+STAGE_WITH_PLOT = """\
+stages:
+  curve:
+    cmd: python -c "open('e.csv', 'w').write('a,b\\\\n1,2\\\\n2,3\\\\n')"
+    plots:
+      - e.csv:
+          x: a
+          y: b
+"""
+MISSING_REVISION = "DVC failed to load some plots for following revisions: 'main'"
+
+
+def test_mains_series_come_from_the_remote_and_missing_ones_are_one_line(tmp_path):
+    """What the README says of `dvc plots diff main ...`: main's outputs missing from the local
+    cache are read from the default remote; where the remote lacks them too, DVC's one line."""
+    project, remote = tmp_path / "clone", tmp_path / "remote"
+    project.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for command in (
+        ["git", "init", "-q", "-b", "main"],
+        [DVC, "init", "-q"],
+        [DVC, "remote", "add", "-d", "store", str(remote)],
+    ):
+        subprocess.run(command, cwd=project, check=True)
+    (project / "dvc.yaml").write_text(STAGE_WITH_PLOT)
+    subprocess.run([DVC, "repro", "-q"], cwd=project, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "main"], cwd=project, check=True)
+    subprocess.run([DVC, "push", "-q"], cwd=project, check=True)
+    shutil.rmtree(project / ".dvc" / "cache")
+    (project / "e.csv").write_text("a,b\n1,5\n")  # the workspace: an experiment's curve
+
+    def diff() -> subprocess.CompletedProcess:
+        command = [DVC, "plots", "diff", "main", "--json"]
+        return subprocess.run(command, cwd=project, capture_output=True, text=True, check=True)
+
+    shown = json.loads(diff().stdout)["data"]["e.csv"][0]
+    assert shown["revisions"] == ["workspace", "main"]
+    assert {"a": "2", "b": "3", "rev": "main"} in shown["content"]["data"]["values"]
+    shutil.rmtree(remote)
+    result = diff()
+    assert MISSING_REVISION in result.stdout + result.stderr
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    assert MISSING_REVISION.removeprefix("DVC ") in readme, "the README explains DVC's line"
