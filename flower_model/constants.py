@@ -18,3 +18,6 @@ RESOLVED_CONFIG_NAME = "config.resolved.yaml"
 
 # Keep JSON outs stable byte for byte: sorted keys, fixed indentation, trailing newline.
 JSON_INDENT = 2
+
+# The widest line a command prints (a standard terminal is 80; logs are read in wider windows).
+CONSOLE_WIDTH = 120

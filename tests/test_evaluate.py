@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flower_model.config import flatten
+from flower_model.constants import CONSOLE_WIDTH
 from pipeline_stages import build_trt, evaluate, export_onnx
 from tests.conftest import CLASS_NAMES, REPO_ROOT, TINY_SIZE, copy_pipeline, make_config
 from tests.helpers.cli import run_stage_script
@@ -304,6 +305,15 @@ def _registry_project(folder, tiny_processed, tiny_onnx, run_id: str, altered_te
     return folder
 
 
+def resave_onnx(onnx_path, target, doc_string: str) -> None:
+    """The same network saved with another doc string: other bytes, as another training run."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    model.doc_string = doc_string
+    onnx.save(model, str(target))
+
+
 @pytest.mark.slow
 def test_best_is_chosen_among_versions_scored_on_the_same_test_data(
     tmp_path, tiny_processed, tiny_onnx, mlflow_server
@@ -336,7 +346,9 @@ def test_best_is_chosen_among_versions_scored_on_the_same_test_data(
     registrations = [(other, 0.9, 1), (ours, 0.6, 2), (ours, 0.55, 2), (ours, 0.7, 4)]
     restore = _restore_tracking_uri()
     try:
-        for root, accuracy, best in registrations:
+        for number, (root, accuracy, best) in enumerate(registrations):
+            # Each its own training run's bytes: identical bytes would keep their version.
+            resave_onnx(tiny_onnx, root / "models" / "model.onnx", f"training run {number}")
             aliases = register_onnx_model(config, root, accuracy)
             assert aliases["best"] == str(best), (accuracy, aliases)
     finally:
@@ -376,10 +388,12 @@ def test_console_of_the_evaluate_stage(evaluated, tmp_path, mlflow_server):
     ]
     result = run_stage_script(tmp_path, "evaluate", *overrides)
     everything = result.stdout + result.stderr
-    assert everything.count("the runs table: ") == 1, everything
+    assert everything.count("the runs table:\n  http") == 1, everything
     assert "View run" not in everything and "View experiment" not in everything, everything
     warnings = [line for line in everything.splitlines() if WARNING_LINE.search(line)]
     assert not warnings, warnings
+    wide = [line for line in everything.splitlines() if len(line) > CONSOLE_WIDTH]
+    assert not wide, wide
     written = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert client.get_run(run_id).data.metrics["test/accuracy"] == written["test"]["accuracy"]
 

@@ -47,7 +47,7 @@ TRAINING_PREFIXES = ("train", "val", "time")  # the training run's metric famili
 # A metric name as the README writes it: `train/loss`, `lr`, `time/epoch_s`.
 README_NAME = re.compile(r"`([a-z_]+(?:/[a-z0-9_]+)*)`")
 # The one MLflow line a training run prints (TolerantMLFlowLogger.end).
-RUNS_LINK = re.compile(r"^mlflow: run (\w+) logged; the runs table: (\S+)$", re.MULTILINE)
+RUNS_LINK = re.compile(r"^mlflow: run (\w+) logged; the runs table:\n  (\S+)$", re.MULTILINE)
 GIT_SHA = re.compile(r"[0-9a-f]{40}")
 # Headless Chromium as the task's screenshots ran it; virtual time lets MLflow's UI load its runs.
 CHROMIUM_FLAGS = (

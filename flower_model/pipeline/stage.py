@@ -10,6 +10,7 @@ once, in dvc.yaml (read by `config/dvc_yaml.py`).
 
 import inspect
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import yaml
 
 from flower_model.cli import ERROR_PREFIX, EXIT_ERROR, run_command
 from flower_model.config import Config, ConfigError, dvc_yaml, load_config
-from flower_model.constants import PARAMS_FILE
+from flower_model.constants import CONSOLE_WIDTH, PARAMS_FILE
 from flower_model.errors import MissingInputError
 from flower_model.pipeline.dvc_outs import restore_previous_outs, running_under_dvc
 
@@ -25,6 +26,7 @@ __all__ = ["ERROR_PREFIX", "EXIT_ERROR", "execute", "stage_command", "stage_main
 
 Run = Callable[[Config, Path, dict], None]
 Preflight = Callable[[Config, Path], None]
+HEADER_INDENT = "   "  # the stage header's lines under its first
 
 
 def reads(name: str, config: Config, root: Path) -> dict:
@@ -64,18 +66,33 @@ def describe(
     `show_config`, the resolved values of those keys too."""
     origin = f"configs/ composed with overrides {overrides}" if overrides else str(PARAMS_FILE)
     keys = ", ".join(dvc_yaml.stage(name, root).params)
-    lines = [f"== stage {name}: config from {origin}, reads {keys}"]
+    lines = _wrapped(f"== stage {name}: config from {origin}, reads {keys}")
     if overrides:
         lines.append("   note: overrides differ from params.yaml; DVC will not record this run")
     if show_config:
         resolved = yaml.safe_dump(
-            reads(name, config, root), sort_keys=False, default_flow_style=None
+            reads(name, config, root),
+            sort_keys=False,
+            default_flow_style=None,
+            width=CONSOLE_WIDTH - len(HEADER_INDENT),
         )
-        lines += [f"   {line}" for line in resolved.splitlines()]
-    lines.append("   outputs: " + ", ".join(str(path) for path in outputs(name, config, root)))
+        lines += [f"{HEADER_INDENT}{line}" for line in resolved.splitlines()]
+    lines += _wrapped("   outputs: " + ", ".join(str(path) for path in outputs(name, config, root)))
     if not show_config:
         lines.append(f"   (`flower-model {name} --show-config` prints the values read)")
     return "\n".join(lines)
+
+
+def _wrapped(text: str) -> list[str]:
+    """`text` in lines of at most CONSOLE_WIDTH, continued with a deeper indent; a word longer
+    than that (a URL) stays whole."""
+    return textwrap.wrap(
+        text,
+        CONSOLE_WIDTH,
+        subsequent_indent=HEADER_INDENT * 2,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def check_inputs(name: str, config: Config, root: Path, fetch: bool = False) -> None:

@@ -6,7 +6,8 @@ the tree is copied to a work folder with the stub for the running Python (what p
 does) and Triton's native onnxruntime backend (built from its r24.10 sources by `make
 triton-backend`), the repository is written (`model_repository.py`, serve.flavour: `container` on
 the native backend, else or when it is not built `python`) unless one is given, and
-`tritonserver` runs on it: logs pass through, SIGTERM/SIGINT are forwarded, its exit code is ours.
+`tritonserver` runs on it: its output goes to .triton/tritonserver.log (its warnings, errors and
+crashes to the console too), SIGTERM/SIGINT are forwarded, its exit code is ours.
 
 Restarts: a server that crashes after it was ready (tritonserver 2.51 aborts on some requests) is
 always restarted, after 1, 2, 4, 4... s (the backoff starts again once a server stayed ready for
@@ -29,6 +30,7 @@ import urllib.request
 from pathlib import Path
 
 from flower_model.config import ServeConfig
+from flower_model.constants import CONSOLE_WIDTH
 from flower_model.serving.bundle import (
     ServeError,
     native_backend_missing,
@@ -43,6 +45,10 @@ LOG_TAIL_LINES = 200  # kept to name the reason when start-up fails
 LOAD_FAILURE = "failed to load '"  # how tritonserver logs a model it could not load
 BACKOFF_S, BACKOFF_MAX_S = 1.0, 4.0  # wait before restart k: 1, 2, 4, 4... s (restarts stay fast)
 CRASH_MARKERS = re.compile(r"^terminate called|^Signal \(\d+\) received|Segmentation fault")
+SERVER_LOG = Path(".triton") / "tritonserver.log"  # beside where serve runs; appended per start
+# What of tritonserver's output the console shows: its warning and error lines ("W1207 ...",
+# "E1207 ...") and crash lines; the rest (start-up tables, model loading) is in SERVER_LOG.
+CONSOLE_LINE = re.compile(rf"^[EW]\d{{4}} |{CRASH_MARKERS.pattern}")
 PR_SET_PDEATHSIG = 1  # prctl option: the child gets a signal when its parent dies
 SIGNAL_EXIT_BASE = 128  # shell convention: killed by signal N exits 128 + N
 
@@ -105,13 +111,22 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _forward(stream, target, tail: collections.deque) -> None:
+def _forward(stream, target, tail: collections.deque, log) -> None:
+    """Every line of tritonserver's `stream` into `log` (its start-up tables were 344 columns
+    wide on the console); only its warnings, errors and crash lines also to `target`, cut to
+    CONSOLE_WIDTH (the whole line is in the log)."""
     quiet = CPU_ONLY_NOISE if not NVIDIA_DEVICE.exists() else ()
     for line in iter(stream.readline, ""):
         tail.append(line.rstrip())
+        log.write(line)
+        log.flush()
         if any(noise in line for noise in quiet):
             continue  # a CPU host has no CUDA to initialise: not an error here
-        target.write(line)
+        if not CONSOLE_LINE.search(line):
+            continue
+        text = line.rstrip()
+        cut = text if len(text) <= CONSOLE_WIDTH else text[: CONSOLE_WIDTH - 1] + "…"
+        target.write(cut + "\n")
         target.flush()
 
 
@@ -189,6 +204,9 @@ def _run_once(server, repository, config, stopping, running) -> tuple[int, float
     """One tritonserver process: (exit code, seconds it was ready before it crashed, or None
     when it was stopped or failed during start-up; reason)."""
     tail: collections.deque = collections.deque(maxlen=LOG_TAIL_LINES)
+    SERVER_LOG.parent.mkdir(parents=True, exist_ok=True)
+    log = SERVER_LOG.open("a")
+    print(f"serve: tritonserver's own log: {SERVER_LOG}", flush=True)
     process = subprocess.Popen(
         server_command(server, repository, config),
         env=server_env(),
@@ -201,7 +219,7 @@ def _run_once(server, repository, config, stopping, running) -> tuple[int, float
     )
     running.append(process)
     forwarders = [
-        threading.Thread(target=_forward, args=(stream, target, tail), daemon=True)
+        threading.Thread(target=_forward, args=(stream, target, tail, log), daemon=True)
         for stream, target in ((process.stdout, sys.stdout), (process.stderr, sys.stderr))
     ]
     for thread in forwarders:
@@ -214,6 +232,7 @@ def _run_once(server, repository, config, stopping, running) -> tuple[int, float
             process.wait(timeout=STOP_TIMEOUT_S + 10)
         for thread in forwarders:
             thread.join(timeout=5)
+        log.close()
         try:
             os.killpg(process.pid, signal.SIGKILL)  # any stub the server left behind
         except ProcessLookupError:

@@ -26,13 +26,12 @@ from flower_model.training.callbacks import (
     EPOCHS_FILE,
     EVENTS_FILE,
     DvcPlotsLogger,
-    EpochLines,
     EventLog,
     StepTimer,
-    quiet_lightning_notices,
     weight_averaging,
 )
 from flower_model.training.checkpoints import checkpoint_callbacks, ship_best
+from flower_model.training.console import EpochLines, ProgressLines, quiet_lightning_notices
 from flower_model.training.module import FlowerClassifier
 from flower_model.training.resume import (
     CHECKPOINT_DIR,
@@ -155,13 +154,15 @@ def _start_tracking(
 
 
 def _trainer(
-    config: Config, loggers: list, callbacks: list, checkpoints: Path, on_terminal: bool
+    config: Config, loggers: list, callbacks: list, checkpoints: Path, on_terminal: bool, steps: int
 ) -> pl.Trainer:
     """`Trainer(**trainer config, ...)`: the trainer group's keys are Trainer arguments as they
-    are, except `precision: auto`, resolved for this hardware."""
+    are, except `precision: auto`, resolved for this hardware, and `log_every_n_steps`, at most
+    the `steps` an epoch has (a small data set had no step logged, and Lightning warned)."""
     settings = config.trainer.model_dump()
     settings["precision"] = resolve_precision(settings["precision"], settings["accelerator"])
     limit = config.train.limit_train_batches
+    settings["log_every_n_steps"] = max(1, min(settings["log_every_n_steps"], steps))
     return pl.Trainer(
         **settings,
         max_epochs=config.train.max_epochs,
@@ -255,7 +256,7 @@ def train_model(
     if resume is not None:
         config, resolved = adopt_run_config(config, resumed_state, resolved, resume)
     require_tracking_server(config.mlflow)
-    quiet_lightning_notices()
+    quiet_lightning_notices(resuming=resume is not None)
     models = root / config.paths.models_dir
     checkpoints = models / CHECKPOINT_DIR
     events = EventLog(models / EVENTS_FILE, (config.paths.models_dir / EVENTS_FILE).as_posix())
@@ -282,7 +283,10 @@ def train_model(
     averaging = weight_averaging(config.train.ema_decay, on_gpu(config.trainer.accelerator))
     # The EMA update runs before the timer's batch end, so it counts as step time, not data wait.
     callbacks = [*callbacks, *averaging, timer, *extra_callbacks]
-    trainer = _trainer(config, loggers, callbacks, checkpoints, on_terminal)
+    if not on_terminal:
+        callbacks.append(ProgressLines())
+    steps = module.hparams.steps_per_epoch  # per process, limit_train_batches applied
+    trainer = _trainer(config, loggers, callbacks, checkpoints, on_terminal, steps)
     log_event = functools.partial(events, **context)
     log_event(
         "train_start",
@@ -312,9 +316,9 @@ def train_model(
     print(
         f"train: {trainer.current_epoch} epochs in {fit_seconds:.0f} s, "
         f"{timing['train_images_per_s']:.0f} train images/s, "
-        f"data wait {timing['data_wait_share']:.1%} of step time; best checkpoint "
-        f"{config.train.checkpoint.monitor}={float(best.best_model_score):.4f} "
-        f"(epoch {best_state['epoch'] + 1}); the test split is scored by `evaluate`",
+        f"data wait {timing['data_wait_share']:.1%}; best {config.train.checkpoint.monitor}="
+        f"{float(best.best_model_score):.4f} (epoch {best_state['epoch'] + 1}); "
+        "test split: `evaluate`",
         flush=True,
     )
     return report
