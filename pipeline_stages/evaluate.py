@@ -32,7 +32,7 @@ def run(config: Config, root: Path, params: dict) -> None:
         )
     else:
         aliases = register_onnx_model(config, root, test["accuracy"])
-        print(f"registered {name} ({reason}): aliases {aliases}")
+        print(f"model registry {name} ({reason}): aliases {aliases}")
     print(
         f"evaluate: onnx_fp32 test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}"
     )
