@@ -18,7 +18,7 @@ def run(config: Config, root: Path, params: dict) -> None:
     classes = read_classes(processed)
     found = issues.Features.load(root / paths.features_dir / issues.FEATURES_FILE)
     probs = issues.cross_validated_probs(found.features, found.labels, settings)
-    ranked, quality = issues.find_issues(found.labels, probs)
+    ranked, quality = issues.find_issues(found.labels, probs, settings.filter_by)
     rows = issues.issue_rows(found, probs, ranked, quality, classes)
     header = ["rank", "file", "split", "given", "suggested", "label_quality"]
     write_text(root / paths.reports_dir / issues.ISSUES_CSV, csv_text(header, rows))

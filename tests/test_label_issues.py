@@ -37,7 +37,7 @@ def test_the_flipped_labels_are_found_and_ranked_first():
     probs = issues.cross_validated_probs(features, labels, settings)
     assert probs.shape == (labels.size, len(CLASS_NAMES))
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-6)
-    ranked, quality = issues.find_issues(labels, probs)
+    ranked, quality = issues.find_issues(labels, probs, settings.filter_by)
     assert sorted(ranked.tolist()) == flipped.tolist()
     assert quality[flipped].max() < np.delete(quality, flipped).min()
 
@@ -85,3 +85,36 @@ def test_the_two_stages_write_the_report_counts_and_gallery(project, tiny_proces
     assert [int(row["rank"]) for row in rows] == list(range(1, len(rows) + 1))
     assert all(row["given"] in CLASS_NAMES and row["suggested"] in CLASS_NAMES for row in rows)
     assert (project / "plots" / issues.GALLERY_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_benchmark_scores_injected_noise_against_the_flipped_photos():
+    """benchmarks/label_issues.py on clustered features with no own issues: every injected flip
+    found, nothing else flagged; on a 3-class subset too."""
+    import importlib.util
+
+    from tests.conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "label_issues_benchmark", REPO_ROOT / "benchmarks" / "label_issues.py"
+    )
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    features, truth, _ = _clustered(seed=2)
+    rows = np.arange(truth.size)
+    found = issues.Features(
+        features=features,
+        labels=np.repeat(np.arange(len(CLASS_NAMES)), CLUSTER_PHOTOS),  # the true labels
+        splits=np.where(rows % 5 == 0, "test", "train"),
+        indices=rows,
+        files=np.array([f"photo{row}.jpg" for row in rows]),
+    )
+    # The benchmark's scoring is under test, not cleanlab's rule: flag every photo whose
+    # out-of-sample prediction differs from its label, which on these clusters is exactly the flips.
+    settings = make_config(["label_issues.filter_by=predicted_neq_given"]).label_issues
+    result = benchmark.run(found, rows, 0.05, 0, settings)
+    assert result["own_issues"] == 0 and result["flipped"] == round(0.05 * 240)
+    assert result["precision"] == result["recall"] == 1.0
+    subset = benchmark._subset(found, 3, 40)
+    assert sorted(set(found.labels[subset].tolist())) == [0, 1, 2] and subset.size == 120
+    small = benchmark.run(found, subset, 0.05, 0, settings)
+    assert small["classes"] == 3 and small["precision"] == small["recall"] == 1.0

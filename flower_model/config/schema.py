@@ -368,6 +368,9 @@ class LabelIssuesConfig(Section):
     folds: int = Field(ge=2, le=20)
     seed: Seed
     regularization: float = Field(gt=0)
+    filter_by: Literal[
+        "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"
+    ]
     gallery_size: int = Field(ge=1, le=100)
 
 

@@ -112,12 +112,16 @@ def cross_validated_probs(features: np.ndarray, labels: np.ndarray, config) -> n
     )
 
 
-def find_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def find_issues(
+    labels: np.ndarray, probs: np.ndarray, filter_by: str
+) -> tuple[np.ndarray, np.ndarray]:
     """(indices of the flagged rows, most suspicious first; every row's label quality 0..1)."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+    ranked = find_label_issues(
+        labels, probs, filter_by=filter_by, return_indices_ranked_by="self_confidence"
+    )
     return np.asarray(ranked, dtype=np.int64), get_label_quality_scores(labels, probs)
 
 
