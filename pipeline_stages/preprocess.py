@@ -17,6 +17,7 @@ def run(config: Config, root: Path, params: dict) -> None:
         plots=root / paths.plots_dir,
         config=config.preprocess,
         resolved=params,
+        reviews_file=root / config.preprocess.label_reviews,
     )
 
 

@@ -53,8 +53,9 @@ def evaluated(tmp_path_factory, tiny_processed, tiny_checkpoint, mlflow_server):
 
 @pytest.mark.slow
 def test_headline_metrics_and_the_detail_beside_them(evaluated):
-    """reports/metrics.json (the DVC metric) holds five headline scalars taken from the detail
-    files, which hold everything else."""
+    """reports/metrics.json (the DVC metric) holds seven headline scalars taken from the detail
+    files, which hold everything else; with no label review, the reviewed accuracy equals the
+    headline."""
     root, _, _ = evaluated
     metrics = flatten(json.loads((root / "reports" / "metrics.json").read_text()))
     assert set(metrics) == {
@@ -63,9 +64,14 @@ def test_headline_metrics_and_the_detail_beside_them(evaluated):
         "val.loss",
         "latency.p50_ms_per_image",
         "int8.accuracy_delta",
+        "test.accuracy_reviewed",
+        "test.reviewed_photos",
     }
     detail = json.loads((root / "reports" / "evaluation.json").read_text())
-    assert set(detail) == {"torch", "onnx_fp32", "onnx_int8"}, "no engine here: no TensorRT"
+    backends = {"torch", "onnx_fp32", "onnx_int8"}
+    assert set(detail) == backends | {"reviewed_labels"}, "no engine here: no TensorRT"
+    assert metrics["test.accuracy_reviewed"] == metrics["test.accuracy"]
+    assert metrics["test.reviewed_photos"] == 0
     assert metrics["test.accuracy"] == detail["onnx_fp32"]["accuracy"]
     assert metrics["test.macro_f1"] == detail["onnx_fp32"]["macro_f1"]
     delta = detail["onnx_int8"]["accuracy"] - detail["onnx_fp32"]["accuracy"]

@@ -205,6 +205,7 @@ def test_the_run_carries_what_the_runs_table_columns_show(experiment_run):
     assert GIT_SHA.fullmatch(commit) and commit == run.data.tags["git_sha"]
     detail = {REFERENCE: {"accuracy": 0.9, "macro_f1": 0.8}, QUANTIZED: {"accuracy": 0.85}}
     detail[QUANTIZED]["macro_f1"] = 0.84
+    detail["reviewed_labels"] = {"accuracy": 0.91, "photos": 9, "reviewed": 1, "excluded": 1}
     latency = {"backends": {REFERENCE: [{"batch_size": 1, "p50_ms": 2.0, "p50_ms_per_image": 2.0}]}}
     result = {"metrics": headline(detail, latency, {"best": {"val/loss": 0.5}})}
     evaluated = _flat_metrics({**result, "detail": detail, "latency": latency})

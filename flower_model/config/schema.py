@@ -106,6 +106,12 @@ class PreprocessConfig(Section):
     max_images_per_class: int | None = Field(default=..., ge=3)
     max_image_pixels: int = Field(gt=0)
     num_workers: int = Field(ge=0, le=64)
+    label_reviews: Path  # the committed review decisions (data/reviews.py)
+
+    @field_validator("label_reviews")
+    @classmethod
+    def _reviews_inside(cls, value: Path) -> Path:
+        return check_inside(value)
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "PreprocessConfig":

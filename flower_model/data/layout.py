@@ -31,6 +31,11 @@ def labels_path(processed: Path, split: str) -> Path:
     return processed / f"{split}_labels.npy"
 
 
+def reviewed_labels_path(processed: Path) -> Path:
+    """The test split's labels after the label reviews (-1: excluded); data/reviews.py."""
+    return processed / "test_reviewed_labels.npy"
+
+
 def read_classes(processed: Path) -> list[str]:
     """classes.json: a list of at least MIN_CLASSES distinct names."""
     path = processed / CLASSES_FILE

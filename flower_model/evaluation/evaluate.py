@@ -12,7 +12,9 @@ from flower_model.data.layout import (
     read_classes,
     read_manifest_files,
     read_split,
+    reviewed_labels_path,
 )
+from flower_model.data.reviews import EXCLUDED_LABEL
 from flower_model.evaluation import eval_figures
 from flower_model.evaluation.latency import Predictor, measure, thread_info
 from flower_model.evaluation.metrics import mcnemar, summarise
@@ -22,6 +24,7 @@ from flower_model.io_utils import (
     check_writable,
     csv_text,
     damaged,
+    load_array,
     read_json,
     write_json,
     write_text,
@@ -39,6 +42,7 @@ METRICS_FILE = "metrics.json"
 DETAIL_FILE = "evaluation.json"
 LATENCY_FILE = "latency.json"
 TRAIN_REPORT = "train.json"
+REVIEWED_SECTION = "reviewed_labels"  # evaluation.json: test accuracy on the reviewed labels
 
 
 def headline(detail: dict, latency: dict, train_report: dict) -> dict:
@@ -47,7 +51,13 @@ def headline(detail: dict, latency: dict, train_report: dict) -> dict:
     timings = latency["backends"][REFERENCE]
     smallest = min(timings, key=lambda row: row["batch_size"])
     metrics = {
-        "test": {"accuracy": shipped["accuracy"], "macro_f1": shipped["macro_f1"]},
+        "test": {
+            "accuracy": shipped["accuracy"],
+            "macro_f1": shipped["macro_f1"],
+            # beside the headline, never instead of it (data/reviews.py)
+            "accuracy_reviewed": detail[REVIEWED_SECTION]["accuracy"],
+            "reviewed_photos": detail[REVIEWED_SECTION]["reviewed"],
+        },
         "val": {"loss": train_report["best"]["val/loss"]},
         "latency": {"p50_ms_per_image": smallest["p50_ms_per_image"]},
     }
@@ -125,6 +135,19 @@ def _test_split(processed: Path) -> tuple[np.ndarray, np.ndarray, list[str], lis
     return images, labels, classes, files
 
 
+def reviewed_accuracy(predictions: np.ndarray, labels: np.ndarray, reviewed: np.ndarray) -> dict:
+    """Test accuracy on the reviewed labels (excluded photos left out), and how many test photos
+    a review touched: the headline stays on the original labels."""
+    scored = reviewed != EXCLUDED_LABEL
+    hits = predictions[scored] == reviewed[scored]
+    return {
+        "accuracy": float(hits.mean()) if hits.size else 0.0,
+        "photos": int(scored.sum()),
+        "reviewed": int((reviewed != labels).sum()),
+        "excluded": int((~scored).sum()),
+    }
+
+
 def _score(probs: dict[str, np.ndarray], labels: np.ndarray, classes: list[str], settings) -> dict:
     """Per backend: the summary metrics, agreement with the shipped model and McNemar vs it."""
     reference = probs[REFERENCE].argmax(1)
@@ -188,11 +211,13 @@ def evaluate(config: Config, root: Path) -> dict:
     reports, plots = root / paths.reports_dir, root / paths.plots_dir
     check_writable(reports, plots)  # before the work: never some outputs new, others old
     images, labels, classes, files = _test_split(processed)
+    reviewed = load_array(reviewed_labels_path(processed))
 
     predictors = backends(models)
     probs = {name: _predict_all(predict, images) for name, predict in predictors.items()}
     reference = probs[REFERENCE].argmax(1)
     detail = _score(probs, labels, classes, settings)
+    detail[REVIEWED_SECTION] = reviewed_accuracy(reference, labels, reviewed)
     if settings.baseline_predictions is not None:
         detail["baseline"] = _baseline(
             root / settings.baseline_predictions, files, labels, reference, classes

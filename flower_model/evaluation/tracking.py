@@ -18,16 +18,19 @@ def _flat_metrics(result: dict) -> dict[str, float]:
     backend's name), the other backends' scores, and p50 latency per batch size. The headline's
     INT8 delta and p50 ms per image too, under their `dvc exp show` names: the runs table's
     default columns (RUNS_VIEW_COLUMNS) show them."""
-    from flower_model.evaluation.evaluate import REFERENCE
+    from flower_model.evaluation.evaluate import REFERENCE, REVIEWED_SECTION
 
     headline = result["metrics"]
     test = headline["test"]
     flat = {"test/accuracy": test["accuracy"], "test/macro_f1": test["macro_f1"]}
+    flat["test/accuracy_reviewed"] = test["accuracy_reviewed"]
     flat["latency/p50_ms_per_image"] = headline["latency"]["p50_ms_per_image"]
     if "int8" in headline:
         flat["int8/accuracy_delta"] = headline["int8"]["accuracy_delta"]
     for name, section in result["detail"].items():
-        if name != REFERENCE and isinstance(section, dict) and "accuracy" in section:
+        if name in (REFERENCE, REVIEWED_SECTION) or not isinstance(section, dict):
+            continue
+        if "accuracy" in section:
             flat[f"eval/{name}/accuracy"] = section["accuracy"]
             flat[f"eval/{name}/macro_f1"] = section["macro_f1"]
     for name, rows in result["latency"]["backends"].items():
