@@ -9,7 +9,14 @@ import numpy as np
 
 from flower_model.data.images import ImageDecodeError, load_image
 from flower_model.errors import FlowerModelError
-from flower_model.serving.contract import FILES, INPUT, PROBS, ModelInfo, config_parameters
+from flower_model.serving.contract import (
+    FILES,
+    INPUT,
+    PROBS,
+    MetadataError,
+    ModelInfo,
+    config_parameters,
+)
 from flower_model.serving.infer import Prediction, classify, expand_paths
 from flower_model.serving.model_repository import IMAGE_SUFFIX
 
@@ -50,7 +57,13 @@ class TritonClassifier:
                 f"{error.message()}; fix --model-name, or serve it with `flower-model serve`"
             ) from None
         config = config.get("config", config)  # gRPC's JSON wraps it, HTTP's does not
-        info = ModelInfo.parse(config_parameters(config))
+        try:
+            info = ModelInfo.parse(config_parameters(config))
+        except (MetadataError, KeyError) as error:
+            raise FlowerModelError(
+                f"the Triton server at {url} serves {model_name} with unusable settings "
+                f"({error}); serve a model exported by `flower-model export_onnx`"
+            ) from None
         self.class_names: list[str] = info.class_names
         self.settings = info.image_settings
 

@@ -18,7 +18,10 @@ from flower_model.data.images import ImageDecodeError, load_image
 from flower_model.errors import FlowerModelError
 from flower_model.io_utils import csv_text, write_text
 from flower_model.serving.contract import (
+    PROBS,
+    MetadataError,
     ModelInfo,
+    class_count_problem,
     missing_metadata,
     run_probs,
     session,
@@ -74,7 +77,14 @@ class OnnxClassifier:
         missing = missing_metadata(meta)
         if missing:
             raise FlowerModelError(unusable_model(model, f"it lacks the metadata {missing}"))
-        self.info = ModelInfo.parse(meta)
+        try:
+            self.info = ModelInfo.parse(meta)
+        except MetadataError as error:
+            raise FlowerModelError(unusable_model(model, str(error))) from None
+        widths = [item.shape[-1] for item in self.session.get_outputs() if item.name == PROBS]
+        problem = class_count_problem(self.info, widths[0] if widths else None)
+        if problem:
+            raise FlowerModelError(unusable_model(model, problem))
         self.class_names: list[str] = self.info.class_names
 
     def load(self, path: Path) -> np.ndarray:
