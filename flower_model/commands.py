@@ -84,6 +84,7 @@ def infer(
       --backend B   onnx (ONNX Runtime, default) or tensorrt (a GPU and models/trt/model.plan)
     Exit code 1 when a photo could not be classified (the others are still written).
     """
+    from flower_model.pipeline.model_check import verify_out
     from flower_model.serving.infer import run_infer
 
     count = positive_int("--top-k", top_k)
@@ -94,6 +95,7 @@ def infer(
     model_path = Path(str(model))
     if not model_path.is_file():
         _pull_with_dvc(model_path)
+    verify_out(model_path, Path.cwd())
     classifier = None
     if backend == "tensorrt":
         from flower_model.serving.tensorrt_backend import TensorRTClassifier

@@ -289,6 +289,7 @@ def serve(
 ) -> int:
     """Serve `repository` (or one written from `model` in serve.flavour) until stopped; return
     the exit code. The CLI's `--flavour F` and `--int8` are serve.flavour / serve.int8."""
+    from flower_model.pipeline.model_check import verify_out
     from flower_model.serving.model_repository import model_metadata, write_repository
 
     if repository is not None and not sorted(repository.glob("*/config.pbtxt")):
@@ -305,7 +306,8 @@ def serve(
     check_ports(config)
     served = served_model(model, config) if repository is None else model
     if repository is None:
-        model_metadata(served)  # a damaged model: its error, nothing else
+        verify_out(served, Path.cwd())  # bytes dvc.lock does not record: one line, nothing else
+        model_metadata(served)  # a model that cannot serve: its error, nothing else
     with tempfile.TemporaryDirectory(prefix="flower-model-serve-") as work:
         if repository is None:
             repository = Path(work) / "models"
