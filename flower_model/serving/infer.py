@@ -16,7 +16,7 @@ import numpy as np
 from flower_model.constants import IMAGE_SUFFIXES
 from flower_model.data.images import ImageDecodeError, load_image
 from flower_model.errors import FlowerModelError
-from flower_model.io_utils import csv_text, write_text
+from flower_model.io_utils import csv_text, write_stdout, write_text
 from flower_model.serving.contract import (
     PROBS,
     MetadataError,
@@ -30,6 +30,7 @@ from flower_model.serving.contract import (
 
 BATCH = 32
 OUTPUT_FORMATS = (".csv", ".json")
+GONE_REASON = "not_classified"  # the error word of photos left when the classifier went away
 
 
 @dataclass
@@ -39,6 +40,11 @@ class Prediction:
     probability: float = 0.0
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str = ""
+
+
+class ClassifierGone(FlowerModelError):
+    """The classifier (a server) went away and did not come back in time: `classify` keeps the
+    results it already has and marks the rest with this reason."""
 
 
 def expand_paths(items: list[str]) -> list[Path]:
@@ -105,6 +111,7 @@ def classify(paths: list[Path], classifier, top_k: int, batch: int = BATCH) -> l
     `classifier` has `load(path)`, `probs(items)` and `class_names`: in-process ONNX Runtime or
     TensorRT here, a Triton server in serving/client.py. When `probs` rejects a batch with an
     ImageDecodeError (a server decoding the files), its files are sent one by one to find which.
+    When it raises ClassifierGone, the photos not yet classified get its reason as their error.
     """
     results = [Prediction(str(path)) for path in paths]
     ready: list[tuple[int, np.ndarray]] = []
@@ -120,6 +127,10 @@ def classify(paths: list[Path], classifier, top_k: int, batch: int = BATCH) -> l
         chunk = pending.pop(0)
         try:
             probs = classifier.probs(np.stack([item for _, item in chunk]))
+        except ClassifierGone as error:
+            for index, _ in [item for left in [chunk, *pending] for item in left]:
+                results[index].error = f"{GONE_REASON}: {error}"
+            break
         except ImageDecodeError as error:
             if len(chunk) > 1:
                 pending[:0] = [[item] for item in chunk]
@@ -167,7 +178,7 @@ def run_infer(
     text = render(results, output.suffix.lower() if output else ".csv")
     failed = [result for result in results if result.error]
     if output is None:
-        sys.stdout.write(text)
+        write_stdout(text)
     else:
         write_text(output, text)
         print(
