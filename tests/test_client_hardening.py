@@ -17,6 +17,7 @@ from flower_model.serving import client as client_module
 from flower_model.serving.client import server_address
 from tests.conftest import stop_process
 from tests.helpers.cli import run_in_process
+from tests.helpers.serve import tritonserver_pid
 from tests.test_serving import MAX_BATCH, need_flavour, start_server
 
 PHOTO_COPIES = 3  # each mini-dataset photo this many times: a run of a few dozen batches
@@ -145,15 +146,6 @@ def _kill_after(monkeypatch, batches: int, kill) -> None:
     monkeypatch.setattr(client_module.TritonClassifier, "probs", probs)
 
 
-def _tritonserver(serve: subprocess.Popen) -> int:
-    """The one tritonserver `serve` runs (its own process group, with its stubs)."""
-    children = subprocess.run(
-        ["pgrep", "-P", str(serve.pid)], capture_output=True, text=True
-    ).stdout.split()
-    assert len(children) == 1, f"serve runs one tritonserver: {children}"
-    return int(children[0])
-
-
 def _kill_all(serve: subprocess.Popen, tritonserver: int) -> None:
     """serve and its server gone at once (a host that went away): nothing restarts it."""
     os.killpg(serve.pid, signal.SIGKILL)
@@ -170,7 +162,7 @@ class TestServerGoesAway:
     def test_a_restarted_server_is_waited_for(
         self, server, many_photos, tmp_path, monkeypatch, protocol
     ):
-        tritonserver = _tritonserver(server["process"])
+        tritonserver = tritonserver_pid(server["process"])
         _kill_after(monkeypatch, KILL_AFTER_BATCHES, lambda: os.kill(tritonserver, signal.SIGKILL))
         output = tmp_path / "out.csv"
         port = server["http_port" if protocol == "http" else "grpc_port"]
@@ -191,7 +183,7 @@ class TestServerGoesAway:
             process, ports = start_server(tmp_path / "p", tiny_onnx, log, "serve.flavour=python")
         try:
             monkeypatch.setattr(client_module, "RETRY_WINDOW_S", 3.0)
-            server = _tritonserver(process)
+            server = tritonserver_pid(process)
             _kill_after(monkeypatch, KILL_AFTER_BATCHES, lambda: _kill_all(process, server))
             output = tmp_path / "out.csv"
             flags = ["--url", f"127.0.0.1:{ports['http_port']}", "--batch", "2"]
