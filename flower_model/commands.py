@@ -85,9 +85,10 @@ def infer(
     Exit code 1 when a photo could not be classified (the others are still written).
     """
     from flower_model.pipeline.model_check import verify_out
-    from flower_model.serving.infer import run_infer
+    from flower_model.serving.infer import output_suffix, run_infer
 
     count = positive_int("--top-k", top_k)
+    output_suffix(output)  # before the model is fetched or read
     if not paths:
         raise FlowerModelError("no photo given: flower-model infer PHOTO_OR_FOLDER... (see --help)")
     if backend not in ("onnx", "tensorrt"):
@@ -193,15 +194,13 @@ def client(
     """
     from flower_model.io_utils import write_stdout, write_text
     from flower_model.serving.client import TritonClassifier, classify_remote
-    from flower_model.serving.infer import GONE_REASON, OUTPUT_FORMATS, render
+    from flower_model.serving.infer import GONE_REASON, output_suffix, render
 
     if not paths:
         raise FlowerModelError(
             "no photo given: flower-model client PHOTO_OR_FOLDER... (see --help)"
         )
-    suffix = Path(str(output)).suffix.lower() if output else ".csv"
-    if suffix not in OUTPUT_FORMATS:
-        raise FlowerModelError(f"--output must end in .csv or .json, got {output}")
+    suffix = output_suffix(output)
     count, size = positive_int("--top-k", top_k), positive_int("--batch", batch)
     classifier = TritonClassifier(str(url), str(protocol), str(model_name), raw)
     try:

@@ -223,3 +223,28 @@ class TestInferCommandLine:
         assert out.splitlines()[1].startswith("-leading.jpg,")
         code, _, err = run_in_process(tmp_path, "infer", "-leading.jpg", "--model", "x.onnx")
         assert code == 2 and "unknown flag -leading.jpg" in err, "without --: a flag, as before"
+
+
+class TestSpecialOutputs:
+    @pytest.mark.parametrize("command", ["infer", "client"])
+    def test_output_to_a_device_is_one_line(self, command, many_photos, tmp_path):
+        code, _, err = run_in_process(tmp_path, command, str(many_photos), "--output", "/dev/full")
+        assert code == 2
+        assert err.strip().splitlines() == [
+            "error: --output must end in .csv or .json, got /dev/full"
+        ]
+
+    def test_a_special_file_is_written_in_place_never_replaced(self, tmp_path):
+        from flower_model.errors import OutputError
+        from flower_model.io_utils import write_text
+
+        full = Path("/dev/full")
+        with pytest.raises(OutputError, match="no space left on /dev/full"):
+            write_text(full, "predictions\n")
+        assert full.is_char_device(), "the device is still a device"
+        fifo = tmp_path / "pipe.csv"
+        os.mkfifo(fifo)
+        reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+        write_text(fifo, "a,b\n")
+        assert reader.communicate(timeout=30)[0] == b"a,b\n"
+        assert fifo.is_fifo() and [path.name for path in tmp_path.iterdir()] == ["pipe.csv"]

@@ -47,6 +47,14 @@ class ClassifierGone(FlowerModelError):
     results it already has and marks the rest with this reason."""
 
 
+def output_suffix(output: str | None) -> str:
+    """The format of --output (.csv without one); a one-line error for any other suffix."""
+    suffix = Path(str(output)).suffix.lower() if output else ".csv"
+    if suffix not in OUTPUT_FORMATS:
+        raise FlowerModelError(f"--output must end in .csv or .json, got {output}")
+    return suffix
+
+
 def expand_paths(items: list[str]) -> list[Path]:
     """Files as given, directories recursively (image suffixes only), globs expanded; sorted."""
     found: list[Path] = []
@@ -164,9 +172,7 @@ def run_infer(
     items: list[str], model: Path, output: Path | None, top_k: int, classifier=None
 ) -> int:
     """The `flower-model infer` command; returns the exit code (1 when any photo failed)."""
-    if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
-        print(f"error: --output must end in .csv or .json, got {output}", file=sys.stderr)
-        return 2
+    output_suffix(str(output) if output is not None else None)
     classifier = classifier or OnnxClassifier(model)
     classes = len(classifier.class_names)
     if not 1 <= top_k <= classes:
