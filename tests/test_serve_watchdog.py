@@ -2,6 +2,7 @@
 SIGTERM; a paused tritonserver (SIGSTOP) or a dead python stub (health still 200) is noticed by
 a request through each model and restarted with one line, within a bound."""
 
+import json
 import os
 import signal
 import subprocess
@@ -11,11 +12,18 @@ from pathlib import Path
 import pytest
 
 from flower_model.serving.bundle import SHARED_MEMORY, shm_prefix
-from flower_model.serving.watchdog import PROBE_FAILURES, PROBE_INTERVAL_S, PROBE_TIMEOUT_S
+from flower_model.serving.watchdog import (
+    PROBE_FAILURES,
+    PROBE_INTERVAL_S,
+    PROBE_TIMEOUT_S,
+    probe_request,
+)
 from tests.conftest import stop_process, wait_for_http
 from tests.helpers.serve import tritonserver_pid
 from tests.test_serving import IMAGE_MODEL, MODEL, need_flavour, start_server
 
+IMAGES_INPUT = {"name": "images", "data_type": "TYPE_UINT8", "dims": ["8", "8", "3"]}
+FILES_INPUT = {"name": "files", "data_type": "TYPE_STRING", "dims": ["1"]}
 # A round that times out costs the interval, the metrics read and one probe's timeout.
 DETECTION_BOUND_S = PROBE_FAILURES * (PROBE_INTERVAL_S + 2 * PROBE_TIMEOUT_S) + 10
 RESTART_BOUND_S = 120
@@ -63,6 +71,29 @@ def _ready(served: dict) -> None:
     for name in (MODEL, IMAGE_MODEL):
         url = f"http://127.0.0.1:{served['ports']['http_port']}/v2/models/{name}/ready"
         wait_for_http(url, served["process"], RESTART_BOUND_S)
+
+
+class TestProbeRequests:
+    def test_each_contract_input_gets_a_request(self):
+        photos = {"max_batch_size": 64, "input": [IMAGES_INPUT]}
+        length, body = probe_request(photos)
+        header = json.loads(body[:length])["inputs"][0]
+        assert header["shape"] == [1, 8, 8, 3] and len(body) - length == 8 * 8 * 3
+        files = {"max_batch_size": 64, "input": [{**FILES_INPUT}]}
+        length, body = probe_request(files)
+        size = int.from_bytes(body[length : length + 4], "little")
+        assert body[length + 4 :].startswith(b"\x89PNG") and len(body) == length + 4 + size
+
+    @pytest.mark.parametrize(
+        "inputs",
+        [
+            [{**IMAGES_INPUT, "dims": [-1, -1, 3]}],  # a variable size: no request fits all
+            [{**IMAGES_INPUT, "data_type": "TYPE_FP32"}],  # not the project's contract
+            [IMAGES_INPUT, FILES_INPUT],
+        ],
+    )
+    def test_other_models_are_not_probed(self, inputs):
+        assert probe_request({"max_batch_size": 64, "input": inputs}) is None
 
 
 @pytest.mark.slow

@@ -69,7 +69,7 @@ def _tiny_png() -> bytes:
 Probe = tuple[int, bytes]  # an infer request in Triton's binary extension: JSON length, body
 
 
-def _probe(config_json: dict) -> Probe | None:
+def probe_request(config_json: dict) -> Probe | None:
     """A request for a model's one input, None when the input is not one of the contract's
     (uint8 photos or BYTES files)."""
     inputs = config_json.get("input", [])
@@ -77,6 +77,8 @@ def _probe(config_json: dict) -> Probe | None:
         return None
     tensor = inputs[0]
     dims = [int(dim) for dim in tensor.get("dims", [])]
+    if not dims or min(dims) < 1:
+        return None  # a variable size: no one request fits it
     if tensor.get("data_type") == "TYPE_UINT8":
         data, datatype = bytes(math.prod(dims)), "UINT8"
     elif tensor.get("data_type") == "TYPE_STRING":
@@ -84,13 +86,11 @@ def _probe(config_json: dict) -> Probe | None:
         data, datatype = len(png).to_bytes(4, "little") + png, "BYTES"
     else:
         return None
-    if not data:
-        return None
     header = {
         "inputs": [
             {
                 "name": tensor["name"],
-                "shape": [1, *dims],
+                "shape": [1, *dims] if config_json.get("max_batch_size") else dims,
                 "datatype": datatype,
                 "parameters": {"binary_data_size": len(data)},
             }
@@ -107,7 +107,7 @@ def _probes(config: ServeConfig) -> dict[str, Probe]:
     for entry in index:
         if entry.get("state") != "READY":
             continue
-        probe = _probe(_json(f"{_base(config)}/v2/models/{entry['name']}/config"))
+        probe = probe_request(_json(f"{_base(config)}/v2/models/{entry['name']}/config"))
         if probe is not None:
             probes[entry["name"]] = probe
     return probes
