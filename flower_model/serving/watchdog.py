@@ -6,8 +6,9 @@ fail with `Stub process ... is not healthy`) and cannot answer at all when the p
 model (an all-zero photo array, or a 2 x 2 PNG for the image model), unless real requests were
 served since the last round and none failed (Triton's own metrics say so; probes would only
 add to the load then, and a model that fails real requests is probed again). PROBE_FAILURES
-failed rounds in a row (an error, or no answer within PROBE_TIMEOUT_S) and the server's process
-group is killed, so serve restarts it.
+failed rounds in a row (an error, or no answer within PROBE_TIMEOUT_S while no other request was
+answered either: a busy server is not a hung one) and the server's process group is killed, so
+serve restarts it.
 """
 
 import io
@@ -141,13 +142,16 @@ def _counts(config: ServeConfig) -> dict[tuple[str, str], float]:
     return counts
 
 
+def _grew(kind: str, before: dict, after: dict) -> bool:
+    """Whether Triton counted requests of `kind` (success, failure) since `before`."""
+    return bool(before) and any(
+        after[key] > before.get(key, 0.0) for key in after if key[0] == kind
+    )
+
+
 def _served_cleanly(before: dict, after: dict) -> bool:
     """Real requests succeeded since `before` and none failed, by Triton's counters."""
-
-    def grew(kind: str) -> bool:
-        return any(after[key] > before.get(key, 0.0) for key in after if key[0] == kind)
-
-    return bool(before) and grew("success") and not grew("failure")
+    return _grew("success", before, after) and not _grew("failure", before, after)
 
 
 def probe_round(config: ServeConfig, probes: dict, before: dict) -> tuple[str | None, dict]:
@@ -164,6 +168,9 @@ def probe_round(config: ServeConfig, probes: dict, before: dict) -> tuple[str | 
         detail = error.read().decode(errors="replace").strip()[:200]
         return f"{error.geturl().rsplit('/', 2)[-2]}: HTTP {error.code} {detail}", {}
     except (OSError, ValueError) as error:
+        later = _counts(config)
+        if _grew("success", now, later):
+            return None, later  # slow because busy: other requests were answered meanwhile
         return f"no answer ({error})", {}
     return None, _counts(config)
 
