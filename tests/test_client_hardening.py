@@ -14,6 +14,7 @@ import pytest
 
 from flower_model.errors import FlowerModelError
 from flower_model.serving import client as client_module
+from flower_model.serving.bundle import SHARED_MEMORY, shm_prefix
 from flower_model.serving.client import server_address
 from tests.conftest import stop_process
 from tests.helpers.cli import run_in_process
@@ -192,6 +193,8 @@ class TestServerGoesAway:
             )
         finally:
             stop_process(process)
+            for region in SHARED_MEMORY.glob(shm_prefix(process.pid) + "*"):
+                region.unlink()  # a SIGKILLed serve cannot remove its server's regions
         assert code == 1
         rows = _rows(output)
         done = [row for row in rows if row["predicted"]]
