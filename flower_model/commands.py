@@ -85,9 +85,11 @@ def infer(
       --backend B   onnx (ONNX Runtime, default) or tensorrt (a GPU and models/trt/model.plan)
     Exit code 1 when a photo could not be classified (the others are still written).
     """
-    from flower_model.serving.infer import run_infer
+    from flower_model.pipeline.model_check import verify_out
+    from flower_model.serving.infer import output_suffix, run_infer
 
     count = positive_int("--top-k", top_k)
+    output_suffix(output)  # before the model is fetched or read
     if not paths:
         raise FlowerModelError("no photo given: flower-model infer PHOTO_OR_FOLDER... (see --help)")
     if backend not in ("onnx", "tensorrt"):
@@ -95,6 +97,7 @@ def infer(
     model_path = Path(str(model))
     if not model_path.is_file():
         _pull_with_dvc(model_path)
+    verify_out(model_path, Path.cwd())
     classifier = None
     if backend == "tensorrt":
         from flower_model.serving.tensorrt_backend import TensorRTClassifier
@@ -178,26 +181,27 @@ def client(
     usage: flower-model client PATH... [--url HOST:PORT] [--protocol http|grpc] [--raw]
                                        [--model-name NAME] [--output F.csv|F.json] [--top-k K]
                                        [--batch N]
-      --url HOST:PORT    the server (default 127.0.0.1:8000; gRPC listens on 8001)
+      --url HOST:PORT    the server (default 127.0.0.1:8000; gRPC listens on 8001); a scheme
+                         matching --protocol (http://HOST:PORT, grpc://HOST:PORT) is accepted
       --protocol P       http (default) or grpc
       --raw              decode here and send uint8 arrays to flower_classifier (default: send
                          the encoded files to flower_classifier_image, the server decodes)
       --model-name NAME  the served model family (default flower_classifier)
       --output F         write the predictions to F (.csv or .json) instead of printing CSV
       --top-k K          classes listed per photo (default 3)
-      --batch N          photos per request (default 16)
+      --batch N          photos per request (default 16; capped to the server's max_batch_size)
+    A server that stops answering is retried for up to 60 s (serve restarts it in seconds); if
+    it does not come back, the photos already classified are written, the rest marked.
     """
-    from flower_model.io_utils import write_text
+    from flower_model.io_utils import write_stdout, write_text
     from flower_model.serving.client import TritonClassifier, classify_remote
-    from flower_model.serving.infer import OUTPUT_FORMATS, render
+    from flower_model.serving.infer import GONE_REASON, output_suffix, render
 
     if not paths:
         raise FlowerModelError(
             "no photo given: flower-model client PHOTO_OR_FOLDER... (see --help)"
         )
-    suffix = Path(str(output)).suffix.lower() if output else ".csv"
-    if suffix not in OUTPUT_FORMATS:
-        raise FlowerModelError(f"--output must end in .csv or .json, got {output}")
+    suffix = output_suffix(output)
     count, size = positive_int("--top-k", top_k), positive_int("--batch", batch)
     classifier = TritonClassifier(str(url), str(protocol), str(model_name), raw)
     try:
@@ -208,10 +212,17 @@ def client(
     if output:
         write_text(Path(str(output)), text)
     else:
-        sys.stdout.write(text)
+        write_stdout(text)
+    gone = [result for result in results if result.error.startswith(GONE_REASON)]
     for result in results:
-        if result.error:
+        if result.error and not result.error.startswith(GONE_REASON):
             print(f"cannot classify {result.path}: {result.error}", file=sys.stderr)
+    if gone:  # one line for all of them: the reason is the same
+        print(
+            f"error: {gone[0].error.partition(': ')[2]}; {len(gone)} of {len(results)} photos "
+            f"were not classified ({GONE_REASON} in the output); run the client again for them",
+            file=sys.stderr,
+        )
     sys.exit(1 if any(result.error for result in results) else 0)
 
 

@@ -6,9 +6,10 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -183,8 +184,39 @@ def check_writable(*folders: Path) -> None:
 
 
 def write_text(target: Path, text: str) -> None:
+    """Atomically, except to an existing special file (/dev/stdout, /dev/full, a FIFO): that is
+    written in place, since renaming a temp file onto it would replace the device itself."""
+    if target.exists() and not target.is_file() and not target.is_dir():
+        with _output_errors(target), target.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+        return
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+STDOUT_LINK = Path("/proc/self/fd/1")  # names what `> FILE` connected standard output to
+
+
+def write_stdout(text: str) -> None:
+    """A command's result on standard output, flushed now: a full disk behind `> FILE` is one
+    OutputError line, not Python's "Exception ignored" at exit."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # the reader left (`| head`): the CLI's boundary ends quietly
+    except OSError as error:
+        raise output_error(_silenced_stdout(), error) from None
+
+
+def _silenced_stdout() -> Path:
+    """Where standard output went (e.g. /dev/full); what is still buffered then goes nowhere at
+    exit instead of failing a second time there."""
+    name = "standard output"
+    with suppress(OSError, ValueError, io.UnsupportedOperation):
+        name = os.readlink(STDOUT_LINK)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return Path(name)
 
 
 def csv_text(header: list[str], rows: list[list[Any]]) -> str:

@@ -20,6 +20,7 @@ import pytest
 
 from flower_model.data.layout import images_path
 from flower_model.serving.infer import OnnxClassifier, classify, expand_paths
+from flower_model.serving.watchdog import PROBE_REPEATS
 from tests.conftest import REPO_ROOT, TINY_SIZE, free_port, make_config, stop_process, wait_for_http
 
 MODEL = "flower_classifier"
@@ -369,7 +370,10 @@ def test_bounded_load_has_no_errors_and_metrics_count_it(triton_server, photos):
     elapsed = time.monotonic() - started
     print(f"{LOAD_REQUESTS} requests from {LOAD_CLIENTS} clients in {elapsed:.1f} s")
     assert errors == 0
-    assert _success_count(triton_server["metrics"]) - before == LOAD_REQUESTS
+    # serve's watchdog probes an idle server (flower_model/serving/watchdog.py): one round may
+    # fall between `before` and the first request (direct and through the image model's BLS).
+    probes = 2 * PROBE_REPEATS * make_config().serve.instances
+    assert 0 <= _success_count(triton_server["metrics"]) - before - LOAD_REQUESTS <= probes
 
 
 def _group_members(pgid: int) -> str:

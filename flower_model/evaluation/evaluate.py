@@ -30,10 +30,12 @@ from flower_model.io_utils import (
     write_text,
 )
 from flower_model.models.classifier import load_classifier
+from flower_model.pipeline.model_check import verify_out
 from flower_model.serving.contract import run_probs, session
 
 REFERENCE = "onnx_fp32"  # the shipped model: its numbers are the headline test metrics
 QUANTIZED = "onnx_int8"
+MODEL_FILES = ("model.ckpt", "model.onnx", "model.int8.onnx")  # what torch, fp32, int8 load
 PREDICT_BATCH = 64
 # reports/metrics.json is what `dvc exp show` and `dvc metrics diff` read: these few headline
 # scalars only (258 columns before). Per-backend and per-class detail: reports/evaluation.json,
@@ -85,10 +87,11 @@ def _onnx_predictor(model: Path) -> Predictor:
 
 
 def backends(models: Path) -> dict[str, Predictor]:
+    checkpoint, fp32, int8 = (models / name for name in MODEL_FILES)
     found = {
-        "torch": _torch_predictor(models / "model.ckpt"),
-        "onnx_fp32": _onnx_predictor(models / "model.onnx"),
-        "onnx_int8": _onnx_predictor(models / "model.int8.onnx"),
+        "torch": _torch_predictor(checkpoint),
+        "onnx_fp32": _onnx_predictor(fp32),
+        "onnx_int8": _onnx_predictor(int8),
     }
     build = models / "trt" / BUILD_FILE
     if build.is_file() and read_json(build).get("status") == "built":
@@ -210,9 +213,10 @@ def evaluate(config: Config, root: Path) -> dict:
     processed, models = root / paths.processed_dir, root / paths.models_dir
     reports, plots = root / paths.reports_dir, root / paths.plots_dir
     check_writable(reports, plots)  # before the work: never some outputs new, others old
+    for name in MODEL_FILES:  # damaged bytes are refused before any work
+        verify_out(models / name, root)
     images, labels, classes, files = _test_split(processed)
     reviewed = load_array(reviewed_labels_path(processed))
-
     predictors = backends(models)
     probs = {name: _predict_all(predict, images) for name, predict in predictors.items()}
     reference = probs[REFERENCE].argmax(1)

@@ -21,6 +21,7 @@ from flower_model.config import Config, ConfigError, dvc_yaml, load_config
 from flower_model.constants import CONSOLE_WIDTH, PARAMS_FILE
 from flower_model.errors import MissingInputError
 from flower_model.pipeline.dvc_outs import restore_previous_outs, running_under_dvc
+from flower_model.pipeline.model_check import record_hand_run
 
 __all__ = ["ERROR_PREFIX", "EXIT_ERROR", "execute", "stage_command", "stage_main"]
 
@@ -154,6 +155,8 @@ def execute(
             print(f"dry run: stage {name} config and inputs OK; nothing done")
             return
         run(config, root, params)
+        if not running_under_dvc(name):  # DVC records its own runs in dvc.lock
+            record_hand_run(outputs(name, config, root), root)
     except BaseException:  # a known error, a bug, Ctrl-C: the old outs come back, then report
         if restore:
             report_restore(name, root)
