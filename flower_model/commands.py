@@ -307,6 +307,19 @@ def results(*revisions: str) -> None:
     print_results(Path.cwd(), [str(item) for item in revisions])
 
 
+def back() -> None:
+    """After an experiment: params.yaml and dvc.lock back to HEAD's, and the outputs this clone
+    made for them restored from DVC's cache or run cache; never runs a stage.
+
+    usage: flower-model back
+    When this clone never made HEAD's outputs, it says so in one line (`dvc pull` them, or `dvc
+    repro`) and leaves that stage's outputs as they are.
+    """
+    from flower_model.pipeline.way_back import go_back
+
+    go_back(Path.cwd())
+
+
 def commands() -> dict:
     """Every command: the stages first, in pipeline order."""
     table = {name: _stage(name) for name in stage_names()}
@@ -314,6 +327,7 @@ def commands() -> dict:
         {
             "compose": compose,
             "results": results,
+            "back": back,
             "infer": infer,
             "serve": serve,
             "client": client,

@@ -1,0 +1,98 @@
+"""`flower-model back`: after an experiment, the workspace back to HEAD's params and to the
+outputs this clone made for them (what `make repro` produced), from DVC's cache or run cache,
+never by running a stage.
+
+Why not `git checkout params.yaml dvc.lock && dvc checkout`: the committed dvc.lock names the
+outputs of the host that committed it (training differs per CPU type), which this clone's cache
+lacks, so `dvc checkout` fails and deletes the workspace's models/. Why not `dvc repro` alone:
+for a stage whose deps and params equal dvc.lock's, DVC restores only the outs dvc.lock names
+(dvc/stage/cache.py, `StageCache.restore`) and, when those are not in the cache, runs the stage
+(a 6-minute retrain) although its run cache holds this clone's own run of exactly those params.
+So, stage by stage in pipeline order: nothing to do; or dvc.lock's outs from the cache; or, with
+dvc.lock's entry set aside, the run cache's; or a one-line error with the fix, before touching
+that stage's outputs.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+from flower_model.constants import DVC_LOCK_FILE, PARAMS_FILE
+from flower_model.errors import FlowerModelError
+from flower_model.pipeline.dvc_outs import _git_blob_at_head
+
+
+class WayBackError(FlowerModelError):
+    """The workspace cannot be brought back without running a stage."""
+
+
+def _no_outputs(name: str) -> WayBackError:
+    return WayBackError(
+        f"stage {name}: this clone has no outputs of HEAD's params (dvc.lock names outputs made "
+        "on another host, and DVC's run cache holds no run of these params here): `dvc pull` "
+        f"them from a remote that has them (docs/storage.md), or `dvc repro` to rerun {name} "
+        f"and what follows; {name}'s outputs were left as they are"
+    )
+
+
+def _head_files(root: Path) -> None:
+    """params.yaml and dvc.lock as HEAD has them (dvc.lock removed if HEAD has none)."""
+    params = _git_blob_at_head(root, PARAMS_FILE)
+    if params is None:
+        raise WayBackError(f"HEAD has no {PARAMS_FILE}: run this in a commit of the project")
+    (root / PARAMS_FILE).write_bytes(params)
+    lock = _git_blob_at_head(root, DVC_LOCK_FILE)
+    if lock is None:
+        (root / DVC_LOCK_FILE).unlink(missing_ok=True)
+    else:
+        (root / DVC_LOCK_FILE).write_bytes(lock)
+
+
+def _restore_stage(root: Path, name: str) -> str:
+    """Bring stage `name` back without running it; what was done, in a few words."""
+    from dvc.dependency.base import DependencyDoesNotExistError
+    from dvc.dvcfile import Lockfile
+    from dvc.repo import Repo
+    from dvc.stage.cache import RunCacheNotFoundError
+
+    with Repo(str(root)) as repo, repo.lock:
+        (stage,) = repo.stage.collect(name)
+        if not stage.changed():
+            return "up to date"
+        if stage.deps_cached() and stage.outs_cached():
+            how = "checked out from the DVC cache"
+        else:
+            # dvc.lock's entry would stop DVC from looking further: set it aside, then ask the
+            # run cache (keyed on the deps' and params' hashes) without running anything.
+            lock = root / DVC_LOCK_FILE
+            kept = lock.read_bytes() if lock.exists() else None
+            Lockfile(repo, str(lock)).remove_stage(stage)
+            (stage,) = repo.stage.collect(name)
+            try:
+                stage.save_deps()
+                repo.stage_cache.restore(stage, dry=True)
+            except (RunCacheNotFoundError, DependencyDoesNotExistError):
+                if kept is not None:  # dvc.lock as HEAD has it: `dvc status` names the stage
+                    lock.write_bytes(kept)
+                raise _no_outputs(name) from None
+            how = "restored from DVC's run cache (not run)"
+    with Repo(str(root)) as repo:  # a fresh index: dvc.lock may have changed above
+        repo.reproduce(name, single_item=True)
+    return how
+
+
+def go_back(root: Path, out=None) -> None:
+    """Params and dvc.lock from HEAD, then every stage's outputs without running one."""
+    from flower_model.config import dvc_yaml
+
+    out = out or sys.stdout
+    stages = list(dvc_yaml.stages(root))
+    _head_files(root)
+    print(f"{PARAMS_FILE} and {DVC_LOCK_FILE}: HEAD's", file=out, flush=True)
+    import dvc.repo  # noqa: F401  (importing DVC sets its loggers up: quieten them after)
+    from dvc.logger import set_loggers_level
+
+    with set_loggers_level(logging.WARNING):  # one line per stage below says what DVC did
+        for name in stages:
+            print(f"stage {name}: {_restore_stage(root, name)}", file=out, flush=True)
+    print("the workspace is HEAD's pipeline again (`dvc status` is clean)", file=out)
