@@ -84,6 +84,7 @@ def infer(
       --backend B   onnx (ONNX Runtime, default) or tensorrt (a GPU and models/trt/model.plan)
     Exit code 1 when a photo could not be classified (the others are still written).
     """
+    from flower_model.pipeline.workspace import workspace_note
     from flower_model.serving.infer import run_infer
 
     count = positive_int("--top-k", top_k)
@@ -92,6 +93,9 @@ def infer(
     if backend not in ("onnx", "tensorrt"):
         raise FlowerModelError(f"--backend must be onnx or tensorrt, got {backend!r}")
     model_path = Path(str(model))
+    note = workspace_note(Path.cwd())
+    if note and model_path == Path(DEFAULT_MODEL):  # the workspace's model: whose it is
+        print(note, file=sys.stderr)
     if not model_path.is_file():
         _pull_with_dvc(model_path)
     classifier = None
@@ -308,8 +312,10 @@ def results(*revisions: str) -> None:
 
 
 def back() -> None:
-    """After an experiment: params.yaml and dvc.lock back to HEAD's, and the outputs this clone
-    made for them restored from DVC's cache or run cache; never runs a stage.
+    """After an experiment: HEAD's params, and this clone's outputs for them; runs nothing.
+
+    params.yaml and dvc.lock come back from HEAD; each stage's outputs from DVC's cache or run
+    cache (what `make repro` made here); no stage runs.
 
     usage: flower-model back
     When this clone never made HEAD's outputs, it says so in one line (`dvc pull` them, or `dvc

@@ -8,6 +8,7 @@ flower_model/training), writes a different output on every run (as training does
 and logs each real execution outside the repository.
 """
 
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from flower_model.pipeline.workspace import workspace_note
 from tests.conftest import REPO_ROOT
 
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -100,8 +102,14 @@ def test_after_an_experiment_the_run_cache_and_back_restore_without_running(orig
 
     # An experiment, then another command imports more of the code package (evaluate imports
     # flower_model/training/tracking.py): Python writes bytecode beside it.
-    _run(clone, DVC, "exp", "run", "-S", "lr=2")
+    experiment = _run(clone, DVC, "exp", "run", "-S", "lr=2")
     assert _runs(tmp_path) == 3
+    # The experiment stays applied: what reads the workspace says whose it is.
+    name = re.search(r"Ran experiment\(s\): (\S+)", experiment.stdout)[1]
+    applied = f"note: the workspace is experiment {name} (its params.yaml); `flower-model back`"
+    assert (workspace_note(clone) or "").startswith(applied)
+    infer = _run(clone, FLOWER_MODEL, "infer", "photo.jpg", check=False)
+    assert infer.stderr.startswith(applied), infer.stderr
     _run(clone, sys.executable, "-c", "import toy_code.tracking")
     assert (clone / "toy_code/__pycache__").is_dir()
 
@@ -121,6 +129,7 @@ def test_after_an_experiment_the_run_cache_and_back_restore_without_running(orig
     assert _runs(tmp_path) == 3
     assert (clone / "models/model.txt").read_text() == made_here
     assert (clone / "params.yaml").read_text() == "lr: 1\n"
+    assert workspace_note(clone) is None
     status = _run(clone, DVC, "status")
     assert "Data and pipelines are up to date." in status.stdout, status.stdout
 
