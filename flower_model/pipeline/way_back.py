@@ -59,7 +59,8 @@ def _restore_stage(root: Path, name: str) -> str:
         (stage,) = repo.stage.collect(name)
         if not stage.changed():
             return "up to date"
-        if stage.deps_cached() and stage.outs_cached():
+        # DVC's own test for taking dvc.lock's entry (StageCache.restore), then its outs' presence
+        if not stage.changed_stage() and stage.deps_cached() and stage.outs_cached():
             how = "checked out from the DVC cache"
         else:
             # dvc.lock's entry would stop DVC from looking further: set it aside, then ask the
