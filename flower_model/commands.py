@@ -319,7 +319,8 @@ def back() -> None:
 
     usage: flower-model back
     When this clone never made HEAD's outputs, it says so in one line (`dvc pull` them, or `dvc
-    repro`) and leaves that stage's outputs as they are.
+    repro`) and leaves that stage's outputs as they are (with nothing restored yet, it changes
+    nothing: the experiment's params.yaml and dvc.lock stay).
     """
     from flower_model.pipeline.way_back import go_back
 

@@ -144,7 +144,9 @@ def test_back_without_outputs_of_heads_params_is_one_line_and_keeps_the_outputs(
     errors = [line for line in back.stderr.splitlines() if line.strip()]
     assert len(errors) == 1, back.stderr
     assert errors[0].startswith("error: stage train: this clone has no outputs of HEAD's params")
-    assert "`dvc pull`" in errors[0] and "`dvc repro`" in errors[0]
+    assert "`dvc pull`" in errors[0] and "&& dvc repro` to rerun train" in errors[0]
+    assert errors[0].endswith("; nothing was changed"), errors[0]
     assert (clone / "models/model.txt").read_text() == experiment_output, "outputs were touched"
-    assert _run(clone, "git", "status", "--porcelain", "dvc.lock").stdout == ""
+    assert (clone / "params.yaml").read_text() == "lr: 2\n", "the experiment's params are back"
+    assert (workspace_note(clone) or "").startswith("note: the workspace is experiment ")
     assert _runs(tmp_path) == 2
