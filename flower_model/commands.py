@@ -86,6 +86,7 @@ def infer(
     Exit code 1 when a photo could not be classified (the others are still written).
     """
     from flower_model.pipeline.model_check import verify_out
+    from flower_model.pipeline.workspace import workspace_note
     from flower_model.serving.infer import output_suffix, run_infer
 
     count = positive_int("--top-k", top_k)
@@ -95,6 +96,9 @@ def infer(
     if backend not in ("onnx", "tensorrt"):
         raise FlowerModelError(f"--backend must be onnx or tensorrt, got {backend!r}")
     model_path = Path(str(model))
+    note = workspace_note(Path.cwd())
+    if note and model_path == Path(DEFAULT_MODEL):  # the workspace's model: whose it is
+        print(note, file=sys.stderr)
     if not model_path.is_file():
         _pull_with_dvc(model_path)
     verify_out(model_path, Path.cwd())
@@ -348,6 +352,22 @@ def report(*revisions: str, output: str | None = None) -> None:
         sys.stdout.write(text)
 
 
+def back() -> None:
+    """After an experiment: HEAD's params, and this clone's outputs for them; runs nothing.
+
+    params.yaml and dvc.lock come back from HEAD; each stage's outputs from DVC's cache or run
+    cache (what `make repro` made here); no stage runs.
+
+    usage: flower-model back
+    When this clone never made HEAD's outputs, it says so in one line (`dvc pull` them, or `dvc
+    repro`) and leaves that stage's outputs as they are (with nothing restored yet, it changes
+    nothing: the experiment's params.yaml and dvc.lock stay).
+    """
+    from flower_model.pipeline.way_back import go_back
+
+    go_back(Path.cwd())
+
+
 def commands() -> dict:
     """Every command: the stages first, in pipeline order."""
     table = {name: _stage(name) for name in stage_names()}
@@ -356,6 +376,7 @@ def commands() -> dict:
             "compose": compose,
             "results": results,
             "report": report,
+            "back": back,
             "infer": infer,
             "serve": serve,
             "client": client,

@@ -22,6 +22,7 @@ from flower_model.constants import CONSOLE_WIDTH, PARAMS_FILE
 from flower_model.errors import MissingInputError
 from flower_model.pipeline.dvc_outs import restore_previous_outs, running_under_dvc
 from flower_model.pipeline.model_check import record_hand_run
+from flower_model.pipeline.workspace import workspace_note
 
 __all__ = ["ERROR_PREFIX", "EXIT_ERROR", "execute", "stage_command", "stage_main"]
 
@@ -70,6 +71,9 @@ def describe(
     lines = _wrapped(f"== stage {name}: config from {origin}, reads {keys}")
     if overrides:
         lines.append("   note: overrides differ from params.yaml; DVC will not record this run")
+    note = None if running_under_dvc(name) else workspace_note(root)
+    if note:  # an applied experiment's params: say so before anything uses them
+        lines.append(f"   {note}")
     if show_config:
         resolved = yaml.safe_dump(
             reads(name, config, root),
