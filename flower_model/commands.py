@@ -353,7 +353,7 @@ def report(*revisions: str, output: str | None = None) -> None:
 
 
 def back() -> None:
-    """After an experiment: HEAD's params, and this clone's outputs for them; runs nothing.
+    """Back from an experiment: HEAD's params and this clone's outputs; runs nothing.
 
     params.yaml and dvc.lock come back from HEAD; each stage's outputs from DVC's cache or run
     cache (what `make repro` made here); no stage runs.
