@@ -137,6 +137,7 @@ PLUMBING = {
     "flower_model/cli.py",
     "flower_model/pipeline/stage.py",
     "flower_model/pipeline/stage_help.py",
+    "flower_model/pipeline/workspace.py",  # the header's note on an applied experiment
     "flower_model/config/dvc_yaml.py",  # reads dvc.yaml itself
     "flower_model/pipeline/dvc_outs.py",
     "flower_model/pipeline/model_check.py",  # refuses damaged models; computes nothing

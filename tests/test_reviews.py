@@ -14,13 +14,17 @@ from flower_model.errors import FlowerModelError
 from tests.conftest import CLASS_NAMES, TINY_SIZE, make_config
 
 HEADER = "file,decision,note\n"
-FILES = {"daisy/a.jpg", "roses/b.jpg"}
+FILES = ("daisy/a.jpg", "roses/b.jpg")
 
 
 def _reviews(tmp_path, text: str, raw: bytes | None = None):
+    dataset = tmp_path / "photos"
+    for file in FILES:
+        (dataset / file).parent.mkdir(parents=True, exist_ok=True)
+        (dataset / file).write_bytes(b"a photo")
     path = tmp_path / "label_reviews.csv"
     path.write_bytes(raw if raw is not None else text.encode())
-    return read_reviews(path, list(CLASS_NAMES), FILES)
+    return read_reviews(path, list(CLASS_NAMES), dataset)
 
 
 class TestReading:
@@ -52,9 +56,8 @@ class TestReading:
         with pytest.raises(FlowerModelError, match=f"label_reviews.csv:2.*{expected}|{expected}"):
             _reviews(tmp_path, HEADER + line + "\n")
 
-    def test_a_missing_file_or_header(self, tmp_path):
-        with pytest.raises(FlowerModelError, match="is missing: restore it with `git checkout"):
-            read_reviews(tmp_path / "none.csv", list(CLASS_NAMES), FILES)
+    def test_no_file_means_no_reviews_and_a_bad_header_is_one_line(self, tmp_path):
+        assert read_reviews(tmp_path / "none.csv", list(CLASS_NAMES), tmp_path) == {}
         with pytest.raises(FlowerModelError, match="first line must be file,decision,note"):
             _reviews(tmp_path, "name,what\n")
 
@@ -63,7 +66,9 @@ class TestReading:
 def test_reviews_change_train_and_val_but_never_the_split_or_the_test_headline(
     tmp_path, mini_dataset
 ):
-    config = make_config(preprocess={"image_size": TINY_SIZE, "num_workers": 0}).preprocess
+    config = make_config(
+        preprocess={"image_size": TINY_SIZE, "num_workers": 0, "reviews_in_training": True}
+    ).preprocess
 
     def preprocess(name: str, reviews_text: str | None):
         root = tmp_path / name
@@ -132,3 +137,30 @@ def test_reviewed_accuracy_leaves_excluded_photos_out_and_counts_the_changes():
         "reviewed": 2,
         "excluded": 1,
     }
+
+
+@pytest.mark.parametrize("in_training", [False, True])
+def test_train_and_val_reviews_apply_only_when_switched_on(in_training):
+    from flower_model.data.preprocess import Decoded
+    from flower_model.data.reviews import Review, apply_reviews
+
+    splits = {
+        "train": [Decoded("daisy/a.jpg", 0), Decoded("daisy/b.jpg", 0)],
+        "val": [Decoded("roses/c.jpg", 2)],
+        "test": [Decoded("roses/d.jpg", 2), Decoded("roses/e.jpg", 2)],
+    }
+    reviews = {
+        "daisy/a.jpg": Review("daisy/a.jpg", "relabel:roses", "a rose", 2),
+        "daisy/b.jpg": Review("daisy/b.jpg", "exclude", "a teacup", None),
+        "roses/d.jpg": Review("roses/d.jpg", "exclude", "a shop sign", None),
+    }
+    after, test_labels, applied, excluded = apply_reviews(splits, reviews, in_training)
+    assert test_labels == [EXCLUDED_LABEL, 2]  # test: reported whatever the switch
+    assert [item.label for item in after["test"]] == [2, 2]  # ...never in the headline's labels
+    if in_training:
+        assert [(item.file, item.label) for item in after["train"]] == [("daisy/a.jpg", 2)]
+        assert [item.reason for item in excluded] == ["review_exclude"]
+        assert len(applied) == 3
+    else:
+        assert after["train"] == splits["train"] and excluded == []
+        assert [item.file for _, item, _ in applied] == ["roses/d.jpg"]

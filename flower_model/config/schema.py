@@ -106,9 +106,10 @@ class PreprocessConfig(Section):
     max_images_per_class: int | None = Field(default=..., ge=3)
     max_image_pixels: int = Field(gt=0)
     num_workers: int = Field(ge=0, le=64)
-    label_reviews: Path  # the committed review decisions (data/reviews.py)
+    label_reviews_dir: Path  # <data.name>.csv in it: the committed review decisions (reviews.py)
+    reviews_in_training: bool  # train/val reviews change the training data (test: never)
 
-    @field_validator("label_reviews")
+    @field_validator("label_reviews_dir")
     @classmethod
     def _reviews_inside(cls, value: Path) -> Path:
         return check_inside(value)

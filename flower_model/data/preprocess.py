@@ -245,8 +245,7 @@ def preprocess_dataset(
     """Run the whole preprocessing; return the data report that is also written to reports/."""
     started = time.perf_counter()
     classes, files, unusable = list_dataset(dataset, config)
-    listed = {file for file, _ in files}
-    reviews = read_reviews(reviews_file, classes, listed) if reviews_file else {}  # before work
+    reviews = read_reviews(reviews_file, classes, dataset) if reviews_file else {}  # before work
     decoded, failed = [], list(unusable)
     decoding = _decode_all(dataset, files, config)
     # disable=None: a bar on a terminal only; in a log the summary line below says it all.
@@ -255,7 +254,7 @@ def preprocess_dataset(
     kept, duplicates = drop_duplicates(decoded)
     _require_every_class(classes, kept, failed, dataset)
     splits, test_reviewed, applied, excluded = apply_reviews(
-        split_stratified(kept, config), reviews
+        split_stratified(kept, config), reviews, config.reviews_in_training
     )
     if any(not items for items in splits.values()):
         raise FlowerModelError(

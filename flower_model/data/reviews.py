@@ -1,18 +1,20 @@
 """Label reviews: a person's decisions about photos, versioned with the code and applied by
 preprocess after the split.
 
-`data/label_reviews.csv` (preprocess.label_reviews) has the columns file, decision, note:
+`data/reviews/<data.name>.csv` (in preprocess.label_reviews_dir; a data set without one has no
+reviews) has the columns file, decision, note:
 - `file` as in manifest.csv and reports/label_issues.csv (`<class folder>/<name>`);
 - `decision`: `relabel:<class>` (the photo shows that class), `exclude` (not a flower of any
   class: a limousine, a marching band) or `keep` (the label is right; the search was wrong);
 - `note`: one line of reason.
 
 The split of a photo is decided before reviews apply, from its original label and pixels, so a
-review never moves a photo between train, val and test. In train and val a review changes what
-the model learns from (a relabel changes the label, an exclude drops the photo, listed in
-reports/dropped.csv). Test photos keep their original labels in the arrays, so the headline test
-accuracy stays comparable with every earlier figure; their reviewed labels are a separate array
-(-1 for excluded) that evaluate scores beside the headline.
+review never moves a photo between train, val and test. With preprocess.reviews_in_training
+(default off until validation over seeds says it helps: docs/data.md), a review in train and val
+changes what the model learns from (a relabel changes the label, an exclude drops the photo,
+listed in reports/dropped.csv). Test photos keep their original labels in the arrays, so the
+headline test accuracy stays comparable with every earlier figure; their reviewed labels are a
+separate array (-1 for excluded) that evaluate scores beside the headline.
 """
 
 import csv
@@ -46,17 +48,19 @@ def _decision(path: Path, line: int, text: str, classes: list[str]) -> int | Non
     raise FlowerModelError(f"{path}:{line}: decision {text!r} is not {wanted}; fix the line")
 
 
-def read_reviews(path: Path, classes: list[str], files: set[str]) -> dict[str, Review]:
-    """The reviews in `path`, checked against the class names and the photos found; one line
-    naming the file, the line and the fix for anything else. A BOM and Windows line ends work."""
+def reviews_file(folder: Path, data_name: str) -> Path:
+    return folder / f"{data_name}.csv"
+
+
+def read_reviews(path: Path, classes: list[str], dataset: Path) -> dict[str, Review]:
+    """The reviews in `path` (none if there is no such file), checked against the class names and
+    the photos in `dataset`; one line naming the file, the line and the fix for anything else. A
+    BOM and Windows line ends work."""
+    if not path.is_file():
+        return {}
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
             rows = list(csv.reader(handle))
-    except FileNotFoundError:
-        raise FlowerModelError(
-            f"{path} is missing: restore it with `git checkout {path}` (a header line "
-            f"{','.join(COLUMNS)} alone means no reviews)"
-        ) from None
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise FlowerModelError(f"{path} cannot be read ({error}); save it as UTF-8 CSV") from None
     if not rows or tuple(cell.strip() for cell in rows[0]) != COLUMNS:
@@ -68,7 +72,7 @@ def read_reviews(path: Path, classes: list[str], files: set[str]) -> dict[str, R
         if len(row) != len(COLUMNS):
             raise FlowerModelError(f"{path}:{line}: needs {len(COLUMNS)} fields {COLUMNS}")
         file, decision, note = (cell.strip() for cell in row)
-        if file not in files:
+        if not (dataset / file).is_file():
             raise FlowerModelError(
                 f"{path}:{line}: no photo {file!r} in the data set (use the file column of "
                 "reports/label_issues.csv); fix or remove the line"
@@ -79,15 +83,16 @@ def read_reviews(path: Path, classes: list[str], files: set[str]) -> dict[str, R
     return reviews
 
 
-def apply_reviews(splits: dict[str, list], reviews: dict[str, Review]):
-    """(splits with train/val reviews applied, the test split's reviewed labels, the applied
-    reviews as (split, review) pairs, the train/val photos excluded as dropped items)."""
+def apply_reviews(splits: dict[str, list], reviews: dict[str, Review], in_training: bool):
+    """(splits with train/val reviews applied when `in_training`, the test split's reviewed
+    labels, the reviews that apply as (split, item, review), the train/val photos excluded as
+    dropped items). Test reviews always give the reviewed labels: they change no headline."""
     applied, excluded, reviewed = [], [], {}
     for split, items in splits.items():
         kept = []
         for item in items:
             review = reviews.get(item.file)
-            if review is None:
+            if review is None or (split != "test" and not in_training):
                 kept.append(item)
                 continue
             applied.append((split, item, review))
