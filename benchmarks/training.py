@@ -29,7 +29,7 @@ import torch
 from benchmarks.serving import cpu_flags
 from flower_model.config import Config, compose_raw, validate
 from flower_model.data.datamodule import FlowerDataModule
-from flower_model.training.callbacks import quiet_lightning_notices
+from flower_model.training.console import quiet_lightning_notices
 from flower_model.training.module import FlowerClassifier
 
 PATHS = ("real", "no-augment", "synthetic")

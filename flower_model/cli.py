@@ -6,12 +6,15 @@ fire parses each command's arguments from its signature. Around it sits the one 
   the valid ones (fire would only complain after the command had run);
 - a flag that takes no value (a bool parameter) is pinned to `=True`: fire would otherwise take
   the next word, an override, as its value;
+- `--` ends the flags: every word after it is an argument, even `-leading.jpg` (fire itself
+  would refuse it), and is passed after the arguments before it;
 - expected failures (`FlowerModelError`, an `OSError` on a named path) print one line and exit
   2; a bug keeps its traceback, and FLOWER_MODEL_TRACEBACK=1 shows every traceback.
 """
 
 import contextlib
 import errno
+import functools
 import inspect
 import os
 import signal
@@ -25,6 +28,7 @@ EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 EXIT_TERMINATED = 143  # and for SIGTERM
 ERROR_PREFIX = "error: "  # how a known failure starts its one line (sweeps look for it)
 HELP_FLAGS = ("--help", "-h")
+END_OF_FLAGS = "--"
 TRACEBACK_ENV = "FLOWER_MODEL_TRACEBACK"
 OS_ERROR_FIXES = {
     errno.ENOSPC: "free space there or choose another path",
@@ -77,7 +81,7 @@ def flags_of(function: Callable) -> dict[str, inspect.Parameter]:
 
 def _is_flag(word: str) -> bool:
     """`--x` or `-x`, but not a negative number (`-3`) and not fire's `--` separator."""
-    return word.startswith("-") and word != "--" and not word.lstrip("-")[:1].isdigit()
+    return word.startswith("-") and word != END_OF_FLAGS and not word.lstrip("-")[:1].isdigit()
 
 
 def _takes_value(word: str, flags: dict[str, inspect.Parameter]) -> bool:
@@ -88,8 +92,11 @@ def _takes_value(word: str, flags: dict[str, inspect.Parameter]) -> bool:
     return parameter is not None and not isinstance(parameter.default, bool)
 
 
-def checked_arguments(words: list[str], function: Callable, usage: str) -> list[str]:
-    """`words` as fire should see them; raise FlowerModelError for an unknown or misused flag."""
+def checked_arguments(
+    words: list[str], function: Callable, usage: str, trailing: int = 0
+) -> list[str]:
+    """`words` as fire should see them; raise FlowerModelError for an unknown or misused flag.
+    `trailing`: how many arguments came after `--` (they count as given)."""
     flags = flags_of(function)
     valid = ", ".join(flags) or "none"
     required = [
@@ -103,7 +110,7 @@ def checked_arguments(words: list[str], function: Callable, usage: str) -> list[
         for index, word in enumerate(words)
         if not _is_flag(word) and not (index and _takes_value(words[index - 1], flags))
     ]
-    if len(given) < len(required):
+    if len(given) + trailing < len(required):
         raise FlowerModelError(f"`{usage}` needs {' '.join(required)} (see `{usage} --help`)")
     result = []
     for index, word in enumerate(words):
@@ -175,15 +182,31 @@ def overview(program: str, commands: dict[str, Callable], about: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _with_trailing(function: Callable, trailing: list[str]) -> Callable:
+    """`function` with `trailing` (the words after `--`) appended to its positional arguments;
+    fire still reads the flags from `function`'s own signature (functools.wraps)."""
+    if not trailing:
+        return function
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        return function(*args, *trailing, **kwargs)
+
+    return call
+
+
 def run_command(function: Callable, words: list[str], usage: str) -> None:
     """Run one command with `words` (its arguments), inside the error boundary."""
     import fire
 
-    if any(word in HELP_FLAGS for word in words):
+    cut = words.index(END_OF_FLAGS) if END_OF_FLAGS in words else len(words)
+    head, trailing = words[:cut], words[cut + 1 :]
+    if any(word in HELP_FLAGS for word in head):
         sys.stdout.write(command_help(function))
         return
     with error_boundary():
-        fire.Fire(function, checked_arguments(words, function, usage), usage)
+        arguments = checked_arguments(head, function, usage, len(trailing))
+        fire.Fire(_with_trailing(function, trailing), arguments, usage)
 
 
 def run_cli(

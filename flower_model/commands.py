@@ -15,6 +15,7 @@ from flower_model.errors import FlowerModelError
 
 ABOUT = "flower-model: a flower photo classifier whose whole life is one DVC pipeline."
 DEFAULT_MODEL = "models/model.onnx"
+DEFAULT_BASE = "main"  # what `flower-model report` compares against: the branch a PR targets
 
 
 def _stage(name: str):
@@ -84,16 +85,23 @@ def infer(
       --backend B   onnx (ONNX Runtime, default) or tensorrt (a GPU and models/trt/model.plan)
     Exit code 1 when a photo could not be classified (the others are still written).
     """
-    from flower_model.serving.infer import run_infer
+    from flower_model.pipeline.model_check import verify_out
+    from flower_model.pipeline.workspace import workspace_note
+    from flower_model.serving.infer import output_suffix, run_infer
 
     count = positive_int("--top-k", top_k)
+    output_suffix(output)  # before the model is fetched or read
     if not paths:
         raise FlowerModelError("no photo given: flower-model infer PHOTO_OR_FOLDER... (see --help)")
     if backend not in ("onnx", "tensorrt"):
         raise FlowerModelError(f"--backend must be onnx or tensorrt, got {backend!r}")
     model_path = Path(str(model))
+    note = workspace_note(Path.cwd())
+    if note and model_path == Path(DEFAULT_MODEL):  # the workspace's model: whose it is
+        print(note, file=sys.stderr)
     if not model_path.is_file():
         _pull_with_dvc(model_path)
+    verify_out(model_path, Path.cwd())
     classifier = None
     if backend == "tensorrt":
         from flower_model.serving.tensorrt_backend import TensorRTClassifier
@@ -177,26 +185,27 @@ def client(
     usage: flower-model client PATH... [--url HOST:PORT] [--protocol http|grpc] [--raw]
                                        [--model-name NAME] [--output F.csv|F.json] [--top-k K]
                                        [--batch N]
-      --url HOST:PORT    the server (default 127.0.0.1:8000; gRPC listens on 8001)
+      --url HOST:PORT    the server (default 127.0.0.1:8000; gRPC listens on 8001); a scheme
+                         matching --protocol (http://HOST:PORT, grpc://HOST:PORT) is accepted
       --protocol P       http (default) or grpc
       --raw              decode here and send uint8 arrays to flower_classifier (default: send
                          the encoded files to flower_classifier_image, the server decodes)
       --model-name NAME  the served model family (default flower_classifier)
       --output F         write the predictions to F (.csv or .json) instead of printing CSV
       --top-k K          classes listed per photo (default 3)
-      --batch N          photos per request (default 16)
+      --batch N          photos per request (default 16; capped to the server's max_batch_size)
+    A server that stops answering is retried for up to 60 s (serve restarts it in seconds); if
+    it does not come back, the photos already classified are written, the rest marked.
     """
-    from flower_model.io_utils import write_text
+    from flower_model.io_utils import write_stdout, write_text
     from flower_model.serving.client import TritonClassifier, classify_remote
-    from flower_model.serving.infer import OUTPUT_FORMATS, render
+    from flower_model.serving.infer import GONE_REASON, output_suffix, render
 
     if not paths:
         raise FlowerModelError(
             "no photo given: flower-model client PHOTO_OR_FOLDER... (see --help)"
         )
-    suffix = Path(str(output)).suffix.lower() if output else ".csv"
-    if suffix not in OUTPUT_FORMATS:
-        raise FlowerModelError(f"--output must end in .csv or .json, got {output}")
+    suffix = output_suffix(output)
     count, size = positive_int("--top-k", top_k), positive_int("--batch", batch)
     classifier = TritonClassifier(str(url), str(protocol), str(model_name), raw)
     try:
@@ -207,10 +216,17 @@ def client(
     if output:
         write_text(Path(str(output)), text)
     else:
-        sys.stdout.write(text)
+        write_stdout(text)
+    gone = [result for result in results if result.error.startswith(GONE_REASON)]
     for result in results:
-        if result.error:
+        if result.error and not result.error.startswith(GONE_REASON):
             print(f"cannot classify {result.path}: {result.error}", file=sys.stderr)
+    if gone:  # one line for all of them: the reason is the same
+        print(
+            f"error: {gone[0].error.partition(': ')[2]}; {len(gone)} of {len(results)} photos "
+            f"were not classified ({GONE_REASON} in the output); run the client again for them",
+            file=sys.stderr,
+        )
     sys.exit(1 if any(result.error for result in results) else 0)
 
 
@@ -301,7 +317,7 @@ def push(*targets: str, remote: str | None = None) -> None:
 
 
 def results(*revisions: str) -> None:
-    """Experiments x headline metrics, and only the params that differ, in <= 100 columns.
+    """Experiments x headline metrics and the params that differ, in <= 100 columns.
 
     usage: flower-model results [REV ...]
       REV   experiment names or commits to show (default: the workspace, HEAD and HEAD's
@@ -313,6 +329,51 @@ def results(*revisions: str) -> None:
     print_results(Path.cwd(), [str(item) for item in revisions])
 
 
+def report(*revisions: str, output: str | None = None) -> None:
+    """What a change did: two revisions' metrics and McNemar's test on them, as Markdown.
+
+    usage: flower-model report [BASE] [TARGET] [--output F.md]
+      BASE      a branch, commit or DVC experiment (default main)
+      TARGET    the same, or `workspace` (default)
+      --output  write the Markdown to F.md instead of printing it, and the plots that changed
+                (base and target side by side) to F_plots/ beside it
+    Headline metrics of both sides and the change; whether the accuracy change is significant
+    (McNemar's exact test on the paired test predictions, reports/predictions.csv, read through
+    DVC); the params that differ; the stages whose dvc.lock entries differ; the plots that
+    changed. <= 100 columns.
+    """
+    from flower_model.io_utils import write_text
+    from flower_model.pipeline.report import WORKSPACE, build_report
+    from flower_model.pipeline.report_plots import folder_for
+
+    names = [str(item) for item in revisions]
+    if len(names) > 2:
+        raise FlowerModelError(f"report compares two revisions, got {len(names)}: {names}")
+    base, target = names + [DEFAULT_BASE, WORKSPACE][len(names) :]
+    markdown = Path(str(output)) if output else None
+    text = build_report(Path.cwd(), base, target, folder_for(markdown) if markdown else None)
+    if markdown:
+        write_text(markdown, text)
+    else:
+        sys.stdout.write(text)
+
+
+def back() -> None:
+    """Back from an experiment: HEAD's params and this clone's outputs; runs nothing.
+
+    params.yaml and dvc.lock come back from HEAD; each stage's outputs from DVC's cache or run
+    cache (what `make repro` made here); no stage runs.
+
+    usage: flower-model back
+    When this clone never made HEAD's outputs, it says so in one line (`dvc pull` them, or `dvc
+    repro`) and leaves that stage's outputs as they are (with nothing restored yet, it changes
+    nothing: the experiment's params.yaml and dvc.lock stay).
+    """
+    from flower_model.pipeline.way_back import go_back
+
+    go_back(Path.cwd())
+
+
 def commands() -> dict:
     """Every command: the stages first, in pipeline order."""
     table = {name: _stage(name) for name in stage_names()}
@@ -320,6 +381,8 @@ def commands() -> dict:
         {
             "compose": compose,
             "results": results,
+            "report": report,
+            "back": back,
             "infer": infer,
             "serve": serve,
             "client": client,

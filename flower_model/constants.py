@@ -11,6 +11,7 @@ UINT8_MAX = 255
 
 # Transparent pixels become white (as most viewers show them) before the alpha channel is dropped.
 ALPHA_BACKGROUND = (255, 255, 255)
+RESIZE_MODES = ("crop", "pad")  # crop: shorter side to size, centre crop; pad: fit, then pad
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 SPLITS = ("train", "val", "test")
@@ -18,3 +19,6 @@ RESOLVED_CONFIG_NAME = "config.resolved.yaml"
 
 # Keep JSON outs stable byte for byte: sorted keys, fixed indentation, trailing newline.
 JSON_INDENT = 2
+
+# The widest line a command prints (a standard terminal is 80; logs are read in wider windows).
+CONSOLE_WIDTH = 120

@@ -26,3 +26,7 @@ class OutputError(FlowerModelError):
 
     path: Path
     os_error: OSError
+
+
+class ProtectedPathError(FlowerModelError):
+    """An output path names a folder no stage may replace (the project, a parent of it, home)."""

@@ -6,20 +6,23 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from flower_model.constants import JSON_INDENT
-from flower_model.errors import FlowerModelError, OutputError
+from flower_model.errors import FlowerModelError, OutputError, ProtectedPathError
 
 FILE_MODE = 0o666
 DIR_MODE = 0o777
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Entries that make a folder a project (this one or another), never a stage's output folder.
+PROJECT_MARKERS = (".git", ".dvc", "dvc.yaml", "pyproject.toml")
 
 
 def _umask() -> int:
@@ -93,6 +96,34 @@ def atomic_path(target: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def check_replaceable(target: Path) -> None:
+    """Refuse to replace or delete `target` if it is the filesystem root, the home folder, the
+    working folder or a parent of it, or a folder holding a project.
+
+    The second guard behind the config's path rules (config/project_paths.py): whatever path a
+    caller computes, an output folder is only ever a folder of its own.
+    """
+    resolved = target.resolve()
+    here = Path.cwd().resolve()
+    if resolved in (Path(resolved.anchor), Path.home().resolve(), here) or resolved in here.parents:
+        why = "is the working folder or one of its parents (or /, or home)"
+    else:
+        found = [name for name in PROJECT_MARKERS if (target / name).exists()]
+        if not found:
+            return
+        why = f"holds {found[0]}, so it is a project, not an output folder"
+    raise ProtectedPathError(
+        f"refusing to replace {target}: it {why}; nothing was changed. Give this output a "
+        "folder of its own"
+    )
+
+
+def remove_tree(target: Path) -> None:
+    """shutil.rmtree for an output folder, after `check_replaceable`."""
+    check_replaceable(target)
+    shutil.rmtree(target)
+
+
 def _backup_of(target: Path) -> Path:
     return target.with_name(f".{target.name}.old")
 
@@ -132,8 +163,10 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 
     The old folder is renamed aside, never deleted, until the new one is in place, so a kill at
     any moment leaves either the old or the new folder whole (`recover_dir`, run first, restores
-    the old one after a kill between the two renames).
+    the old one after a kill between the two renames). A folder that is not an output's
+    (`check_replaceable`) is refused before anything is written.
     """
+    check_replaceable(target)
     with _output_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         recover_dir(target)
@@ -156,9 +189,51 @@ def atomic_dir(target: Path) -> Iterator[Path]:
             backup.rename(target)  # the new folder could not be moved in: the old one comes back
 
 
+def check_writable(*folders: Path) -> None:
+    """Create and remove a temp file in each folder (made if missing), before a stage that
+    writes into several of them does any work: an unwritable one is an OutputError up front,
+    not after the first files were already replaced."""
+    for folder in folders:
+        with _output_errors(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check.", suffix=".tmp"):
+                pass  # removed again on close
+
+
 def write_text(target: Path, text: str) -> None:
+    """Atomically, except to an existing special file (/dev/stdout, /dev/full, a FIFO): that is
+    written in place, since renaming a temp file onto it would replace the device itself."""
+    if target.exists() and not target.is_file() and not target.is_dir():
+        with _output_errors(target), target.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+        return
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+STDOUT_LINK = Path("/proc/self/fd/1")  # names what `> FILE` connected standard output to
+
+
+def write_stdout(text: str) -> None:
+    """A command's result on standard output, flushed now: a full disk behind `> FILE` is one
+    OutputError line, not Python's "Exception ignored" at exit."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # the reader left (`| head`): the CLI's boundary ends quietly
+    except OSError as error:
+        raise output_error(_silenced_stdout(), error) from None
+
+
+def _silenced_stdout() -> Path:
+    """Where standard output went (e.g. /dev/full); what is still buffered then goes nowhere at
+    exit instead of failing a second time there."""
+    name = "standard output"
+    with suppress(OSError, ValueError, io.UnsupportedOperation):
+        name = os.readlink(STDOUT_LINK)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return Path(name)
 
 
 def csv_text(header: list[str], rows: list[list[Any]]) -> str:
@@ -182,7 +257,8 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _damaged(path: Path, error: BaseException) -> FlowerModelError:
+def damaged(path: Path, error: BaseException | str) -> FlowerModelError:
+    """The one-line error for an input file that is not what its stage wrote."""
     first = (str(error).splitlines() or [type(error).__name__])[0]
     return FlowerModelError(
         f"{path} is damaged ({first}): restore it with `dvc checkout {path}` or rebuild it "
@@ -197,7 +273,7 @@ def load_array(path: Path, mmap: bool = False) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r" if mmap else None)
     except (ValueError, EOFError, OSError, pickle.UnpicklingError) as error:
-        raise _damaged(path, error) from None
+        raise damaged(path, error) from None
 
 
 def load_checkpoint(path: Path, weights_only: bool) -> dict:
@@ -209,4 +285,4 @@ def load_checkpoint(path: Path, weights_only: bool) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as error:
-        raise _damaged(path, error) from None
+        raise damaged(path, error) from None

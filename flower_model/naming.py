@@ -27,6 +27,8 @@ SHORT_NAMES: dict[str, str] = {
     "preprocess.max_images_per_class": "mpc",
     "preprocess.max_image_pixels": "mip",
     "preprocess.num_workers": "pw",
+    "preprocess.label_reviews_dir": "rev",
+    "preprocess.reviews_in_training": "rit",
     "train.seed": "s",
     "train.max_epochs": "ep",
     "train.batch_size": "bs",

@@ -11,7 +11,7 @@ def run(config: Config, root: Path, params: dict) -> None:
     import yaml
 
     from flower_model.constants import RESOLVED_CONFIG_NAME
-    from flower_model.data.layout import CLASSES_FILE, images_path
+    from flower_model.data.layout import images_path, read_classes
     from flower_model.export.onnx import config_hash, export_model, quantize_int8, spread_sample
     from flower_model.io_utils import load_array, write_json
     from flower_model.models.classifier import load_classifier
@@ -24,7 +24,7 @@ def run(config: Config, root: Path, params: dict) -> None:
     # How the arrays were made travels with the model, so inference prepares photos the same way.
     prepared = yaml.safe_load((processed / RESOLVED_CONFIG_NAME).read_text())["preprocess"]
     metadata = {
-        "class_names": json.dumps(json.loads((processed / CLASSES_FILE).read_text())),
+        "class_names": json.dumps(read_classes(processed)),
         "image_size": str(int(val.shape[1])),
         "resize_mode": prepared["resize_mode"],
         "pad_value": str(prepared["pad_value"]),

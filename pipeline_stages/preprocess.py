@@ -8,6 +8,7 @@ from flower_model.pipeline.stage import stage_main
 
 def run(config: Config, root: Path, params: dict) -> None:
     from flower_model.data.preprocess import preprocess_dataset
+    from flower_model.data.reviews import reviews_file
 
     paths = config.paths
     preprocess_dataset(
@@ -17,6 +18,7 @@ def run(config: Config, root: Path, params: dict) -> None:
         plots=root / paths.plots_dir,
         config=config.preprocess,
         resolved=params,
+        reviews_file=reviews_file(root / config.preprocess.label_reviews_dir, config.data.name),
     )
 
 

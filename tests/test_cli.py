@@ -171,6 +171,28 @@ def test_the_results_table_fits_100_columns_with_many_differing_params():
     assert lines[row - 1].startswith("main") and "workspace" in lines[-1]
 
 
+def test_results_shows_a_source_list_by_its_names():
+    """An own-photos experiment's `data.sources` (name, url, sha256 each) is one short item under
+    its row, not the list with its sha256s."""
+    from flower_model.pipeline.results import _rows
+
+    official = {"name": "official", "url": "https://example.org/f.tgz", "sha256": "a" * 64}
+    mine = {"name": "mine", "url": "../my_photos.tgz", "sha256": "b" * 64}
+    metrics = {"test": {"accuracy": 0.9}}
+    shown = [
+        {
+            **_experiment("main", {"data": {"sources": [official, mine]}}, metrics),
+            "experiments": [
+                {"revs": [_experiment("own-photos", {"data": {"sources": [mine]}}, metrics)]}
+            ],
+        },
+    ]
+    lines = render(_rows(json.loads(json.dumps(shown)))).splitlines()
+    row = lines.index(next(line for line in lines if line.startswith("own-photos")))
+    assert lines[row + 1] == "    data.sources=[mine]", lines
+    assert "sha256" not in "\n".join(lines) and "b" * 64 not in "\n".join(lines)
+
+
 @pytest.mark.slow
 def test_results_reads_this_repository_through_dvc():
     """On the repository itself (a bare clone has the committed metrics): the HEAD row shows

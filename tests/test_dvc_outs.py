@@ -138,3 +138,38 @@ def test_outside_dvc_a_failing_stage_touches_nothing(dvc_project):
     assert failed.returncode != 0 and "a bug after writing out/" in failed.stderr
     assert "restored" not in failed.stderr
     assert (dvc_project / "out" / "a.txt").read_text() == "bug"
+
+
+# The same step reading a path key (the keys of `paths` are what a stage deletes and writes).
+PATH_DVC_YAML = DVC_YAML.replace("params: [train.lr]", "params: [paths.processed_dir]")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", [".", "..", "configs"])
+def test_dvc_exp_run_with_a_path_naming_the_project_changes_nothing(dvc_project, value):
+    """`dvc exp run -S` with DVC's Hydra mode on, as the project has it: the stage reading the
+    path refuses it before any work, and every file of the project stays as it was (DVC's own
+    .git/.dvc bookkeeping of the experiment aside)."""
+    hydra = {"enabled": "true", "config_dir": "configs", "config_name": "config"}
+    for option, setting in hydra.items():  # as the project's .dvc/config sets it
+        assert _run(dvc_project, DVC, "config", f"hydra.{option}", setting).returncode == 0
+    (dvc_project / "dvc.yaml").write_text(PATH_DVC_YAML)
+    assert _run(dvc_project, DVC, "repro", "-q").returncode == 0
+    _run(dvc_project, "git", "add", "-A")
+    assert _run(dvc_project, "git", "commit", "-qm", "hydra").returncode == 0
+    project_files = _project_files(dvc_project)
+    failed = _run(dvc_project, DVC, "exp", "run", "-S", f"paths.processed_dir={value}")
+    assert failed.returncode != 0
+    assert f"paths.processed_dir = '{value}': Value error, " in failed.stderr
+    assert "Traceback" not in failed.stderr
+    _run(dvc_project, "git", "checkout", "params.yaml")  # -S wrote the value there
+    assert _project_files(dvc_project) == project_files  # the outs too, restored by the stage
+    assert json.loads(_run(dvc_project, DVC, "status", "--json").stdout) == {}
+
+
+def _project_files(project: Path) -> dict[Path, bytes]:
+    return {
+        path.relative_to(project): path.read_bytes()
+        for path in sorted(project.rglob("*"))
+        if path.is_file() and path.relative_to(project).parts[0] not in (".git", ".dvc")
+    }

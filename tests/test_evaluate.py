@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flower_model.config import flatten
+from flower_model.constants import CONSOLE_WIDTH
 from pipeline_stages import build_trt, evaluate, export_onnx
 from tests.conftest import (
     CLASS_NAMES,
@@ -68,8 +69,9 @@ def evaluated(tmp_path_factory, tiny_processed, tiny_checkpoint, mlflow_server):
 
 @pytest.mark.slow
 def test_headline_metrics_and_the_detail_beside_them(evaluated):
-    """reports/metrics.json (the DVC metric) holds five headline scalars taken from the detail
-    files, which hold everything else."""
+    """reports/metrics.json (the DVC metric) holds seven headline scalars taken from the detail
+    files, which hold everything else; with no label review, the reviewed accuracy equals the
+    headline."""
     root, _, _ = evaluated
     metrics = flatten(json.loads((root / "reports" / "metrics.json").read_text()))
     assert set(metrics) == {
@@ -78,9 +80,14 @@ def test_headline_metrics_and_the_detail_beside_them(evaluated):
         "val.loss",
         "latency.p50_ms_per_image",
         "int8.accuracy_delta",
+        "test.accuracy_reviewed",
+        "test.reviewed_photos",
     }
     detail = json.loads((root / "reports" / "evaluation.json").read_text())
-    assert set(detail) == {"torch", "onnx_fp32", "onnx_int8"}, "no engine here: no TensorRT"
+    backends = {"torch", "onnx_fp32", "onnx_int8"}
+    assert set(detail) == backends | {"reviewed_labels"}, "no engine here: no TensorRT"
+    assert metrics["test.accuracy_reviewed"] == metrics["test.accuracy"]
+    assert metrics["test.reviewed_photos"] == 0
     assert metrics["test.accuracy"] == detail["onnx_fp32"]["accuracy"]
     assert metrics["test.macro_f1"] == detail["onnx_fp32"]["macro_f1"]
     delta = detail["onnx_int8"]["accuracy"] - detail["onnx_fp32"]["accuracy"]
@@ -320,6 +327,15 @@ def _registry_project(folder, tiny_processed, tiny_onnx, run_id: str, altered_te
     return folder
 
 
+def resave_onnx(onnx_path, target, doc_string: str) -> None:
+    """The same network saved with another doc string: other bytes, as another training run."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    model.doc_string = doc_string
+    onnx.save(model, str(target))
+
+
 @pytest.mark.slow
 def test_best_is_chosen_among_versions_scored_on_the_same_test_data(
     tmp_path, tiny_processed, tiny_onnx, mlflow_server
@@ -352,7 +368,9 @@ def test_best_is_chosen_among_versions_scored_on_the_same_test_data(
     registrations = [(other, 0.9, 1), (ours, 0.6, 2), (ours, 0.55, 2), (ours, 0.7, 4)]
     restore = _restore_tracking_uri()
     try:
-        for root, accuracy, best in registrations:
+        for number, (root, accuracy, best) in enumerate(registrations):
+            # Each its own training run's bytes: identical bytes would keep their version.
+            resave_onnx(tiny_onnx, root / "models" / "model.onnx", f"training run {number}")
             aliases = register_onnx_model(config, root, accuracy)
             assert aliases["best"] == str(best), (accuracy, aliases)
     finally:
@@ -392,10 +410,12 @@ def test_console_of_the_evaluate_stage(evaluated, tmp_path, mlflow_server):
     ]
     result = run_stage_script(tmp_path, "evaluate", *overrides)
     everything = result.stdout + result.stderr
-    assert everything.count("the runs table: ") == 1, everything
+    assert everything.count("the runs table:\n  http") == 1, everything
     assert "View run" not in everything and "View experiment" not in everything, everything
     warnings = [line for line in everything.splitlines() if WARNING_LINE.search(line)]
     assert not warnings, warnings
+    wide = [line for line in everything.splitlines() if len(line) > CONSOLE_WIDTH]
+    assert not wide, wide
     written = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert client.get_run(run_id).data.metrics["test/accuracy"] == written["test"]["accuracy"]
 
@@ -426,3 +446,19 @@ def test_mlflow_gone_is_one_warning_and_the_reports_stay(evaluated, tmp_path, ca
     assert elapsed < TRACKING_GONE_LIMIT_S, f"{elapsed:.0f} s"
     for written in ("reports/metrics.json", "reports/evaluation.json", "plots/confusion.png"):
         assert (tmp_path / written).is_file(), written
+
+
+@pytest.mark.slow
+def test_an_unwritable_plots_folder_stops_evaluate_before_any_report_changes(evaluated, tmp_path):
+    from flower_model.errors import OutputError
+    from flower_model.evaluation.evaluate import evaluate as evaluate_all
+
+    source, config, _ = evaluated
+    root = tmp_path / "root"
+    shutil.copytree(source, root)
+    shutil.rmtree(root / "plots")
+    (root / "plots").write_text("a file where the plots folder should be\n")  # root ignores chmod
+    before = {path.name: path.read_bytes() for path in (root / "reports").iterdir()}
+    with pytest.raises(OutputError, match="plots"):
+        evaluate_all(config, root)
+    assert {path.name: path.read_bytes() for path in (root / "reports").iterdir()} == before

@@ -1,7 +1,12 @@
-"""`dvc plots show` pages render offline in real headless Chromium with our template, and the
-check catches DVC's default (CDN) template, which draws nothing without a network."""
+"""`dvc plots show` pages render offline in real headless Chromium with our template, which the
+project's .dvc/config makes DVC's default, and the check catches DVC's own (CDN) template, which
+draws nothing without a network."""
 
+import configparser
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +102,93 @@ def test_the_default_cdn_template_is_caught_drawing_nothing(plots_project, tmp_p
     assert len(report.expected) == 3
     assert report.drawn == [] and not report.ok
     assert "not drawn: loss, confusion, per_class" in report.summary()
+
+
+def _configured_template(root: Path) -> Path:
+    """The template `plots.html_template` in `root`/.dvc/config names (DVC reads a relative path
+    from the .dvc folder)."""
+    config = configparser.ConfigParser()
+    config.read_string((root / ".dvc" / "config").read_text().replace("\n    ", "\n"))
+    return (root / ".dvc" / config["plots"]["html_template"]).resolve()
+
+
+def test_the_dvc_config_names_the_template_make_plots_builds():
+    """`dvc plots diff main <exp> -o plots_html`, as the README writes it, gets the offline
+    template: the one `make plots` / `make repro` build, at the Makefile's PLOTS_TEMPLATE."""
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    tools = re.search(r"^TOOLS := (\S+)$", makefile, re.MULTILINE)[1]
+    built = re.search(r"^PLOTS_TEMPLATE := (\S+)$", makefile, re.MULTILINE)[1]
+    assert _configured_template(REPO_ROOT) == (REPO_ROOT / built.replace("$(TOOLS)", tools))
+    assert _configured_template(REPO_ROOT) == TEMPLATE.resolve()
+
+
+def _with_project_template(project: Path, template: Path) -> None:
+    """The project's `plots` config section in `project`, and `template` where it points."""
+    section = (REPO_ROOT / ".dvc" / "config").read_text().split("[plots]", 1)[1]
+    with (project / ".dvc" / "config").open("a") as config:
+        config.write("[plots]" + section)
+    target = _configured_template(project)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(template.read_bytes())
+
+
+def test_dvc_uses_the_configured_template_without_a_flag(plots_project, tmp_path):
+    """No --html-template: the page is the configured template's (a stand-in marks it)."""
+    stand_in = tmp_path / "stand_in.html"
+    stand_in.write_text("<html><body><p>flower-model template</p>{plot_divs}</body></html>")
+    _with_project_template(plots_project, stand_in)
+    page = _show(plots_project, "configured").read_text()
+    assert "flower-model template" in page and "cdn.jsdelivr" not in page
+
+
+def test_the_configured_template_draws_every_plot_offline(plots_project, tmp_path):
+    browser = _require(find_chromium(), "Chromium", CI_DEPS)
+    _with_project_template(plots_project, _require(TEMPLATE, str(TEMPLATE), CI_DEPS))
+    report = check_rendered(_show(plots_project, "default"), tmp_path / "default.png", browser)
+    assert report.drawn == report.expected == ["loss", "confusion", "per_class"], report.summary()
+
+
+STAGE_WITH_PLOT = """\
+stages:
+  curve:
+    cmd: python -c "open('e.csv', 'w').write('a,b\\\\n1,2\\\\n2,3\\\\n')"
+    plots:
+      - e.csv:
+          x: a
+          y: b
+"""
+MISSING_REVISION = "DVC failed to load some plots for following revisions: 'main'"
+
+
+def test_mains_series_come_from_the_remote_and_missing_ones_are_one_line(tmp_path):
+    """What the README says of `dvc plots diff main ...`: main's outputs missing from the local
+    cache are read from the default remote; where the remote lacks them too, DVC's one line."""
+    project, remote = tmp_path / "clone", tmp_path / "remote"
+    project.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for command in (
+        ["git", "init", "-q", "-b", "main"],
+        [DVC, "init", "-q"],
+        [DVC, "remote", "add", "-d", "store", str(remote)],
+    ):
+        subprocess.run(command, cwd=project, check=True)
+    (project / "dvc.yaml").write_text(STAGE_WITH_PLOT)
+    subprocess.run([DVC, "repro", "-q"], cwd=project, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "main"], cwd=project, check=True)
+    subprocess.run([DVC, "push", "-q"], cwd=project, check=True)
+    shutil.rmtree(project / ".dvc" / "cache")
+    (project / "e.csv").write_text("a,b\n1,5\n")  # the workspace: an experiment's curve
+
+    def diff() -> subprocess.CompletedProcess:
+        command = [DVC, "plots", "diff", "main", "--json"]
+        return subprocess.run(command, cwd=project, capture_output=True, text=True, check=True)
+
+    shown = json.loads(diff().stdout)["data"]["e.csv"][0]
+    assert shown["revisions"] == ["workspace", "main"]
+    assert {"a": "2", "b": "3", "rev": "main"} in shown["content"]["data"]["values"]
+    shutil.rmtree(remote)
+    result = diff()
+    assert MISSING_REVISION in result.stdout + result.stderr
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    assert MISSING_REVISION.removeprefix("DVC ") in readme, "the README explains DVC's line"

@@ -1,14 +1,18 @@
 """The README cannot go stale: its commands parse, its links and targets exist, and the number
 it quotes is the committed result."""
 
+import hashlib
 import json
 import re
 import shlex
+import subprocess
+import tarfile
 
 import pytest
 
 from flower_model.cli import checked_arguments
 from flower_model.commands import commands
+from flower_model.config import load_config
 from tests.conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -77,3 +81,28 @@ def test_docs_pages_link_only_to_files_that_exist(page):
     text = page.read_text()
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
         assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+def test_the_own_photos_commands_run_as_written_from_the_clone_with_photos_beside_it(tmp_path):
+    """The block runs in bash from the clone, its photos in ../my_photos: `tar` for real, `dvc`
+    a function that prints its arguments, whose overrides then compose and validate."""
+    (block,) = [block for block in BLOCKS if "my_photos.tgz" in block]
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("daisy", "tulips"):
+        (tmp_path / "my_photos" / name).mkdir(parents=True)
+        (tmp_path / "my_photos" / name / "photo.jpg").write_bytes(name.encode())
+    script = 'set -e\ndvc() { printf "%s\\n" "$@"; }\n' + block
+    done = subprocess.run(["bash", "-c", script], cwd=clone, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    archive = tmp_path / "my_photos.tgz"
+    with tarfile.open(archive) as packed:
+        assert {"my_photos/daisy/photo.jpg", "my_photos/tulips/photo.jpg"} <= set(packed.getnames())
+    words = done.stdout.splitlines()
+    assert words[:2] == ["exp", "run"], words
+    overrides = [words[i + 1] for i, word in enumerate(words) if word == "-S"]
+    config = load_config(REPO_ROOT, overrides)
+    (source,) = config.data.sources
+    assert (source.url, config.data.name) == ("../my_photos.tgz", "my_photos")
+    assert source.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert config.train.probe_steps > 0, "a small folder gets the linear probe"

@@ -20,6 +20,7 @@ import pytest
 
 from flower_model.data.layout import images_path
 from flower_model.serving.infer import OnnxClassifier, classify, expand_paths
+from flower_model.serving.watchdog import PROBE_REPEATS
 from tests.conftest import REPO_ROOT, TINY_SIZE, free_port, make_config, stop_process, wait_for_http
 
 MODEL = "flower_classifier"
@@ -310,15 +311,35 @@ def _success_count(metrics_url: str) -> float:
 
 @pytest.mark.slow
 def test_a_healthy_cpu_server_logs_no_errors(triton_server):
-    """Its start-up log has no `E`/`W` lines (tritonserver logged CUDA pool errors on CPU)."""
-    from flower_model.serving.triton import NVIDIA_DEVICE
+    """Its start-up log has no `E`/`W` lines (tritonserver logged CUDA pool errors on CPU) but
+    the two a driverless host always gets, which serve keeps off the console."""
+    from flower_model.serving.triton import CPU_ONLY_NOISE, NVIDIA_DEVICE
 
     if NVIDIA_DEVICE.exists():
         pytest.skip("a GPU host: the CUDA pools are in use there")
-    log = (triton_server["project"] / "serve.log").read_text().splitlines()
+    log = (triton_server["project"] / ".triton" / "tritonserver.log").read_text().splitlines()
+    console = (triton_server["project"] / "serve.log").read_text().splitlines()
     assert any("Started HTTPService" in line for line in log), "the server started"
-    flagged = [line for line in log if re.match(r"[EW]\d{4} ", line)]
+    flagged = [
+        line
+        for line in log
+        if re.match(r"[EW]\d{4} ", line) and not any(noise in line for noise in CPU_ONLY_NOISE)
+    ]
     assert not flagged, flagged
+    assert not [line for line in console if re.match(r"[EW]\d{4} ", line)], console
+
+
+@pytest.mark.slow
+def test_the_console_gets_short_lines_and_the_server_log_its_tables(triton_server):
+    """tritonserver's start-up tables (344 columns) go to its log file, not to serve's console."""
+    from flower_model.constants import CONSOLE_WIDTH
+
+    console = (triton_server["project"] / "serve.log").read_text().splitlines()
+    log = (triton_server["project"] / ".triton" / "tritonserver.log").read_text()
+    assert "serve: tritonserver's own log: .triton/tritonserver.log" in console
+    assert "+----" in log and not any(line.startswith("+----") for line in console), console
+    wide = [line for line in console if len(line) > CONSOLE_WIDTH]
+    assert not wide, wide
 
 
 @pytest.mark.slow
@@ -349,7 +370,10 @@ def test_bounded_load_has_no_errors_and_metrics_count_it(triton_server, photos):
     elapsed = time.monotonic() - started
     print(f"{LOAD_REQUESTS} requests from {LOAD_CLIENTS} clients in {elapsed:.1f} s")
     assert errors == 0
-    assert _success_count(triton_server["metrics"]) - before == LOAD_REQUESTS
+    # serve's watchdog probes an idle server (flower_model/serving/watchdog.py): one round may
+    # fall between `before` and the first request (direct and through the image model's BLS).
+    probes = 2 * PROBE_REPEATS * make_config().serve.instances
+    assert 0 <= _success_count(triton_server["metrics"]) - before - LOAD_REQUESTS <= probes
 
 
 def _group_members(pgid: int) -> str:

@@ -47,7 +47,7 @@ TRAINING_PREFIXES = ("train", "val", "time")  # the training run's metric famili
 # A metric name as the README writes it: `train/loss`, `lr`, `time/epoch_s`.
 README_NAME = re.compile(r"`([a-z_]+(?:/[a-z0-9_]+)*)`")
 # The one MLflow line a training run prints (TolerantMLFlowLogger.end).
-RUNS_LINK = re.compile(r"^mlflow: run (\w+) logged; the runs table: (\S+)$", re.MULTILINE)
+RUNS_LINK = re.compile(r"^mlflow: run (\w+) logged; the runs table:\n  (\S+)$", re.MULTILINE)
 GIT_SHA = re.compile(r"[0-9a-f]{40}")
 # Headless Chromium as the task's screenshots ran it; virtual time lets MLflow's UI load its runs.
 CHROMIUM_FLAGS = (
@@ -205,6 +205,7 @@ def test_the_run_carries_what_the_runs_table_columns_show(experiment_run):
     assert GIT_SHA.fullmatch(commit) and commit == run.data.tags["git_sha"]
     detail = {REFERENCE: {"accuracy": 0.9, "macro_f1": 0.8}, QUANTIZED: {"accuracy": 0.85}}
     detail[QUANTIZED]["macro_f1"] = 0.84
+    detail["reviewed_labels"] = {"accuracy": 0.91, "photos": 9, "reviewed": 1, "excluded": 1}
     latency = {"backends": {REFERENCE: [{"batch_size": 1, "p50_ms": 2.0, "p50_ms_per_image": 2.0}]}}
     result = {"metrics": headline(detail, latency, {"best": {"val/loss": 0.5}})}
     evaluated = _flat_metrics({**result, "detail": detail, "latency": latency})

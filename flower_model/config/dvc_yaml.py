@@ -12,8 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from flower_model.config import strict_yaml
 from flower_model.config.loading import flatten
 from flower_model.config.schema import Config, ConfigError
 
@@ -37,20 +36,40 @@ def _path(entry: str | dict) -> str:
     return entry if isinstance(entry, str) else next(iter(entry))
 
 
+def _entries(path: Path, name: str, stage: object, field: str) -> list:
+    """A stage's list field (`params`, `deps`, outs); absent is empty, anything else (`null`
+    included) an error."""
+    value = stage.get(field, []) if isinstance(stage, dict) else None
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"{path}: stage {name}'s {field} must be a list, got {type(value).__name__}; "
+            "restore it with `git checkout dvc.yaml`"
+        )
+    return value
+
+
 def stages(root: Path) -> dict[str, Declared]:
     """Every stage of `root`/dvc.yaml, in file (DAG) order."""
     path = root / DVC_FILE
     try:
-        declared = yaml.safe_load(path.read_text())["stages"]
+        declared = strict_yaml.load(path)["stages"]
     except FileNotFoundError:
         raise ConfigError(f"no {DVC_FILE} under {root}: run flower-model from the project root")
-    except (yaml.YAMLError, KeyError, TypeError) as error:
+    except (strict_yaml.StrictYamlError, KeyError, TypeError) as error:
         raise ConfigError(f"{path} is not a DVC pipeline file ({error}): restore it with git")
+    if not isinstance(declared, dict):
+        raise ConfigError(f"{path}: `stages` must be a mapping; restore it with git")
     return {
         name: Declared(
-            params=tuple(stage.get("params", [])),
-            inputs=tuple(dep for dep in stage.get("deps", []) if not dep.startswith(CODE_DEPS)),
-            outs=tuple(_path(entry) for kind in OUT_KINDS for entry in stage.get(kind, [])),
+            params=tuple(str(key) for key in _entries(path, name, stage, "params")),
+            inputs=tuple(
+                dep
+                for dep in _entries(path, name, stage, "deps")
+                if not str(dep).startswith(CODE_DEPS)
+            ),
+            outs=tuple(
+                _path(entry) for kind in OUT_KINDS for entry in _entries(path, name, stage, kind)
+            ),
         )
         for name, stage in declared.items()
     }

@@ -4,15 +4,20 @@ composed with Hydra when overrides are given, validated against the schema."""
 import re
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
+from flower_model.config import strict_yaml
 from flower_model.config.schema import FAMILY_NAMES, Config, ConfigError
 from flower_model.constants import CONFIG_DIR_NAME, CONFIG_NAME, PARAMS_FILE
 
 # Pydantic's errors for a missing or unknown `model.family`.
 FAMILY_ERRORS = ("union_tag_invalid", "union_tag_not_found")
 UNKNOWN_OVERRIDE = re.compile(r"Could not override '([^']+)'")
+SHOWN_CHARS = 80  # a value longer than this is cut in the error line (a pasted blob is not a key)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} chars)"
 
 
 def _describe(error: ValidationError) -> str:
@@ -20,10 +25,10 @@ def _describe(error: ValidationError) -> str:
     for item in error.errors():
         # Pydantic puts the model family's tag into the location (`model.torchvision.widths`).
         loc = [part for part in item["loc"] if part not in FAMILY_NAMES]
-        key = ".".join(str(part) for part in loc) or "<root>"
+        key = _short(".".join(str(part) for part in loc)) or "<root>"
         value = item.get("input")
         # A rule across keys reports the whole section as its input: the message names the keys.
-        shown = "(missing)" if item["type"] == "missing" else repr(value)
+        shown = "(missing)" if item["type"] == "missing" else _short(repr(value))
         if isinstance(value, dict) and item["type"] != "missing":
             shown = "(these keys)"
         if item["type"] == "extra_forbidden":
@@ -52,6 +57,7 @@ def compose_raw(root: Path, overrides: list[str] | None = None) -> dict:
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
 
     config_dir = (root / CONFIG_DIR_NAME).resolve()
     if not config_dir.is_dir():
@@ -72,6 +78,11 @@ def compose_raw(root: Path, overrides: list[str] | None = None) -> dict:
                 "spelling (see configs/)"
             ) from None
         raise ConfigError(f"cannot compose {CONFIG_DIR_NAME}/ with {overrides}: {error}") from None
+    except YAMLError as error:  # a configs/ file OmegaConf cannot read (a duplicate key)
+        raise ConfigError(
+            f"a {CONFIG_DIR_NAME}/ file cannot be read: {' '.join(str(error).split())}; fix it "
+            "or restore it with git"
+        ) from None
     except ValueError as error:  # Hydra's own check of a group override (`model=1.5`, `train=`)
         raise ConfigError(
             f"cannot compose {CONFIG_DIR_NAME}/ with {overrides}: {error}; a group takes the name "
@@ -94,9 +105,12 @@ def load_config(root: Path, overrides: list[str] | None = None) -> Config:
             f"{params} is missing: run `flower-model compose` to write it from configs/"
         )
     try:
-        raw = yaml.safe_load(params.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{params} is not valid YAML: {error}") from None
+        raw = strict_yaml.load(params)
+    except strict_yaml.StrictYamlError as error:
+        raise ConfigError(
+            f"{params} cannot be read ({error}); fix it, or rewrite it from configs/ with "
+            "`flower-model compose`"
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{params} must hold a mapping; run `flower-model compose`")
     return validate(raw)

@@ -4,16 +4,30 @@ Every class here mirrors one file of configs/ (`extra="forbid"`: a key the schem
 an error, so a typo never silently falls back to a default).
 """
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
+from flower_model.config.project_paths import check_cache, check_inside, overlapping
 from flower_model.errors import FlowerModelError
 
 Probability = float
 RGB_CHANNELS = 3
 EFFICIENTNET_STAGES = 7  # block stages of EfficientNet(-Lite): what `freeze_stages` counts
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit: a larger one fails after the stage began its work
+# A name that becomes one folder (data.name under paths.raw_dir): no separators, not `.`/`..`.
+FOLDER_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._-]*$"
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 
 class ConfigError(FlowerModelError):
@@ -25,12 +39,34 @@ class Section(BaseModel):
 
 
 class PathsConfig(Section):
+    """Folders relative to the project root; see config/project_paths.py for what they may name."""
+
     raw_dir: Path
     processed_dir: Path
     download_cache_dir: Path
     models_dir: Path
     reports_dir: Path
+    features_dir: Path
     plots_dir: Path
+
+    @field_validator(
+        "raw_dir", "processed_dir", "models_dir", "reports_dir", "features_dir", "plots_dir"
+    )
+    @classmethod
+    def _inside_project(cls, value: Path) -> Path:
+        return check_inside(value)
+
+    @field_validator("download_cache_dir")
+    @classmethod
+    def _cache_folder(cls, value: Path) -> Path:
+        return check_cache(value)
+
+    @model_validator(mode="after")
+    def _folders_of_their_own(self) -> "PathsConfig":
+        clash = overlapping(dict(self))
+        if clash:
+            raise ValueError(clash)
+        return self
 
 
 class ArchiveSource(Section):
@@ -40,7 +76,7 @@ class ArchiveSource(Section):
 
 
 class DataConfig(Section):
-    name: str = Field(min_length=1)
+    name: str  # the folder under paths.raw_dir the photos are extracted to
     sources: list[ArchiveSource] = Field(min_length=1)
     max_archive_members: int = Field(gt=0)
     max_extracted_bytes: int = Field(gt=0)
@@ -49,6 +85,16 @@ class DataConfig(Section):
     http_timeout_s: float = Field(gt=0, le=600)
     chunk_bytes: int = Field(ge=1024)
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, value: str) -> str:
+        if not re.fullmatch(FOLDER_NAME, value):
+            raise ValueError(
+                "becomes a folder under paths.raw_dir: use letters, digits, '_', '-', '.' "
+                "(no '/', not '.' or '..'), e.g. my_photos"
+            )
+        return value
+
 
 class PreprocessConfig(Section):
     image_size: int = Field(ge=16, le=1024)
@@ -56,10 +102,17 @@ class PreprocessConfig(Section):
     pad_value: int = Field(ge=0, le=255)
     val_fraction: Probability = Field(gt=0, lt=1)
     test_fraction: Probability = Field(gt=0, lt=1)
-    seed: int = Field(ge=0)
+    seed: Seed
     max_images_per_class: int | None = Field(default=..., ge=3)
     max_image_pixels: int = Field(gt=0)
     num_workers: int = Field(ge=0, le=64)
+    label_reviews_dir: Path  # <data.name>.csv in it: the committed review decisions (reviews.py)
+    reviews_in_training: bool  # train/val reviews change the training data (test: never)
+
+    @field_validator("label_reviews_dir")
+    @classmethod
+    def _reviews_inside(cls, value: Path) -> Path:
+        return check_inside(value)
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "PreprocessConfig":
@@ -181,7 +234,7 @@ class EarlyStoppingConfig(Section):
 
 
 class TrainConfig(Section):
-    seed: int = Field(ge=0)
+    seed: Seed
     max_epochs: int = Field(ge=1, le=10000)
     batch_size: int = Field(ge=1, le=4096)
     eval_batch_size: int = Field(ge=1, le=4096)
@@ -258,11 +311,11 @@ class TrtConfig(Section):
 
 
 class EvaluateConfig(Section):
-    batch_sizes: list[int] = Field(min_length=1)
+    batch_sizes: list[PositiveInt] = Field(min_length=1)
     warmup_iterations: int = Field(ge=0)
     timed_iterations: int = Field(ge=1)
     bootstrap_samples: int = Field(ge=10)
-    seed: int = Field(ge=0)
+    seed: Seed
     baseline_predictions: Path | None
     gallery_size: int = Field(ge=1, le=100)
 
@@ -312,6 +365,22 @@ class ServeConfig(Section):
         return self
 
 
+class LabelIssuesConfig(Section):
+    """configs/label_issues: the label-issue search (evaluation/label_issues.py)."""
+
+    backbone: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    input_mean: list[float] = Field(min_length=RGB_CHANNELS, max_length=RGB_CHANNELS)
+    input_std: list[PositiveFloat] = Field(min_length=RGB_CHANNELS, max_length=RGB_CHANNELS)
+    batch_size: int = Field(ge=1, le=1024)
+    folds: int = Field(ge=2, le=20)
+    seed: Seed
+    regularization: float = Field(gt=0)
+    filter_by: Literal[
+        "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"
+    ]
+    gallery_size: int = Field(ge=1, le=100)
+
+
 class SlurmConfig(Section):
     timeout_min: int = Field(ge=1)
     nodes: int = Field(ge=1)
@@ -335,4 +404,5 @@ class Config(Section):
     mlflow: MlflowConfig
     serve: ServeConfig
     slurm: SlurmConfig
+    label_issues: LabelIssuesConfig
     resume: str | None

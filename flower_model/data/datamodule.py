@@ -7,7 +7,6 @@ permutation without overlapping. Augmentation runs on the batch after transfer (
 there is one), not per sample in the loader.
 """
 
-import json
 import math
 from pathlib import Path
 
@@ -19,8 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from flower_model.config import AugmentConfig, TrainConfig
 from flower_model.constants import SPLITS, UINT8_MAX
-from flower_model.data.layout import CLASSES_FILE, images_path, labels_path
-from flower_model.io_utils import load_array
+from flower_model.data.layout import read_classes, read_split
 
 ASPECT_RANGE = (3 / 4, 4 / 3)  # RandomResizedCrop's usual aspect-ratio range
 SEED_STRIDE = 1_000_003  # separates (seed, step, rank) keys: a prime larger than any step count
@@ -147,12 +145,11 @@ class FlowerDataModule(pl.LightningDataModule):
         super().__init__()
         self.processed = processed
         self.config = config
-        self.class_names: list[str] = json.loads((processed / CLASSES_FILE).read_text())
+        self.class_names: list[str] = read_classes(processed)
         self.sets: dict[str, FlowerArrays] = {}
 
     def _split(self, split: str) -> FlowerArrays:
-        images = load_array(images_path(self.processed, split), mmap=True)
-        return FlowerArrays(images, load_array(labels_path(self.processed, split)))
+        return FlowerArrays(*read_split(self.processed, split, len(self.class_names), mmap=True))
 
     def setup(self, stage: str | None = None) -> None:
         if not self.sets:

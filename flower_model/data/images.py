@@ -1,15 +1,25 @@
 """Decode and resize photos: the one implementation shared by preprocess, infer and the server.
 
 Imports only numpy and Pillow, so the inference path stays light.
+
+Memory is bounded by design, whatever the file says about its own size (docs/serving.md, Memory):
+- decode: a file over `max_pixels` is refused before its pixels are read; one over
+  DECODE_BUDGET_PIXELS (far above a camera photo) is decoded at a power-of-two fraction of its
+  size (JPEG's DCT scaling through `draft`, else `reduce` right after the read);
+- resize: a side longer than MAX_ASPECT_RATIO times the other is centre-cropped first, so
+  the scaled copy stays within MAX_ASPECT_RATIO * size^2 pixels (a 1 x 20000 strip scaled to a
+  224 px short side would otherwise be 224 x 4.48 million pixels).
+Photos within both limits (every real photo of the data set) take the same steps as before.
 """
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from flower_model.constants import ALPHA_BACKGROUND, UINT8_MAX
+from flower_model.constants import ALPHA_BACKGROUND, RESIZE_MODES, UINT8_MAX
 
 RGB = "RGB"
 RESAMPLE = Image.Resampling.BICUBIC
@@ -18,6 +28,10 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 INT32_MODE, FLOAT_MODE = "I", "F"
 UINT16_MAX = 65535
 INT32_MAX = 2**31 - 1
+DECODE_BUDGET_PIXELS = 4096 * 4096  # 16.8 Mpx, 50 MB as RGB: larger files are decoded reduced
+MAX_ASPECT_RATIO = 4  # crop mode keeps at most this long side : short side of the source
+# Modes Image.reduce refuses, and the lossless mode each is reduced in instead.
+REDUCIBLE_MODE = {"I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I", "1": "L", "P": "RGBA"}
 
 
 class ImageDecodeError(Exception):
@@ -61,6 +75,27 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert(RGB)  # L, CMYK, YCbCr, P without transparency
 
 
+def _reduction(width: int, height: int) -> int:
+    """The power-of-two factor that brings width x height within DECODE_BUDGET_PIXELS."""
+    factor = 1
+    while math.ceil(width / factor) * math.ceil(height / factor) > DECODE_BUDGET_PIXELS:
+        factor *= 2
+    return factor
+
+
+def _read_within_budget(image: Image.Image) -> Image.Image:
+    """The pixels, upright, at most DECODE_BUDGET_PIXELS of them (a larger file is reduced)."""
+    factor = _reduction(image.width, image.height)
+    if factor > 1 and image.format == "JPEG":  # scaled while decoding: never read at full size
+        image.draft(image.mode, (math.ceil(image.width / factor), math.ceil(image.height / factor)))
+    image.load()
+    upright = ImageOps.exif_transpose(image)
+    factor = _reduction(upright.width, upright.height)
+    if factor > 1:
+        upright = upright.convert(REDUCIBLE_MODE.get(upright.mode, upright.mode)).reduce(factor)
+    return upright
+
+
 def decode_image(source: Path | bytes, max_pixels: int) -> np.ndarray:
     """Read a file, or its bytes as sent to the server, as an upright RGB uint8 array [H, W, 3].
 
@@ -81,9 +116,7 @@ def decode_image(source: Path | bytes, max_pixels: int) -> np.ndarray:
                     f"{image.width}x{image.height} = {pixels} pixels > "
                     f"max_image_pixels={max_pixels}",
                 )
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-            return np.asarray(_to_rgb(upright), dtype=np.uint8)
+            return np.asarray(_to_rgb(_read_within_budget(image)), dtype=np.uint8)
     except UnidentifiedImageError:
         raise ImageDecodeError("not_an_image", "Pillow cannot identify the format") from None
     except Image.DecompressionBombError as error:
@@ -94,10 +127,16 @@ def decode_image(source: Path | bytes, max_pixels: int) -> np.ndarray:
 
 
 def resize_image(rgb: np.ndarray, size: int, mode: str, pad_value: int) -> np.ndarray:
-    """Square `size` x `size` RGB array. crop: shorter side to size, center crop; pad: fit + pad."""
+    """Square `size` x `size` RGB array. crop: shorter side to size, center crop; pad: fit + pad.
+
+    Crop mode first centre-crops a source longer than MAX_ASPECT_RATIO times its short side
+    (what is cut lies outside the final crop anyway), so the scaled copy stays small.
+    """
     image = Image.fromarray(rgb, RGB)
     width, height = image.size
     if mode == "crop":
+        image = _cap_aspect_ratio(image)
+        width, height = image.size
         scale = size / min(width, height)
         new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
         resized = image.resize(new_size, RESAMPLE)
@@ -111,7 +150,17 @@ def resize_image(rgb: np.ndarray, size: int, mode: str, pad_value: int) -> np.nd
         canvas = Image.new(RGB, (size, size), (pad_value,) * 3)
         canvas.paste(resized, ((size - new_size[0]) // 2, (size - new_size[1]) // 2))
         return np.asarray(canvas, dtype=np.uint8)
-    raise ValueError(f"resize mode {mode!r} is not one of crop, pad")
+    raise ValueError(f"resize mode {mode!r} is not one of {', '.join(RESIZE_MODES)}")
+
+
+def _cap_aspect_ratio(image: Image.Image) -> Image.Image:
+    """The centre of `image` with its long side at most MAX_ASPECT_RATIO times its short side."""
+    width, height = image.size
+    longest = MAX_ASPECT_RATIO * min(width, height)
+    if max(width, height) <= longest:
+        return image  # every ordinary photo: unchanged
+    left, top = (width - min(width, longest)) // 2, (height - min(height, longest)) // 2
+    return image.crop((left, top, left + min(width, longest), top + min(height, longest)))
 
 
 def load_image(

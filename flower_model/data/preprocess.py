@@ -22,7 +22,15 @@ from tqdm import tqdm
 from flower_model.config import PreprocessConfig
 from flower_model.constants import IMAGE_SUFFIXES, RESOLVED_CONFIG_NAME, SPLITS
 from flower_model.data.images import ImageDecodeError, decode_image, resize_image
-from flower_model.data.layout import CLASSES_FILE, MANIFEST_FILE, images_path, labels_path
+from flower_model.data.layout import (
+    CLASSES_FILE,
+    MANIFEST_FILE,
+    MIN_CLASSES,
+    images_path,
+    labels_path,
+    reviewed_labels_path,
+)
+from flower_model.data.reviews import apply_reviews, read_reviews
 from flower_model.errors import FlowerModelError
 from flower_model.io_utils import atomic_dir, csv_text, write_json, write_text
 
@@ -84,6 +92,11 @@ def list_dataset(
         raise FlowerModelError(
             f"{dataset} has no class folders: it must hold one folder of photos per class "
             "(<class>/*.jpg); rerun `flower-model download` or fix paths.raw_dir"
+        )
+    if len(classes) < MIN_CLASSES:
+        raise FlowerModelError(
+            f"{dataset} has one class folder ({classes[0]}): a classifier needs at least "
+            f"{MIN_CLASSES}; add a folder of photos per class beside it"
         )
     files, unusable = [], _loose_photos(dataset)
     for label, name in enumerate(classes):
@@ -213,12 +226,17 @@ def _require_every_class(
 
 
 def _write_processed(
-    processed: Path, splits: dict[str, list[Decoded]], classes: list[str], resolved: dict
+    processed: Path,
+    splits: dict[str, list[Decoded]],
+    classes: list[str],
+    resolved: dict,
+    test_reviewed: list[int],
 ) -> None:
-    """The processed folder, swapped in whole: arrays and labels per split, the manifest, the
-    class names and the settings they were made with."""
+    """The processed folder, swapped in whole: arrays and labels per split, the test split's
+    reviewed labels, the manifest, the class names and the settings they were made with."""
     manifest_rows = []
     with atomic_dir(processed) as staging:
+        np.save(reviewed_labels_path(staging), np.array(test_reviewed, dtype=np.int64))
         for split, items in splits.items():
             np.save(images_path(staging, split), np.stack([item.image for item in items]))
             np.save(
@@ -244,10 +262,12 @@ def preprocess_dataset(
     plots: Path,
     config: PreprocessConfig,
     resolved: dict,
+    reviews_file: Path | None = None,
 ) -> dict:
     """Run the whole preprocessing; return the data report that is also written to reports/."""
     started = time.perf_counter()
     classes, files, unusable = list_dataset(dataset, config)
+    reviews = read_reviews(reviews_file, classes, dataset) if reviews_file else {}  # before work
     decoded, failed = [], list(unusable)
     # closing: on Ctrl-C the worker pool is stopped here, before the error is reported.
     with closing(_decode_all(dataset, files, config)) as decoding:
@@ -256,16 +276,18 @@ def preprocess_dataset(
             (failed if item.reason else decoded).append(item)
     kept, duplicates = drop_duplicates(decoded)
     _require_every_class(classes, kept, failed, dataset)
-    splits = split_stratified(kept, config)
+    splits, test_reviewed, applied, excluded = apply_reviews(
+        split_stratified(kept, config), reviews, config.reviews_in_training
+    )
     if any(not items for items in splits.values()):
         raise FlowerModelError(
             f"a split is empty ({ {k: len(v) for k, v in splits.items()} }); use more images "
             "(preprocess.max_images_per_class) or other split fractions"
         )
 
-    _write_processed(processed, splits, classes, resolved)
+    _write_processed(processed, splits, classes, resolved, test_reviewed)
 
-    dropped = sorted(failed + duplicates, key=lambda item: item.file)
+    dropped = sorted(failed + duplicates + excluded, key=lambda item: item.file)
     seen = len(files) + len(unusable)  # every file seen is either kept or in dropped.csv
     reasons = Counter(item.reason for item in dropped)
     counts = {
@@ -276,7 +298,7 @@ def preprocess_dataset(
     }
     report = {
         "files_seen": seen,
-        "kept": len(kept),
+        "kept": sum(len(items) for items in splits.values()),
         "dropped": {"total": len(dropped), **dict(sorted(reasons.items()))},
         "counts": {
             split: {**per_class, "total": sum(per_class.values())}
@@ -286,6 +308,12 @@ def preprocess_dataset(
         "classes": classes,
     }
     write_json(reports / "data.json", report)
+    reviewed_rows = [
+        [item.file, split, classes[item.label], review.decision, review.note]
+        for split, item, review in applied
+    ]
+    header = ["file", "split", "given", "decision", "note"]
+    write_text(reports / "reviews.csv", csv_text(header, reviewed_rows))
     dropped_rows = [[item.file, item.reason, item.detail] for item in dropped]
     write_text(reports / "dropped.csv", csv_text(["file", "reason", "detail"], dropped_rows))
     distribution = [[name, split, counts[split][name]] for split in SPLITS for name in classes]
@@ -296,8 +324,9 @@ def preprocess_dataset(
 
     elapsed = time.perf_counter() - started
     print(
-        f"preprocess: {seen} files -> {len(kept)} kept, {len(dropped)} dropped "
-        f"({dict(sorted(reasons.items()))}); {elapsed:.1f} s, {seen / elapsed:.0f} images/s",
+        f"preprocess: {seen} files -> {seen - len(dropped)} kept, {len(applied)} reviewed, "
+        f"{len(dropped)} dropped ({dict(sorted(reasons.items()))}); {elapsed:.1f} s, "
+        f"{seen / elapsed:.0f} images/s",
         flush=True,
     )
     return report

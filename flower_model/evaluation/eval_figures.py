@@ -37,6 +37,32 @@ def confusion_figure(
     save_figure(figure, target)
 
 
+def photo_gallery(
+    images: np.ndarray, titles: list[str], title: str, empty: str, target: Path
+) -> None:
+    """Photos in GALLERY_COLUMNS columns, each under its (three-line) title."""
+    columns = GALLERY_COLUMNS
+    rows = max(1, -(-len(titles) // columns))
+    width, height = TILE_INCHES
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(columns * width, rows * height), squeeze=False
+    )
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, text in zip(axes.flat, images, titles):
+        axis.imshow(image)
+        axis.set_title(text, fontsize=8, color="firebrick")
+    if not titles:
+        axes.flat[0].set_title(empty)
+    figure.suptitle(title)
+    figure.tight_layout()
+    save_figure(figure, target)
+
+
+def short_file_name(file: str) -> str:
+    return file.rsplit("/", 1)[-1][:FILE_NAME_CHARS]
+
+
 def errors_gallery(
     images: np.ndarray,
     labels: np.ndarray,
@@ -50,26 +76,16 @@ def errors_gallery(
     predictions = probs.argmax(axis=1)
     wrong = np.flatnonzero(predictions != labels)
     wrong = wrong[np.argsort(-probs[wrong, predictions[wrong]], kind="stable")][:limit]
-    columns = GALLERY_COLUMNS
-    rows = max(1, -(-len(wrong) // columns))
-    width, height = TILE_INCHES
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(columns * width, rows * height), squeeze=False
+    titles = [
+        f"{short_file_name(files[index])}\n"
+        f"true {class_names[labels[index]]}\n"
+        f"predicted {class_names[predictions[index]]} {probs[index, predictions[index]]:.0%}"
+        for index in wrong
+    ]
+    photo_gallery(
+        images[wrong],
+        titles,
+        f"misclassified test photos ({len(wrong)} shown, most confident first)",
+        "no misclassified test photos",
+        target,
     )
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, index in zip(axes.flat, wrong):
-        axis.imshow(images[index])
-        confidence = probs[index, predictions[index]]
-        axis.set_title(
-            f"{files[index].rsplit('/', 1)[-1][:FILE_NAME_CHARS]}\n"
-            f"true {class_names[labels[index]]}\n"
-            f"predicted {class_names[predictions[index]]} {confidence:.0%}",
-            fontsize=8,
-            color="firebrick",
-        )
-    if not len(wrong):
-        axes.flat[0].set_title("no misclassified test photos")
-    figure.suptitle(f"misclassified test photos ({len(wrong)} shown, most confident first)")
-    figure.tight_layout()
-    save_figure(figure, target)

@@ -1,25 +1,41 @@
 """Evaluate every available backend on the test split: accuracy, speed, agreement, pictures."""
 
 import csv
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from flower_model.config import Config
-from flower_model.data.layout import CLASSES_FILE, MANIFEST_FILE, images_path, labels_path
+from flower_model.data.layout import (
+    MANIFEST_FILE,
+    read_classes,
+    read_manifest_files,
+    read_split,
+    reviewed_labels_path,
+)
+from flower_model.data.reviews import EXCLUDED_LABEL
 from flower_model.evaluation import eval_figures
 from flower_model.evaluation.latency import Predictor, measure, thread_info
 from flower_model.evaluation.metrics import mcnemar, summarise
 from flower_model.export.runtime import compare
 from flower_model.export.tensorrt import BUILD_FILE, PLAN_FILE
-from flower_model.io_utils import csv_text, load_array, read_json, write_json, write_text
+from flower_model.io_utils import (
+    check_writable,
+    csv_text,
+    damaged,
+    load_array,
+    read_json,
+    write_json,
+    write_text,
+)
 from flower_model.models.classifier import load_classifier
+from flower_model.pipeline.model_check import verify_out
 from flower_model.serving.contract import run_probs, session
 
 REFERENCE = "onnx_fp32"  # the shipped model: its numbers are the headline test metrics
 QUANTIZED = "onnx_int8"
+MODEL_FILES = ("model.ckpt", "model.onnx", "model.int8.onnx")  # what torch, fp32, int8 load
 PREDICT_BATCH = 64
 # reports/metrics.json is what `dvc exp show` and `dvc metrics diff` read: these few headline
 # scalars only (258 columns before). Per-backend and per-class detail: reports/evaluation.json,
@@ -28,6 +44,7 @@ METRICS_FILE = "metrics.json"
 DETAIL_FILE = "evaluation.json"
 LATENCY_FILE = "latency.json"
 TRAIN_REPORT = "train.json"
+REVIEWED_SECTION = "reviewed_labels"  # evaluation.json: test accuracy on the reviewed labels
 
 
 def headline(detail: dict, latency: dict, train_report: dict) -> dict:
@@ -36,7 +53,13 @@ def headline(detail: dict, latency: dict, train_report: dict) -> dict:
     timings = latency["backends"][REFERENCE]
     smallest = min(timings, key=lambda row: row["batch_size"])
     metrics = {
-        "test": {"accuracy": shipped["accuracy"], "macro_f1": shipped["macro_f1"]},
+        "test": {
+            "accuracy": shipped["accuracy"],
+            "macro_f1": shipped["macro_f1"],
+            # beside the headline, never instead of it (data/reviews.py)
+            "accuracy_reviewed": detail[REVIEWED_SECTION]["accuracy"],
+            "reviewed_photos": detail[REVIEWED_SECTION]["reviewed"],
+        },
         "val": {"loss": train_report["best"]["val/loss"]},
         "latency": {"p50_ms_per_image": smallest["p50_ms_per_image"]},
     }
@@ -64,10 +87,11 @@ def _onnx_predictor(model: Path) -> Predictor:
 
 
 def backends(models: Path) -> dict[str, Predictor]:
+    checkpoint, fp32, int8 = (models / name for name in MODEL_FILES)
     found = {
-        "torch": _torch_predictor(models / "model.ckpt"),
-        "onnx_fp32": _onnx_predictor(models / "model.onnx"),
-        "onnx_int8": _onnx_predictor(models / "model.int8.onnx"),
+        "torch": _torch_predictor(checkpoint),
+        "onnx_fp32": _onnx_predictor(fp32),
+        "onnx_int8": _onnx_predictor(int8),
     }
     build = models / "trt" / BUILD_FILE
     if build.is_file() and read_json(build).get("status") == "built":
@@ -106,17 +130,25 @@ def _baseline(
 
 def _test_split(processed: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """(images, labels, class names, file names) of the test split, in manifest order."""
-    files = [
-        row["file"]
-        for row in csv.DictReader((processed / MANIFEST_FILE).open())
-        if row["split"] == "test"
-    ]
-    return (
-        load_array(images_path(processed, "test")),
-        load_array(labels_path(processed, "test")),
-        json.loads((processed / CLASSES_FILE).read_text()),
-        files,
-    )
+    classes = read_classes(processed)
+    images, labels = read_split(processed, "test", len(classes))
+    files = read_manifest_files(processed, "test")
+    if len(files) != len(labels):
+        raise damaged(processed / MANIFEST_FILE, f"{len(files)} test rows for {len(labels)} photos")
+    return images, labels, classes, files
+
+
+def reviewed_accuracy(predictions: np.ndarray, labels: np.ndarray, reviewed: np.ndarray) -> dict:
+    """Test accuracy on the reviewed labels (excluded photos left out), and how many test photos
+    a review touched: the headline stays on the original labels."""
+    scored = reviewed != EXCLUDED_LABEL
+    hits = predictions[scored] == reviewed[scored]
+    return {
+        "accuracy": float(hits.mean()) if hits.size else 0.0,
+        "photos": int(scored.sum()),
+        "reviewed": int((reviewed != labels).sum()),
+        "excluded": int((~scored).sum()),
+    }
 
 
 def _score(probs: dict[str, np.ndarray], labels: np.ndarray, classes: list[str], settings) -> dict:
@@ -180,12 +212,16 @@ def evaluate(config: Config, root: Path) -> dict:
     paths, settings = config.paths, config.evaluate
     processed, models = root / paths.processed_dir, root / paths.models_dir
     reports, plots = root / paths.reports_dir, root / paths.plots_dir
+    check_writable(reports, plots)  # before the work: never some outputs new, others old
+    for name in MODEL_FILES:  # damaged bytes are refused before any work
+        verify_out(models / name, root)
     images, labels, classes, files = _test_split(processed)
-
+    reviewed = load_array(reviewed_labels_path(processed))
     predictors = backends(models)
     probs = {name: _predict_all(predict, images) for name, predict in predictors.items()}
     reference = probs[REFERENCE].argmax(1)
     detail = _score(probs, labels, classes, settings)
+    detail[REVIEWED_SECTION] = reviewed_accuracy(reference, labels, reviewed)
     if settings.baseline_predictions is not None:
         detail["baseline"] = _baseline(
             root / settings.baseline_predictions, files, labels, reference, classes

@@ -1,6 +1,7 @@
 """Log the evaluation to the MLflow run that trained the model (run id from train_run.json)."""
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -23,16 +24,19 @@ def _flat_metrics(result: dict) -> dict[str, float]:
     backend's name), the other backends' scores, and p50 latency per batch size. The headline's
     INT8 delta and p50 ms per image too, under their `dvc exp show` names: the runs table's
     default columns (RUNS_VIEW_COLUMNS) show them."""
-    from flower_model.evaluation.evaluate import REFERENCE
+    from flower_model.evaluation.evaluate import REFERENCE, REVIEWED_SECTION
 
     headline = result["metrics"]
     test = headline["test"]
     flat = {"test/accuracy": test["accuracy"], "test/macro_f1": test["macro_f1"]}
+    flat["test/accuracy_reviewed"] = test["accuracy_reviewed"]
     flat["latency/p50_ms_per_image"] = headline["latency"]["p50_ms_per_image"]
     if "int8" in headline:
         flat["int8/accuracy_delta"] = headline["int8"]["accuracy_delta"]
     for name, section in result["detail"].items():
-        if name != REFERENCE and isinstance(section, dict) and "accuracy" in section:
+        if name in (REFERENCE, REVIEWED_SECTION) or not isinstance(section, dict):
+            continue
+        if "accuracy" in section:
             flat[f"eval/{name}/accuracy"] = section["accuracy"]
             flat[f"eval/{name}/macro_f1"] = section["macro_f1"]
     for name, rows in result["latency"]["backends"].items():
@@ -91,7 +95,7 @@ def log_evaluation(config: Config, root: Path, result: dict) -> str:
     set_runs_view(client, experiment_id)
     url = runs_table_url(config.mlflow.tracking_uri, experiment_id)
     if url:
-        print(f"mlflow: evaluation logged to run {run_id}; the runs table: {url}", flush=True)
+        print(f"mlflow: evaluation logged to run {run_id}; the runs table:\n  {url}", flush=True)
     return run_id
 
 
@@ -107,7 +111,7 @@ def track_evaluation(config: Config, root: Path, result: dict) -> None:
         )
     else:
         aliases = register_onnx_model(config, root, result["metrics"]["test"]["accuracy"])
-        print(f"registered {name} ({reason}): aliases {aliases}")
+        print(f"model registry {name} ({reason}): aliases {aliases}")
 
 
 def registration(config: Config, root: Path) -> str | None:
@@ -138,35 +142,63 @@ def test_data_digest(processed: Path) -> str:
     return digest.hexdigest()
 
 
+MODEL_DIGEST_TAG = "onnx_sha256"  # the registered ONNX file's bytes: a retrain of equal bytes
+CLASS_NAMES_TAG = "class_names"  # JSON list, in the model's output order
+
+
+def registered_version(client, name: str, model_digest: str, data_digest: str) -> str | None:
+    """The version of `name` that holds these ONNX bytes scored on this test data, if any."""
+    for item in client.search_model_versions(f"name='{name}'"):
+        tags = item.tags
+        if tags.get(MODEL_DIGEST_TAG) == model_digest and tags.get(TEST_DATA_TAG) == data_digest:
+            return str(item.version)
+    return None
+
+
 def register_onnx_model(config: Config, root: Path, test_accuracy: float) -> dict[str, str]:
-    """Register models/model.onnx under the training run and alias `best` to the version with the
+    """Register models/model.onnx, as the pyfunc of flower_model.serving.mlflow_pyfunc (photo
+    bytes in, class names out), under the training run, and alias `best` to the version with the
     highest test accuracy among the versions evaluated on the same test data (tag
-    `test_data_sha256`). `latest` needs no alias: MLflow reserves that name, and
-    `models:/<name>/latest` already resolves to the newest version. Returns {name: version}."""
+    `test_data_sha256`). The same ONNX bytes on the same test data (tag `onnx_sha256`: a retrain
+    that gave identical bytes) keep their version instead of adding an identical one. `latest`
+    needs no alias: MLflow reserves that name, and `models:/<name>/latest` already resolves to
+    the newest version. Returns the versions {"latest": ..., "best": ...} resolve to."""
     import mlflow
-    import onnx
+    import numpy as np
     from mlflow.tracking import MlflowClient
 
+    from flower_model.data.layout import images_path
+    from flower_model.serving.mlflow_pyfunc import file_sha256, log_pyfunc_model
     from flower_model.training.tracking import quiet_mlflow_links
 
     quiet_mlflow_links()  # the run's end below printed MLflow's GenAI-overview link
-    run_id = read_json(root / config.paths.models_dir / "train_run.json")["mlflow_run_id"]
+    models, processed = root / config.paths.models_dir, root / config.paths.processed_dir
+    onnx_path = models / "model.onnx"
     name = config.mlflow.registered_model_name
-    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
-    model = onnx.load(str(root / config.paths.models_dir / "model.onnx"))
-    with mlflow.start_run(run_id=run_id):
-        # Explicit requirements: inferring them would import and probe the whole environment.
-        info = mlflow.onnx.log_model(
-            model,
-            name="onnx_model",
-            registered_model_name=name,
-            pip_requirements=["onnxruntime", "numpy"],
-        )
     client = MlflowClient(config.mlflow.tracking_uri)
-    version = str(info.registered_model_version)
-    digest = test_data_digest(root / config.paths.processed_dir)
-    client.set_model_version_tag(name, version, "test_accuracy", f"{test_accuracy:.6f}")
-    client.set_model_version_tag(name, version, TEST_DATA_TAG, digest)
+    digest, model_digest = test_data_digest(processed), file_sha256(onnx_path)
+    version = registered_version(client, name, model_digest, digest)
+    if version is not None:
+        print(
+            f"mlflow: {onnx_path.name} is already {name} version {version} (same bytes, same "
+            "test data): not registered again",
+            flush=True,
+        )
+    else:
+        run_id = read_json(models / "train_run.json")["mlflow_run_id"]
+        example = np.load(images_path(processed, "test"), mmap_mode="r")[0]
+        mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+        with mlflow.start_run(run_id=run_id):
+            info = log_pyfunc_model(onnx_path, np.asarray(example), name)
+        version = str(info.registered_model_version)
+        tags = {
+            "test_accuracy": f"{test_accuracy:.6f}",
+            TEST_DATA_TAG: digest,
+            MODEL_DIGEST_TAG: model_digest,
+            CLASS_NAMES_TAG: json.dumps(info.metadata["class_names"]),
+        }
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
     versions = client.search_model_versions(f"name='{name}'")
     scored = [
         (float(item.tags.get("test_accuracy", "-1")), int(item.version))
@@ -175,4 +207,4 @@ def register_onnx_model(config: Config, root: Path, test_accuracy: float) -> dic
     ]
     best = str(max(scored)[1])
     client.set_registered_model_alias(name, "best", best)
-    return {"latest": version, "best": best}
+    return {"latest": str(max(int(item.version) for item in versions)), "best": best}

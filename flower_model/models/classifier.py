@@ -12,10 +12,12 @@ import torch
 from torch import Tensor, nn
 
 from flower_model.config import PretrainedModel
+from flower_model.errors import FlowerModelError
 from flower_model.io_utils import load_checkpoint
 from flower_model.models import registry
 
 NET_PREFIX = "net."  # FlowerClassifier keeps the network as `self.net`
+HYPER_KEYS = ("model", "class_names", "train")  # what a checkpoint of ours must say about itself
 
 
 def normalise(images: Tensor, mean: Tensor, std: Tensor, channels_last: bool) -> Tensor:
@@ -49,7 +51,14 @@ class ExportWrapper(nn.Module):
 def load_classifier(checkpoint: Path) -> tuple[ExportWrapper, dict]:
     """(the shipped model in eval mode, the checkpoint's contents) of a training checkpoint."""
     state = load_checkpoint(checkpoint, weights_only=True)
-    hyper = state["hyper_parameters"]
+    hyper = state.get("hyper_parameters") if isinstance(state, dict) else None
+    ours = isinstance(hyper, dict) and all(key in hyper for key in HYPER_KEYS)
+    if not ours or "state_dict" not in state:
+        raise FlowerModelError(
+            f"{checkpoint} is not a flower-model training checkpoint (no state_dict and "
+            f"hyper_parameters {'/'.join(HYPER_KEYS)}): use models/model.ckpt from `dvc repro "
+            "train`, or restore it with `dvc checkout`"
+        )
     config = registry.model_config(hyper["model"])
     # The checkpoint holds every weight: skip loading the ImageNet ones only to overwrite them.
     if isinstance(config, PretrainedModel):

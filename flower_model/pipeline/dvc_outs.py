@@ -47,6 +47,9 @@ def _restore_from_git(root: Path, relative: Path, md5: str) -> bool:
 
 
 def _move_aside(path: Path) -> Path:
+    from flower_model.io_utils import check_replaceable
+
+    check_replaceable(path)
     aside = path.with_name(path.name + FAILED_SUFFIX)
     if aside.is_dir() and not aside.is_symlink():
         shutil.rmtree(aside)

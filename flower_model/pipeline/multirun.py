@@ -23,6 +23,7 @@ from pathlib import Path
 from flower_model.config import flatten, validate
 from flower_model.errors import FlowerModelError
 from flower_model.pipeline.fetch import DVC_TIMED_OUT, run_dvc
+from flower_model.pipeline.queue_stop import stop_queue
 from flower_model.pipeline.stage import ERROR_PREFIX
 
 LAUNCHERS = ("local", "slurm")
@@ -215,7 +216,8 @@ def run_multirun(
                 raise MultirunError(f"`dvc queue start` failed: {started.stderr.strip()}")
             _wait(root, combinations, poll_s, out)
         except KeyboardInterrupt:
-            stop_pending(root, combinations)
+            print("interrupted: stopping the sweep's experiments", file=out, flush=True)
+            stop_queue(root, {item.name for item in combinations if item.state in PENDING_STATES})
             raise
     print(table(combinations), file=out)
     return combinations
@@ -250,20 +252,3 @@ def _failure(root: Path, name: str) -> str:
     log = run_dvc(["queue", "logs", name], root).stdout.splitlines()
     errors = [line for line in log if line.startswith(ERROR_PREFIX)]
     return (errors[-1] + "; " if errors else "") + f"log: `dvc queue logs {name}`"
-
-
-def stop_pending(root: Path, combinations: list[Combination]) -> None:
-    """Ctrl-C: drop this sweep's queued experiments and kill its running ones (they read as
-    failed, so starting the sweep again requeues them); finished results stay. States are read
-    afresh, and again, since a worker may take up a queued experiment meanwhile."""
-    names = {item.name for item in combinations if item.state in PENDING_STATES}
-    while names:
-        experiments = read_experiments(root)
-        queued = [name for name in names if experiments.get(name, {}).get("state") == "queued"]
-        running = [name for name in names if experiments.get(name, {}).get("state") == "running"]
-        remove_from_queue(root, queued)
-        if running:
-            run_dvc(["queue", "kill", *running], root)
-        names = set(queued)  # removed, unless a worker took it up first: look again
-        if not queued:
-            break

@@ -56,6 +56,18 @@ def _short(key: str) -> str:
     return ".".join(key.split(".")[-2:])
 
 
+def _shown(value: object) -> object:
+    """A list of named entries (`data.sources`: name, url, sha256 each) as its names, `[mine]`:
+    the whole list with its URLs and sha256s filled several lines under a row."""
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(item, dict) and "name" in item for item in value)
+    ):
+        return "[" + ",".join(str(item["name"]) for item in value) + "]"
+    return value
+
+
 def _cell(value: object, pattern: str) -> str:
     if value == FAILED:
         return FAILED
@@ -72,7 +84,7 @@ def render(rows: list[tuple[str, dict, dict]]) -> str:
     lines = [header, "-" * len(header)]
     for label, params, metrics in rows:
         differ = [
-            f"{_short(key)}={params.get(key)}"
+            f"{_short(key)}={_shown(params.get(key))}"
             for key in [*params, *(key for key in base if key not in params)]  # params.yaml order
             if params.get(key) != base.get(key)
         ]

@@ -10,6 +10,7 @@ once, in dvc.yaml (read by `config/dvc_yaml.py`).
 
 import inspect
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,14 +18,17 @@ import yaml
 
 from flower_model.cli import ERROR_PREFIX, EXIT_ERROR, run_command
 from flower_model.config import Config, ConfigError, dvc_yaml, load_config
-from flower_model.constants import PARAMS_FILE
+from flower_model.constants import CONSOLE_WIDTH, PARAMS_FILE
 from flower_model.errors import MissingInputError
 from flower_model.pipeline.dvc_outs import restore_previous_outs, running_under_dvc
+from flower_model.pipeline.model_check import record_hand_run
+from flower_model.pipeline.workspace import workspace_note
 
 __all__ = ["ERROR_PREFIX", "EXIT_ERROR", "execute", "stage_command", "stage_main"]
 
 Run = Callable[[Config, Path, dict], None]
 Preflight = Callable[[Config, Path], None]
+HEADER_INDENT = "   "  # the stage header's lines under its first
 
 
 def reads(name: str, config: Config, root: Path) -> dict:
@@ -34,10 +38,16 @@ def reads(name: str, config: Config, root: Path) -> dict:
     for key in dvc_yaml.stage(name, root).params:
         *parents, leaf = key.split(".")
         source, target = dumped, picked
-        for part in parents:
-            source = source[part]
-            target = target.setdefault(part, {})
-        target[leaf] = source[leaf]
+        try:
+            for part in parents:
+                source = source[part]
+                target = target.setdefault(part, {})
+            target[leaf] = source[leaf]
+        except (KeyError, TypeError):
+            raise ConfigError(
+                f"dvc.yaml: stage {name} reads params key {key!r}, which the config does not "
+                "have; fix the key in dvc.yaml (see configs/) or `git checkout dvc.yaml`"
+            ) from None
     return picked
 
 
@@ -58,18 +68,36 @@ def describe(
     `show_config`, the resolved values of those keys too."""
     origin = f"configs/ composed with overrides {overrides}" if overrides else str(PARAMS_FILE)
     keys = ", ".join(dvc_yaml.stage(name, root).params)
-    lines = [f"== stage {name}: config from {origin}, reads {keys}"]
+    lines = _wrapped(f"== stage {name}: config from {origin}, reads {keys}")
     if overrides:
         lines.append("   note: overrides differ from params.yaml; DVC will not record this run")
+    note = None if running_under_dvc(name) else workspace_note(root)
+    if note:  # an applied experiment's params: say so before anything uses them
+        lines.append(f"   {note}")
     if show_config:
         resolved = yaml.safe_dump(
-            reads(name, config, root), sort_keys=False, default_flow_style=None
+            reads(name, config, root),
+            sort_keys=False,
+            default_flow_style=None,
+            width=CONSOLE_WIDTH - len(HEADER_INDENT),
         )
-        lines += [f"   {line}" for line in resolved.splitlines()]
-    lines.append("   outputs: " + ", ".join(str(path) for path in outputs(name, config, root)))
+        lines += [f"{HEADER_INDENT}{line}" for line in resolved.splitlines()]
+    lines += _wrapped("   outputs: " + ", ".join(str(path) for path in outputs(name, config, root)))
     if not show_config:
         lines.append(f"   (`flower-model {name} --show-config` prints the values read)")
     return "\n".join(lines)
+
+
+def _wrapped(text: str) -> list[str]:
+    """`text` in lines of at most CONSOLE_WIDTH, continued with a deeper indent; a word longer
+    than that (a URL) stays whole."""
+    return textwrap.wrap(
+        text,
+        CONSOLE_WIDTH,
+        subsequent_indent=HEADER_INDENT * 2,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def check_inputs(name: str, config: Config, root: Path, fetch: bool = False) -> None:
@@ -100,7 +128,8 @@ def _load(name: str, root: Path, overrides: list[str]) -> Config:
             # reports a key another stage reads: say that nothing ran, and where to fix it.
             raise ConfigError(
                 f"{error}\n(stage {name} checked params.yaml before doing any work; no stage "
-                "ran. Fix the key in configs/ or in `dvc exp run -S`)"
+                "ran. Fix the key in configs/ or in `dvc exp run -S`; `dvc exp run -S` left "
+                "the value in params.yaml: `flower-model compose` writes configs/' values back)"
             ) from None
         raise
 
@@ -119,6 +148,7 @@ def execute(
     restore = running_under_dvc(name) and not dry_run and not show_config
     try:
         config = _load(name, root, overrides)
+        params = reads(name, config, root)  # a dvc.yaml key the config lacks: before any work
         print(describe(name, config, root, overrides, show_config), flush=True)
         if show_config:
             return
@@ -128,7 +158,9 @@ def execute(
         if dry_run:
             print(f"dry run: stage {name} config and inputs OK; nothing done")
             return
-        run(config, root, reads(name, config, root))
+        run(config, root, params)
+        if not running_under_dvc(name):  # DVC records its own runs in dvc.lock
+            record_hand_run(outputs(name, config, root), root)
     except BaseException:  # a known error, a bug, Ctrl-C: the old outs come back, then report
         if restore:
             report_restore(name, root)

@@ -1,6 +1,6 @@
 """The tritonserver that the `nvidia-pytriton` wheel carries: its binary, python backend and
 per-Python stubs, prepared in a work folder the way pytriton itself does at start-up (pytriton's
-Python proxy is not used)."""
+Python proxy is not used), and the command line it runs with."""
 
 import importlib.util
 import os
@@ -9,6 +9,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from flower_model.config import ServeConfig
 from flower_model.errors import FlowerModelError
 
 CARRIER = "pytriton"  # the nvidia-pytriton wheel's package, which holds tritonserver/
@@ -19,6 +20,9 @@ BACKEND_DIR_VARIABLE = "TRITON_BACKEND_DIR"
 DEFAULT_BACKEND_DIR = Path(__file__).resolve().parents[2] / "build" / "triton-backend"
 NATIVE_BACKEND_FILE = "libtriton_onnxruntime.so"
 BUILD_HINT = "`make triton-backend` builds it"
+STOP_TIMEOUT_S = 30  # tritonserver's --exit-timeout-secs
+SHARED_MEMORY = Path("/dev/shm")
+NVIDIA_DEVICE = Path("/dev/nvidiactl")  # present wherever the NVIDIA driver is loaded
 
 
 class ServeError(FlowerModelError):
@@ -89,3 +93,46 @@ def server_env() -> dict[str, str]:
         "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [*libraries, current])),
         "PATH": os.pathsep.join(filter(None, [str(Path(sys.executable).parent), path])),
     }
+
+
+def server_command(server: Path, repository: Path, config: ServeConfig) -> list[str]:
+    host = config.host
+    return [
+        str(server / "bin" / "tritonserver"),
+        f"--model-repository={repository}",
+        f"--backend-directory={server / 'backends'}",
+        f"--cache-directory={server / 'caches'}",
+        f"--http-address={host}",
+        f"--http-port={config.http_port}",
+        f"--grpc-address={host}",
+        f"--grpc-port={config.grpc_port}",
+        "--allow-metrics=true",
+        "--allow-gpu-metrics=false",
+        f"--metrics-address={host}",
+        f"--metrics-port={config.metrics_port}",
+        "--disable-auto-complete-config",
+        f"--exit-timeout-secs={STOP_TIMEOUT_S}",
+        # One server's shared-memory regions must not meet another's on the same host.
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix(os.getpid())}",
+        *cpu_only_flags(),
+    ]
+
+
+def shm_prefix(serve_pid: int) -> str:
+    """The python backend's shared-memory regions of one serve process (/dev/shm/<prefix>*)."""
+    return f"flower_model_{serve_pid}_"
+
+
+def remove_shared_memory() -> None:
+    """The regions a killed server could not remove (a SIGKILLed tritonserver leaks ~1 MB per
+    stub each time); only this serve process's own prefix, and only once its server is gone."""
+    for region in SHARED_MEMORY.glob(shm_prefix(os.getpid()) + "*"):
+        region.unlink(missing_ok=True)
+
+
+def cpu_only_flags() -> list[str]:
+    """Without an NVIDIA driver, no pinned or CUDA memory pools: tritonserver otherwise logs a
+    warning and an error about CUDA at every start of a healthy CPU server."""
+    if NVIDIA_DEVICE.exists():
+        return []
+    return ["--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0"]

@@ -16,9 +16,12 @@ import numpy as np
 from flower_model.constants import IMAGE_SUFFIXES
 from flower_model.data.images import ImageDecodeError, load_image
 from flower_model.errors import FlowerModelError
-from flower_model.io_utils import csv_text, write_text
+from flower_model.io_utils import csv_text, write_stdout, write_text
 from flower_model.serving.contract import (
+    PROBS,
+    MetadataError,
     ModelInfo,
+    class_count_problem,
     missing_metadata,
     run_probs,
     session,
@@ -27,6 +30,7 @@ from flower_model.serving.contract import (
 
 BATCH = 32
 OUTPUT_FORMATS = (".csv", ".json")
+GONE_REASON = "not_classified"  # the error word of photos left when the classifier went away
 
 
 @dataclass
@@ -36,6 +40,19 @@ class Prediction:
     probability: float = 0.0
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str = ""
+
+
+class ClassifierGone(FlowerModelError):
+    """The classifier (a server) went away and did not come back in time: `classify` keeps the
+    results it already has and marks the rest with this reason."""
+
+
+def output_suffix(output: str | None) -> str:
+    """The format of --output (.csv without one); a one-line error for any other suffix."""
+    suffix = Path(str(output)).suffix.lower() if output else ".csv"
+    if suffix not in OUTPUT_FORMATS:
+        raise FlowerModelError(f"--output must end in .csv or .json, got {output}")
+    return suffix
 
 
 def expand_paths(items: list[str]) -> list[Path]:
@@ -74,7 +91,14 @@ class OnnxClassifier:
         missing = missing_metadata(meta)
         if missing:
             raise FlowerModelError(unusable_model(model, f"it lacks the metadata {missing}"))
-        self.info = ModelInfo.parse(meta)
+        try:
+            self.info = ModelInfo.parse(meta)
+        except MetadataError as error:
+            raise FlowerModelError(unusable_model(model, str(error))) from None
+        widths = [item.shape[-1] for item in self.session.get_outputs() if item.name == PROBS]
+        problem = class_count_problem(self.info, widths[0] if widths else None)
+        if problem:
+            raise FlowerModelError(unusable_model(model, problem))
         self.class_names: list[str] = self.info.class_names
 
     def load(self, path: Path) -> np.ndarray:
@@ -95,6 +119,7 @@ def classify(paths: list[Path], classifier, top_k: int, batch: int = BATCH) -> l
     `classifier` has `load(path)`, `probs(items)` and `class_names`: in-process ONNX Runtime or
     TensorRT here, a Triton server in serving/client.py. When `probs` rejects a batch with an
     ImageDecodeError (a server decoding the files), its files are sent one by one to find which.
+    When it raises ClassifierGone, the photos not yet classified get its reason as their error.
     """
     results = [Prediction(str(path)) for path in paths]
     ready: list[tuple[int, np.ndarray]] = []
@@ -110,6 +135,10 @@ def classify(paths: list[Path], classifier, top_k: int, batch: int = BATCH) -> l
         chunk = pending.pop(0)
         try:
             probs = classifier.probs(np.stack([item for _, item in chunk]))
+        except ClassifierGone as error:
+            for index, _ in [item for left in [chunk, *pending] for item in left]:
+                results[index].error = f"{GONE_REASON}: {error}"
+            break
         except ImageDecodeError as error:
             if len(chunk) > 1:
                 pending[:0] = [[item] for item in chunk]
@@ -143,9 +172,7 @@ def run_infer(
     items: list[str], model: Path, output: Path | None, top_k: int, classifier=None
 ) -> int:
     """The `flower-model infer` command; returns the exit code (1 when any photo failed)."""
-    if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
-        print(f"error: --output must end in .csv or .json, got {output}", file=sys.stderr)
-        return 2
+    output_suffix(str(output) if output is not None else None)
     classifier = classifier or OnnxClassifier(model)
     classes = len(classifier.class_names)
     if not 1 <= top_k <= classes:
@@ -157,7 +184,7 @@ def run_infer(
     text = render(results, output.suffix.lower() if output else ".csv")
     failed = [result for result in results if result.error]
     if output is None:
-        sys.stdout.write(text)
+        write_stdout(text)
     else:
         write_text(output, text)
         print(

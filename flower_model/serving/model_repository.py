@@ -41,8 +41,11 @@ from flower_model.serving.contract import (
     LABELS,
     LOGITS,
     PROBS,
+    MetadataError,
+    ModelInfo,
+    class_count_problem,
     missing_metadata,
-    read_metadata,
+    read_model_header,
 )
 from flower_model.serving.infer import unusable_model
 
@@ -107,16 +110,23 @@ def _python_source(module: str) -> Path:
 
 
 def model_metadata(model: Path) -> dict[str, str]:
-    """The exported model's metadata, refused with the fix when the file cannot serve."""
+    """The exported model's metadata, refused with the fix when the file cannot serve (missing
+    or out-of-range values, class names that do not fit the output)."""
     if not model.is_file():
         raise FlowerModelError(f"{model} does not exist: run `dvc repro export_onnx` first")
     try:
-        metadata = read_metadata(model)
+        metadata, classes = read_model_header(model)
     except DecodeError as error:
         raise FlowerModelError(unusable_model(model, f"protobuf: {error}")) from None
     missing = missing_metadata(metadata)
     if missing:
         raise FlowerModelError(unusable_model(model, f"it lacks the metadata {missing}"))
+    try:
+        problem = class_count_problem(ModelInfo.parse(metadata), classes)
+    except MetadataError as error:
+        problem = str(error)
+    if problem:
+        raise FlowerModelError(unusable_model(model, problem))
     return metadata
 
 

@@ -6,9 +6,12 @@ the tree is copied to a work folder with the stub for the running Python (what p
 does) and Triton's native onnxruntime backend (built from its r24.10 sources by `make
 triton-backend`), the repository is written (`model_repository.py`, serve.flavour: `container` on
 the native backend, else or when it is not built `python`) unless one is given, and
-`tritonserver` runs on it: logs pass through, SIGTERM/SIGINT are forwarded, its exit code is ours.
+`tritonserver` runs on it: its output goes to .triton/tritonserver.log (its warnings, errors and
+crashes to the console too), SIGTERM/SIGINT/SIGHUP stop it (forwarded as SIGTERM/SIGINT) and
+remove the work folder, its exit code is ours.
 
-Restarts: a server that crashes after it was ready (tritonserver 2.51 aborts on some requests) is
+Restarts: a server that crashes after it was ready (tritonserver 2.51 aborts on some requests),
+or that stops answering requests through a model (paused, a dead python stub: `watchdog.py`), is
 always restarted, after 1, 2, 4, 4... s (the backoff starts again once a server stayed ready for
 serve.restart_reset_s), so no stream of requests ends the service. serve gives up only when the
 server cannot come back: serve.max_restarts restarts in a row that never became ready.
@@ -25,26 +28,35 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from flower_model.config import ServeConfig
+from flower_model.constants import CONSOLE_WIDTH
 from flower_model.serving.bundle import (
+    NVIDIA_DEVICE,
+    STOP_TIMEOUT_S,
     ServeError,
     native_backend_missing,
     prepare_server,
+    remove_shared_memory,
+    server_command,
     server_env,
 )
+from flower_model.serving.watchdog import PROBES_FAILED, is_ready, watch
 
 START_TIMEOUT_S = 120  # a CPU start with two python-backend models takes ~5 s here
 POLL_S = 0.2
-STOP_TIMEOUT_S = 30  # tritonserver's --exit-timeout-secs
 LOG_TAIL_LINES = 200  # kept to name the reason when start-up fails
 LOAD_FAILURE = "failed to load '"  # how tritonserver logs a model it could not load
 BACKOFF_S, BACKOFF_MAX_S = 1.0, 4.0  # wait before restart k: 1, 2, 4, 4... s (restarts stay fast)
 CRASH_MARKERS = re.compile(r"^terminate called|^Signal \(\d+\) received|Segmentation fault")
+SERVER_LOG = Path(".triton") / "tritonserver.log"  # beside where serve runs; appended per start
+# What of tritonserver's output the console shows: its warning and error lines ("W1207 ...",
+# "E1207 ...") and crash lines; the rest (start-up tables, model loading) is in SERVER_LOG.
+CONSOLE_LINE = re.compile(rf"^[EW]\d{{4}} |{CRASH_MARKERS.pattern}")
 PR_SET_PDEATHSIG = 1  # prctl option: the child gets a signal when its parent dies
 SIGNAL_EXIT_BASE = 128  # shell convention: killed by signal N exits 128 + N
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # each stops serve cleanly
 
 
 def check_ports(config: ServeConfig) -> None:
@@ -63,41 +75,9 @@ def check_ports(config: ServeConfig) -> None:
                 ) from None
 
 
-NVIDIA_DEVICE = Path("/dev/nvidiactl")  # present wherever the NVIDIA driver is loaded
 # What tritonserver 2.51 still logs on a host without a driver once the pools are off (an `E`
 # line on every healthy start); dropped from the console there, kept for failure reasons.
 CPU_ONLY_NOISE = ('"CudaDriverHelper has not been initialized."', '"CUDA memory pool disabled"')
-
-
-def server_command(server: Path, repository: Path, config: ServeConfig) -> list[str]:
-    host = config.host
-    return [
-        str(server / "bin" / "tritonserver"),
-        f"--model-repository={repository}",
-        f"--backend-directory={server / 'backends'}",
-        f"--cache-directory={server / 'caches'}",
-        f"--http-address={host}",
-        f"--http-port={config.http_port}",
-        f"--grpc-address={host}",
-        f"--grpc-port={config.grpc_port}",
-        "--allow-metrics=true",
-        "--allow-gpu-metrics=false",
-        f"--metrics-address={host}",
-        f"--metrics-port={config.metrics_port}",
-        "--disable-auto-complete-config",
-        f"--exit-timeout-secs={STOP_TIMEOUT_S}",
-        # One server's shared-memory regions must not meet another's on the same host.
-        f"--backend-config=python,shm-region-prefix-name=flower_model_{os.getpid()}_",
-        *cpu_only_flags(),
-    ]
-
-
-def cpu_only_flags() -> list[str]:
-    """Without an NVIDIA driver, no pinned or CUDA memory pools: tritonserver otherwise logs a
-    warning and an error about CUDA at every start of a healthy CPU server."""
-    if NVIDIA_DEVICE.exists():
-        return []
-    return ["--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0"]
 
 
 def _die_with_parent() -> None:
@@ -105,23 +85,23 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _forward(stream, target, tail: collections.deque) -> None:
+def _forward(stream, target, tail: collections.deque, log) -> None:
+    """Every line of tritonserver's `stream` into `log` (its start-up tables were 344 columns
+    wide on the console); only its warnings, errors and crash lines also to `target`, cut to
+    CONSOLE_WIDTH (the whole line is in the log)."""
     quiet = CPU_ONLY_NOISE if not NVIDIA_DEVICE.exists() else ()
     for line in iter(stream.readline, ""):
         tail.append(line.rstrip())
+        log.write(line)
+        log.flush()
         if any(noise in line for noise in quiet):
             continue  # a CPU host has no CUDA to initialise: not an error here
-        target.write(line)
+        if not CONSOLE_LINE.search(line):
+            continue
+        text = line.rstrip()
+        cut = text if len(text) <= CONSOLE_WIDTH else text[: CONSOLE_WIDTH - 1] + "…"
+        target.write(cut + "\n")
         target.flush()
-
-
-def _is_ready(config: ServeConfig) -> bool:
-    url = f"http://{config.host}:{config.http_port}/v2/health/ready"
-    try:
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _failure_reason(tail: collections.deque) -> str:
@@ -152,11 +132,11 @@ def run_server(server: Path, repository: Path, config: ServeConfig) -> int:
 
     def forward_signal(signum, frame) -> None:
         stopping.set()
-        if running and running[-1].poll() is None:
-            running[-1].send_signal(signum)
+        if running and running[-1].poll() is None:  # a hang-up stops it as SIGTERM does
+            running[-1].send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
-    signal.signal(signal.SIGTERM, forward_signal)
-    signal.signal(signal.SIGINT, forward_signal)
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, forward_signal)
     burst, failed_restarts = 0, 0  # crashes close together (backoff); restarts that never came up
     while True:
         code, ready_s, reason = _run_once(server, repository, config, stopping, running)
@@ -177,7 +157,8 @@ def run_server(server: Path, repository: Path, config: ServeConfig) -> int:
             failed_restarts = 0
             if ready_s >= config.restart_reset_s:
                 burst = 0  # it served for a while: the backoff starts short again
-            what = f"tritonserver crashed after {ready_s:.0f} s ready (exit {code}: {reason})"
+            verb = "stopped answering" if reason.startswith(PROBES_FAILED) else "crashed"
+            what = f"tritonserver {verb} after {ready_s:.0f} s ready (exit {code}: {reason})"
         burst += 1
         delay = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (burst - 1))
         print(f"{what}; restarting in {delay:.0f} s", file=sys.stderr, flush=True)
@@ -189,6 +170,9 @@ def _run_once(server, repository, config, stopping, running) -> tuple[int, float
     """One tritonserver process: (exit code, seconds it was ready before it crashed, or None
     when it was stopped or failed during start-up; reason)."""
     tail: collections.deque = collections.deque(maxlen=LOG_TAIL_LINES)
+    SERVER_LOG.parent.mkdir(parents=True, exist_ok=True)
+    log = SERVER_LOG.open("a")
+    print(f"serve: tritonserver's own log: {SERVER_LOG}", flush=True)
     process = subprocess.Popen(
         server_command(server, repository, config),
         env=server_env(),
@@ -201,38 +185,41 @@ def _run_once(server, repository, config, stopping, running) -> tuple[int, float
     )
     running.append(process)
     forwarders = [
-        threading.Thread(target=_forward, args=(stream, target, tail), daemon=True)
+        threading.Thread(target=_forward, args=(stream, target, tail, log), daemon=True)
         for stream, target in ((process.stdout, sys.stdout), (process.stderr, sys.stderr))
     ]
     for thread in forwarders:
         thread.start()
     try:
-        code, ready_s = _supervise(process, config, stopping, tail)
+        code, ready_s, hung = _supervise(process, config, stopping, tail)
     finally:
         if process.poll() is None:  # an exception on our side: never leave the server behind
             process.terminate()
             process.wait(timeout=STOP_TIMEOUT_S + 10)
         for thread in forwarders:
             thread.join(timeout=5)
+        log.close()
         try:
             os.killpg(process.pid, signal.SIGKILL)  # any stub the server left behind
         except ProcessLookupError:
             pass
+        remove_shared_memory()
         running.clear()
-    return code, None if stopping.is_set() else ready_s, _failure_reason(tail)
+    return code, None if stopping.is_set() else ready_s, hung or _failure_reason(tail)
 
 
-def _supervise(process, config: ServeConfig, stopping, tail) -> tuple[int, float | None]:
-    """Wait for ready (bounded), then for the exit: (exit code, seconds ready or None)."""
+def _supervise(process, config: ServeConfig, stopping, tail) -> tuple[int, float | None, str]:
+    """Wait for ready (bounded), then for the exit, probing each model meanwhile: (exit code,
+    seconds ready or None, why the watchdog killed it or "")."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not stopping.is_set() and not _is_ready(config):
+    while not stopping.is_set() and not is_ready(config):
         if process.poll() is not None:
             code = _exit_code(process.returncode)
             print(
                 f"error: tritonserver exited with {code} during start-up: {_failure_reason(tail)}",
                 file=sys.stderr,
             )
-            return code or 1, None
+            return code or 1, None, ""
         if time.monotonic() > deadline:
             print(
                 f"error: tritonserver was not ready within {START_TIMEOUT_S} s: "
@@ -241,7 +228,7 @@ def _supervise(process, config: ServeConfig, stopping, tail) -> tuple[int, float
             )
             process.terminate()
             process.wait(timeout=STOP_TIMEOUT_S + 10)
-            return 1, None
+            return 1, None, ""
         time.sleep(POLL_S)
     if not stopping.is_set():
         print(
@@ -250,10 +237,15 @@ def _supervise(process, config: ServeConfig, stopping, tail) -> tuple[int, float
             flush=True,
         )
     ready_at = time.monotonic()
-    code = _exit_code(process.wait())
+    hung = watch(process, config, stopping) or ""
+    code = _exit_code(process.returncode)
     if stopping.is_set():
         print(f"tritonserver exited with {code}", flush=True)
-    return code, time.monotonic() - ready_at
+    return code, time.monotonic() - ready_at, hung
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def served_flavour(config: ServeConfig, engine: str) -> str:
@@ -289,6 +281,7 @@ def serve(
 ) -> int:
     """Serve `repository` (or one written from `model` in serve.flavour) until stopped; return
     the exit code. The CLI's `--flavour F` and `--int8` are serve.flavour / serve.int8."""
+    from flower_model.pipeline.model_check import verify_out
     from flower_model.serving.model_repository import model_metadata, write_repository
 
     if repository is not None and not sorted(repository.glob("*/config.pbtxt")):
@@ -303,9 +296,12 @@ def serve(
         if reason:
             raise ServeError(f"--backend tensorrt cannot run here: {reason}; use --backend onnx")
     check_ports(config)
+    for stop in STOP_SIGNALS:  # until the server runs: unwind, so the work folder is removed
+        signal.signal(stop, _interrupt)
     served = served_model(model, config) if repository is None else model
     if repository is None:
-        model_metadata(served)  # a damaged model: its error, nothing else
+        verify_out(served, Path.cwd())  # bytes dvc.lock does not record: one line, nothing else
+        model_metadata(served)  # a model that cannot serve: its error, nothing else
     with tempfile.TemporaryDirectory(prefix="flower-model-serve-") as work:
         if repository is None:
             repository = Path(work) / "models"

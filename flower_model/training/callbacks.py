@@ -1,10 +1,8 @@
 """Training callbacks and loggers: step timing (data-wait share), the CSV logger behind
-`dvc plots`, the one-line-per-epoch console log, and the JSON event log."""
+`dvc plots`, and the JSON event log (the console lines: console.py)."""
 
 import csv
-import datetime
 import json
-import logging
 import os
 import sys
 import time
@@ -183,66 +181,6 @@ class DvcPlotsLogger(Logger):
     @rank_zero_only
     def finalize(self, status: str) -> None:
         self.save()
-
-
-def _clock(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=round(seconds)))  # 0:04:02
-
-
-class EpochLines(Logger):
-    """One line per epoch on stdout, for output that is not a terminal (`dvc repro > log`,
-    `dvc queue logs`, CI). Lightning's Rich bar redraws in place, so such a log got nothing until
-    the run ended: a contended run printed nothing for 4 minutes. A logger, not a callback: the
-    line needs the epoch's train loss, which the module logs after every callback's
-    `on_train_epoch_end`; loggers receive the epoch's values together once they are computed."""
-
-    def __init__(self, max_epochs: int, first_epoch: int = 0) -> None:
-        super().__init__()
-        self.max_epochs, self.first_epoch = max_epochs, first_epoch
-        self.started = time.perf_counter()
-        self.latest: dict[str, float] = {}
-
-    @property
-    def name(self) -> str:
-        return "epoch_lines"
-
-    @property
-    def version(self) -> str:
-        return "0"
-
-    @rank_zero_only
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
-
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.latest.update(metrics)
-        if "train/epoch_loss" not in metrics or "epoch" not in metrics:
-            return
-        epoch = int(metrics["epoch"]) + 1
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / max(1, epoch - self.first_epoch) * (self.max_epochs - epoch)
-        values = self.latest
-        print(
-            f"epoch {epoch}/{self.max_epochs}  train loss {values['train/epoch_loss']:.4f}  "
-            f"val loss {values.get('val/loss', float('nan')):.4f}  "
-            f"val acc {values.get('val/acc', float('nan')):.4f}  "
-            f"{values.get('train/images_per_s', 0.0):.0f} images/s  "
-            f"elapsed {_clock(elapsed)}  ETA {_clock(eta)}",
-            flush=True,
-        )
-
-
-def quiet_lightning_notices() -> None:
-    """Lightning's informational lines (GPU/TPU availability, the litlogger advert, checkpoint
-    restore paths) go through these loggers; its warnings still show. Our own train_start line
-    names the device and the run instead."""
-    for name in (
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.fabric.utilities.rank_zero",
-        "lightning.fabric.utilities.seed",  # "Seed set to 42": the JSON events carry the seed
-    ):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class EventLog:

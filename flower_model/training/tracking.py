@@ -243,7 +243,8 @@ class TolerantMLFlowLogger(MLFlowLogger):
         self.guarded("set_runs_view", set_runs_view, self.experiment, self.experiment_id)
         url = runs_table_url(self.uri, self.experiment_id)
         if url and self.lost is None:
-            print(f"mlflow: run {self.run_id} logged; the runs table: {url}", flush=True)
+            # The URL on a line of its own: with the text before it the line was 147 columns.
+            print(f"mlflow: run {self.run_id} logged; the runs table:\n  {url}", flush=True)
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"

@@ -7,7 +7,6 @@ models/checkpoints/ holds best/last/periodic checkpoints for `resume=last`.
 
 import functools
 import os
-import shutil
 import signal
 import sys
 import time
@@ -21,20 +20,19 @@ from flower_model.config import Config, ConfigError, compose_raw, flatten, valid
 from flower_model.constants import RESOLVED_CONFIG_NAME
 from flower_model.data.datamodule import FlowerDataModule
 from flower_model.figures import training_curves
-from flower_model.io_utils import write_json, write_text
+from flower_model.io_utils import remove_tree, write_json, write_text
 from flower_model.models.registry import check_model
 from flower_model.naming import run_name
 from flower_model.training.callbacks import (
     EPOCHS_FILE,
     EVENTS_FILE,
     DvcPlotsLogger,
-    EpochLines,
     EventLog,
     StepTimer,
-    quiet_lightning_notices,
     weight_averaging,
 )
 from flower_model.training.checkpoints import checkpoint_callbacks, ship_best
+from flower_model.training.console import EpochLines, ProgressLines, quiet_lightning_notices
 from flower_model.training.module import FlowerClassifier
 from flower_model.training.resume import (
     CHECKPOINT_DIR,
@@ -157,13 +155,15 @@ def _start_tracking(
 
 
 def _trainer(
-    config: Config, loggers: list, callbacks: list, checkpoints: Path, on_terminal: bool
+    config: Config, loggers: list, callbacks: list, checkpoints: Path, on_terminal: bool, steps: int
 ) -> pl.Trainer:
     """`Trainer(**trainer config, ...)`: the trainer group's keys are Trainer arguments as they
-    are, except `precision: auto`, resolved for this hardware."""
+    are, except `precision: auto`, resolved for this hardware, and `log_every_n_steps`, at most
+    the `steps` an epoch has (a small data set had no step logged, and Lightning warned)."""
     settings = config.trainer.model_dump()
     settings["precision"] = resolve_precision(settings["precision"], settings["accelerator"])
     limit = config.train.limit_train_batches
+    settings["log_every_n_steps"] = max(1, min(settings["log_every_n_steps"], steps))
     return pl.Trainer(
         **settings,
         max_epochs=config.train.max_epochs,
@@ -273,12 +273,12 @@ def train_model(
     if resume is not None:
         config, resolved = adopt_run_config(config, resumed_state, resolved, resume)
     require_tracking_server(config.mlflow)
-    quiet_lightning_notices()
+    quiet_lightning_notices(resuming=resume is not None)
     models = root / config.paths.models_dir
     checkpoints = models / CHECKPOINT_DIR
     events = EventLog(models / EVENTS_FILE, (config.paths.models_dir / EVENTS_FILE).as_posix())
     if resume is None and checkpoints.exists():
-        shutil.rmtree(checkpoints)  # a fresh run must not pick up another run's "best"
+        remove_tree(checkpoints)  # a fresh run must not pick up another run's "best"
 
     pl.seed_everything(config.train.seed, workers=True)
     datamodule, module = _data_and_model(config, root)
@@ -300,7 +300,10 @@ def train_model(
     averaging = weight_averaging(config.train.ema_decay, on_gpu(config.trainer.accelerator))
     # The EMA update runs before the timer's batch end, so it counts as step time, not data wait.
     callbacks = [*callbacks, *averaging, timer, *extra_callbacks]
-    trainer = _trainer(config, loggers, callbacks, checkpoints, on_terminal)
+    if not on_terminal:
+        callbacks.append(ProgressLines())
+    steps = module.hparams.steps_per_epoch  # per process, limit_train_batches applied
+    trainer = _trainer(config, loggers, callbacks, checkpoints, on_terminal, steps)
     log_event = functools.partial(events, **context)
     log_event(
         "train_start",
@@ -330,9 +333,9 @@ def train_model(
     print(
         f"train: {trainer.current_epoch} epochs in {fit_seconds:.0f} s, "
         f"{timing['train_images_per_s']:.0f} train images/s, "
-        f"data wait {timing['data_wait_share']:.1%} of step time; best checkpoint "
-        f"{config.train.checkpoint.monitor}={float(best.best_model_score):.4f} "
-        f"(epoch {best_state['epoch'] + 1}); the test split is scored by `evaluate`",
+        f"data wait {timing['data_wait_share']:.1%}; best {config.train.checkpoint.monitor}="
+        f"{float(best.best_model_score):.4f} (epoch {best_state['epoch'] + 1}); "
+        "test split: `evaluate`",
         flush=True,
     )
     return report
