@@ -141,6 +141,7 @@ PLUMBING = {
     "flower_model/config/dvc_yaml.py",  # reads dvc.yaml itself
     "flower_model/pipeline/dvc_outs.py",
     "flower_model/pipeline/model_check.py",  # refuses damaged models; computes nothing
+    "flower_model/pipeline/dvc_lock.py",  # reads dvc.lock, refuses a truncated one
     "flower_model/pipeline/fetch.py",
     "flower_model/naming.py",
 }
