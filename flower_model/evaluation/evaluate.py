@@ -44,6 +44,7 @@ METRICS_FILE = "metrics.json"
 DETAIL_FILE = "evaluation.json"
 LATENCY_FILE = "latency.json"
 TRAIN_REPORT = "train.json"
+METRIC_DIGITS = 6  # decimals of the metrics written (the int8 delta, the reviewed accuracy)
 REVIEWED_SECTION = "reviewed_labels"  # evaluation.json: test accuracy on the reviewed labels
 
 
@@ -65,7 +66,7 @@ def headline(detail: dict, latency: dict, train_report: dict) -> dict:
     }
     if QUANTIZED in detail:
         delta = detail[QUANTIZED]["accuracy"] - shipped["accuracy"]
-        metrics["int8"] = {"accuracy_delta": round(delta, 6)}
+        metrics["int8"] = {"accuracy_delta": round(delta, METRIC_DIGITS)}
     return metrics
 
 
@@ -144,7 +145,7 @@ def reviewed_accuracy(predictions: np.ndarray, labels: np.ndarray, reviewed: np.
     scored = reviewed != EXCLUDED_LABEL
     hits = predictions[scored] == reviewed[scored]
     return {
-        "accuracy": float(hits.mean()) if hits.size else 0.0,
+        "accuracy": round(float(hits.mean()), METRIC_DIGITS) if hits.size else 0.0,
         "photos": int(scored.sum()),
         "reviewed": int((reviewed != labels).sum()),
         "excluded": int((~scored).sum()),
