@@ -20,6 +20,7 @@ from flower_model.config import Config, compose_raw, validate
 from tests.helpers.photos import write_photo_set
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+REVIEWS_README = REPO_ROOT / "data" / "reviews" / "README.md"
 IMAGES_PER_CLASS = 16
 TINY_SIZE = 32
 STOP_GRACE_S = 20.0  # seconds a server a fixture started gets to exit after SIGTERM, then SIGKILL
@@ -98,11 +99,21 @@ def mini_tarball(tmp_path_factory, mini_dataset) -> Path:
 
 def copy_pipeline(project: Path, *stages: str) -> None:
     """The project's dvc.yaml (the declaration stages read their params and outs from) into
-    `project`, with only `stages` when named (and then without the top-level plots)."""
+    `project`, with only `stages` when named (and then without the top-level plots), and the
+    reviews folder preprocess depends on."""
     pipeline = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
     if stages:
         pipeline = {"stages": {name: pipeline["stages"][name] for name in stages}}
     (project / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    copy_reviews_folder(project)
+
+
+def copy_reviews_folder(project: Path) -> None:
+    """data/reviews (a preprocess dep) with its README only: the committed reviews name real
+    tf_flowers photos, which the tests' small photo sets do not have (no reviews apply)."""
+    folder = project / REVIEWS_README.parent.relative_to(REPO_ROOT)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REVIEWS_README, folder / REVIEWS_README.name)
 
 
 def train_stage_project(project: Path, tiny_processed: Path) -> Path:

@@ -21,7 +21,7 @@ import yaml
 from scipy.stats import binomtest
 
 from flower_model.config import compose_raw
-from tests.conftest import REPO_ROOT, TINY_MODEL, TINY_SIZE
+from tests.conftest import REPO_ROOT, TINY_MODEL, TINY_SIZE, copy_reviews_folder
 
 pytestmark = pytest.mark.slow
 SCRIPT = REPO_ROOT / "scripts" / "ci_reproduce.sh"
@@ -61,6 +61,7 @@ def pushed_main(tmp_path, mini_tarball):
         shutil.copytree(REPO_ROOT / name, project / name, ignore=ignore)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO_ROOT / name, project / name)
+    copy_reviews_folder(project)
     params = compose_raw(REPO_ROOT, TINY_OVERRIDES)
     digest = hashlib.sha256(mini_tarball.read_bytes()).hexdigest()
     params["data"]["sources"] = [{"name": "mini", "url": str(mini_tarball), "sha256": digest}]

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from flower_model.pipeline.fetch import DENIED_HINT, UNREACHABLE_HINT, pull_outs
-from tests.conftest import REPO_ROOT, TINY_SIZE
+from tests.conftest import REPO_ROOT, TINY_SIZE, copy_reviews_folder
 
 pytestmark = pytest.mark.slow
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -65,6 +65,7 @@ def s3_project(tmp_path, s3_server, mini_tarball):
         shutil.copytree(REPO_ROOT / name, project / name, ignore=ignore)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO_ROOT / name, project / name)
+    copy_reviews_folder(project)
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     digest = hashlib.sha256(mini_tarball.read_bytes()).hexdigest()
     params["data"]["sources"] = [{"name": "mini", "url": str(mini_tarball), "sha256": digest}]

@@ -17,9 +17,14 @@ BACK_HINT = "`flower-model back` returns to HEAD's"
 
 
 def _git(root: Path, *args: str, stdin: str | None = None) -> str | None:
-    done = subprocess.run(
-        ["git", *args], cwd=root, input=stdin, capture_output=True, text=True, check=False
-    )
+    """git's output, or None when it failed or there is no git at all: the note is a courtesy,
+    never a reason for the command itself to fail."""
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=root, input=stdin, capture_output=True, text=True, check=False
+        )
+    except OSError:
+        return None
     return done.stdout if done.returncode == 0 else None
 
 
