@@ -20,7 +20,7 @@ from flower_model.config import Config, compose_raw, validate
 from tests.helpers.photos import write_photo_set
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REVIEWS_README = REPO_ROOT / "data" / "reviews" / "README.md"
+REVIEWS_README = REPO_ROOT / "reviews" / "README.md"
 IMAGES_PER_CLASS = 16
 TINY_SIZE = 32
 STOP_GRACE_S = 20.0  # seconds a server a fixture started gets to exit after SIGTERM, then SIGKILL
@@ -109,7 +109,7 @@ def copy_pipeline(project: Path, *stages: str) -> None:
 
 
 def copy_reviews_folder(project: Path) -> None:
-    """data/reviews (a preprocess dep) with its README only: the committed reviews name real
+    """reviews (a preprocess dep) with its README only: the committed reviews name real
     tf_flowers photos, which the tests' small photo sets do not have (no reviews apply)."""
     folder = project / REVIEWS_README.parent.relative_to(REPO_ROOT)
     folder.mkdir(parents=True, exist_ok=True)

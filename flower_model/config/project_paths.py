@@ -24,14 +24,16 @@ PROJECT_OWN = (
     "scripts",
     "docs",
     "benchmarks",
+    "reviews",  # the committed label reviews (an input of preprocess)
 )
 # Files at the top level a path may not name either (a folder written there would replace them).
 PROJECT_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", "pyproject.toml", "poetry.lock")
 PARENT = ".."
 
 
-def check_inside(value: Path) -> Path:
-    """`value` as a folder inside the project that is not the project's own; ValueError if not."""
+def check_inside(value: Path, output: bool = True) -> Path:
+    """`value` as a folder inside the project; an `output` folder also outside the project's own
+    folders (an input, like the reviews folder, may be one of them). ValueError if not."""
     text = str(value).strip()
     parts = PurePosixPath(text.replace("\\", "/")).parts if text else ()
     if not parts or parts == (".",):
@@ -45,7 +47,7 @@ def check_inside(value: Path) -> Path:
         )
     if PARENT in parts:
         raise ValueError("leaves the project ('..'); give a folder inside it")
-    if parts[0] in PROJECT_OWN or (len(parts) == 1 and parts[0] in PROJECT_FILES):
+    if output and (parts[0] in PROJECT_OWN or (len(parts) == 1 and parts[0] in PROJECT_FILES)):
         raise ValueError(
             f"is inside {parts[0]}, which holds the project's own files; choose another folder"
         )

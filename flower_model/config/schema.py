@@ -112,7 +112,7 @@ class PreprocessConfig(Section):
     @field_validator("label_reviews_dir")
     @classmethod
     def _reviews_inside(cls, value: Path) -> Path:
-        return check_inside(value)
+        return check_inside(value, output=False)
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "PreprocessConfig":

@@ -1,7 +1,7 @@
 """Label reviews: a person's decisions about photos, versioned with the code and applied by
 preprocess after the split.
 
-`data/reviews/<data.name>.csv` (in preprocess.label_reviews_dir; a data set without one has no
+`reviews/<data.name>.csv` (in preprocess.label_reviews_dir; a data set without one has no
 reviews) has the columns file, decision, note:
 - `file` as in manifest.csv and reports/label_issues.csv (`<class folder>/<name>`);
 - `decision`: `relabel:<class>` (the photo shows that class), `exclude` (not a flower of any
